@@ -1,0 +1,5 @@
+import sys
+
+from edgegan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``edgegan`` subcommand, each with ``register(subparsers)``."""

@@ -1,0 +1,66 @@
+"""MLP generator and critic for vectors (2-D mixtures, Gaussians) and small images."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgegan.nn.base import EdgeganModule, Generator
+
+
+def _mlp(sizes: Sequence[int], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class MLPGenerator(Generator):
+    """z (B, latent_dim) [+ label embedding] → x (B, *out_shape); ``tanh`` output for images."""
+
+    def __init__(self, latent_dim: int, out_shape: Sequence[int], hidden: int = 256,
+                 depth: int = 3, num_classes: int = 0, embed_dim: int = 16,
+                 tanh: bool = False) -> None:
+        super().__init__()
+        self._remember(locals())
+        self.latent_dim, self.num_classes, self.out_shape = latent_dim, num_classes, tuple(out_shape)
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        d_in = latent_dim + (embed_dim if num_classes else 0)
+        self.net = _mlp([d_in] + [hidden] * depth + [math.prod(self.out_shape)])
+        self.tanh = tanh
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], 1)  # (B, latent + embed)
+        x = self.net(z)
+        x = torch.tanh(x) if self.tanh else x
+        return x.view(-1, *self.out_shape)
+
+
+class MLPCritic(EdgeganModule):
+    """x (B, *in_shape) [+ label] → score (B,). Conditional by projection (Miyato 2018)."""
+
+    def __init__(self, in_shape: Sequence[int], hidden: int = 256, depth: int = 3,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        self._remember(locals())
+        self.num_classes = num_classes
+        self.body = _mlp([math.prod(in_shape)] + [hidden] * depth, act=lambda: nn.LeakyReLU(0.2))
+        self.act = nn.LeakyReLU(0.2)
+        self.out = nn.Linear(hidden, 1)
+        self.proj = nn.Embedding(num_classes, hidden) if num_classes else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x.flatten(1)))  # (B, hidden)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        s = self.out(h).squeeze(1)
+        if self.proj is not None:
+            s = s + (self.proj(y) * h).sum(1)
+        return s
