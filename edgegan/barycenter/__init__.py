@@ -1,0 +1,1 @@
+"""edgegan.barycenter"""

@@ -1,0 +1,1 @@
+"""TDGAN (seed 003): central conditional generator, temporary local discriminators."""

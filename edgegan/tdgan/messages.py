@@ -1,0 +1,94 @@
+"""The TDGAN message boundary (seed 003): the only things that cross between the cloud's
+generator and an edge node's temporary discriminator.
+
+Edge → cloud: :class:`NodeInfo` once (label histogram, n_k), then one :class:`FeedbackReply`
+per :class:`FeedbackRequest`: exactly one float tensor of the fake batch's shape (∂ loss_G /
+∂ fake) plus scalar statistics. No weights, no data. Every reply is checked by
+:func:`validate_feedback` before it may touch the generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from edgegan.errors import EdgeganError
+
+
+class FeedbackRejected(EdgeganError):
+    """A feedback tensor that must not reach the generator (shape, dtype, NaN, norm)."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What an edge node discloses on joining: its id, sample count n_k and label histogram."""
+
+    node_id: str
+    n_samples: int
+    label_histogram: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise EdgeganError("node_id", "empty", "give every node a non-empty id")
+        if self.n_samples <= 0:
+            raise EdgeganError("n_samples", f"node '{self.node_id}' has {self.n_samples} samples",
+                               "a node needs at least one sample")
+        if any(c < 0 for c in self.label_histogram) or sum(self.label_histogram) != self.n_samples:
+            raise EdgeganError("label_histogram", f"node '{self.node_id}': counts must be >= 0 and sum "
+                               f"to n_samples={self.n_samples}")
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """Cloud → edge: a fake batch G(u, y) and the labels y it was drawn for."""
+
+    node_id: str
+    step: int
+    fake: torch.Tensor    # (B, C, H, W) float32
+    labels: torch.Tensor  # (B,) int64
+
+
+@dataclass(frozen=True)
+class FeedbackReply:
+    """Edge → cloud: ∂ loss_G / ∂ fake (the fake batch's shape, float32) and scalar stats."""
+
+    node_id: str
+    step: int
+    grad: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Bytes of payload this reply carries (the gradient tensor and 8 bytes per stat)."""
+        return self.grad.numel() * self.grad.element_size() + 8 * len(self.stats)
+
+
+def validate_feedback(reply: FeedbackReply, request: FeedbackRequest, max_norm: float) -> torch.Tensor:
+    """Return the checked gradient or raise :class:`FeedbackRejected` naming what is wrong.
+
+    Checks: same node and step, a float32 tensor of the fake batch's shape, every value
+    finite, and the per-sample L2 norm at most ``max_norm``.
+    """
+    g = reply.grad
+    who = f"node '{reply.node_id}'"
+    if reply.node_id != request.node_id or reply.step != request.step:
+        raise FeedbackRejected("feedback.step", f"{who} answered step {reply.step} of "
+                               f"'{reply.node_id}', expected step {request.step} of '{request.node_id}'")
+    if not isinstance(g, torch.Tensor):
+        raise FeedbackRejected("feedback.grad", f"{who} sent {type(g).__name__}, not a tensor")
+    if g.dtype != torch.float32:
+        raise FeedbackRejected("feedback.grad", f"{who} sent dtype {g.dtype}", "send float32")
+    if tuple(g.shape) != tuple(request.fake.shape):
+        raise FeedbackRejected("feedback.grad", f"{who} sent shape {tuple(g.shape)}",
+                               f"expected the fake batch's shape {tuple(request.fake.shape)}")
+    if not torch.isfinite(g).all():
+        raise FeedbackRejected("feedback.grad", f"{who} sent non-finite values")
+    norm = float(g.flatten(1).norm(dim=1).max()) if g.numel() else 0.0
+    if not math.isfinite(norm) or norm > max_norm:
+        raise FeedbackRejected("feedback.grad", f"{who} sent per-sample norm {norm:.3g} > bound {max_norm:g}",
+                               "raise tdgan.max_feedback_norm if this is legitimate")
+    for k, v in reply.stats.items():
+        if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise FeedbackRejected(f"feedback.stats.{k}", f"{who} sent a non-finite or non-scalar statistic")
+    return g
