@@ -1,0 +1,243 @@
+"""The cloud side of TDGAN (seed 003, eq. 1 and Alg. 1): one conditional generator G(u, y)
+trained from the feedback of temporary edge discriminators plus a reminding loss.
+
+    min_G  Σ_{k online} π_k · loss_k(G)  +  λ · E_{y∼s_{t−1}, u} ‖G_t(u, y) − G_{t−1}(u, y)‖²
+
+π_k = n_k / Σ_{online} n. Edge k returns g_k = ∂ loss_k / ∂ x̂_k for its fake batch x̂_k, so the
+digesting term is back-propagated through the surrogate Σ_k π_k ⟨x̂_k, g_k⟩ (same gradient in
+θ_G). G_{t−1} is frozen and s_{t−1} (label counts of every node seen before) stored at each
+membership change (join or leave). The latent u is N(0, I) here (the paper writes unif(0, 1)).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgegan.errors import EdgeganError, require
+from edgegan.nn.base import Generator
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo, validate_feedback
+
+log = logging.getLogger("edgegan.tdgan")
+
+
+@dataclass
+class _Pending:
+    request: FeedbackRequest
+    fake: torch.Tensor  # G(u, y) with its graph, (B, C, H, W)
+    pi: float
+
+
+def request_nbytes(req: FeedbackRequest) -> int:
+    """Payload bytes of a request: the fake batch and its labels."""
+    return req.fake.numel() * req.fake.element_size() + req.labels.numel() * req.labels.element_size()
+
+
+class TDGANCloud:
+    """Central conditional generator with membership, feedback validation and the TDGAN step.
+
+    Parameters
+    ----------
+    generator : a conditional :class:`edgegan.nn.Generator` (``num_classes > 0``).
+    cfg : shared :class:`TDGANConfig`; ``reminding_weight = 0`` gives sequential fine-tuning.
+    """
+
+    def __init__(self, generator: Generator, cfg: TDGANConfig | None = None) -> None:
+        require(isinstance(generator, Generator) and generator.num_classes > 0, "generator",
+                "TDGAN needs a conditional generator G(u, y)", "build it with num_classes > 0")
+        self.cfg = cfg or TDGANConfig()
+        self.cfg.validate("tdgan")
+        self.G = generator
+        self.num_classes = int(generator.num_classes)
+        self.device = next(generator.parameters()).device
+        self.opt = torch.optim.Adam(self.G.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        self.G_prev: Generator | None = None          # G_{t−1}, frozen at the last membership change
+        self.remind_hist: torch.Tensor | None = None  # s_{t−1}: label counts of nodes seen before
+        self._online: dict[str, NodeInfo] = {}
+        self._seen: dict[str, NodeInfo] = {}
+        self._pending: dict[str, _Pending] = {}
+        self.step = 0
+        self.totals = {"rejected": 0, "accepted": 0, "bytes_in": 0, "bytes_out": 0, "membership_changes": 0}
+        self._label_rng = torch.Generator().manual_seed(self.cfg.seed)
+        self._latent_rng = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1)
+
+    # ---------------------------------------------------------------- membership
+    @property
+    def online(self) -> list[str]:
+        """Ids of the online nodes, in join order."""
+        return list(self._online)
+
+    @property
+    def seen(self) -> list[str]:
+        """Ids of every node that has ever joined."""
+        return list(self._seen)
+
+    @property
+    def pi(self) -> dict[str, float]:
+        """π_k = n_k / Σ_{online} n (seed 003 §3.3)."""
+        total = sum(i.n_samples for i in self._online.values())
+        return {k: i.n_samples / total for k, i in self._online.items()}
+
+    def _membership_changed(self) -> None:
+        """Freeze G_{t−1} ← G and s_{t−1} ← label counts of every node seen so far."""
+        self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
+        if self._seen:
+            self.remind_hist = torch.stack([torch.tensor(i.label_histogram, dtype=torch.float64)
+                                            for i in self._seen.values()]).sum(0)
+        else:
+            self.remind_hist = None
+        self.totals["membership_changes"] += 1
+
+    def join(self, info: NodeInfo) -> None:
+        """Node ``info.node_id`` comes online (first time or again)."""
+        require(isinstance(info, NodeInfo), "info", f"expected NodeInfo, got {type(info).__name__}")
+        require(info.node_id not in self._online, "node_id", f"node '{info.node_id}' is already online",
+                "call leave() before joining again")
+        require(len(info.label_histogram) == self.num_classes, "label_histogram",
+                f"node '{info.node_id}' sent {len(info.label_histogram)} classes, G has {self.num_classes}",
+                "use the same class set on every node")
+        self._membership_changed()  # s_{t−1} holds the nodes seen *before* this join
+        self._online[info.node_id] = info
+        self._seen[info.node_id] = info
+        log.info("tdgan: node %s joined (n=%d), online %d", info.node_id, info.n_samples, len(self._online))
+
+    def leave(self, node_id: str) -> None:
+        """Node ``node_id`` goes offline; its pending request, if any, is dropped."""
+        self._require_known(node_id)
+        require(node_id in self._online, "node_id", f"node '{node_id}' is not online", "only online nodes can leave")
+        del self._online[node_id]
+        self._pending.pop(node_id, None)
+        self._membership_changed()
+        log.info("tdgan: node %s left, online %d", node_id, len(self._online))
+
+    def _require_known(self, node_id: str) -> None:
+        require(node_id in self._seen, "node_id", f"unknown node '{node_id}'",
+                "known nodes: " + (", ".join(self._seen) or "none (join first)"))
+
+    # ---------------------------------------------------------------- one step
+    def _latent(self, n: int) -> torch.Tensor:
+        return self.G.sample_latent(n, self.device, generator=self._latent_rng)
+
+    def _labels(self, hist: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.multinomial(hist.double(), n, replacement=True, generator=self._label_rng)
+
+    def make_requests(self, step: int | None = None) -> list[FeedbackRequest]:
+        """One request per online node: y ∼ g_k (its histogram), x̂ = G(u, y) sent detached."""
+        if step is not None:
+            self.step = int(step)
+        self._pending.clear()
+        pis = self.pi
+        requests = []
+        for node_id, info in self._online.items():
+            y = self._labels(torch.tensor(info.label_histogram), self.cfg.batch_size).to(self.device)
+            fake = self.G(self._latent(len(y)), y)  # (B, C, H, W), graph kept for apply_feedback
+            req = FeedbackRequest(node_id, self.step, fake.detach().float().contiguous(), y)
+            self._pending[node_id] = _Pending(req, fake, pis[node_id])
+            self.totals["bytes_out"] += request_nbytes(req)
+            requests.append(req)
+        return requests
+
+    def reminding_loss(self) -> torch.Tensor:
+        """E_{y∼s_{t−1}, u} ‖G(u, y) − G_{t−1}(u, y)‖² (squared L2 over the sample, mean over the batch)."""
+        if self.G_prev is None or self.remind_hist is None:
+            return torch.zeros((), device=self.device)
+        y = self._labels(self.remind_hist, self.cfg.remind_batch_size).to(self.device)
+        u = self._latent(len(y))
+        with torch.no_grad():
+            target = self.G_prev(u, y)
+        return (self.G(u, y) - target).flatten(1).pow(2).sum(1).mean()
+
+    def apply_feedback(self, replies: list[FeedbackReply]) -> dict[str, float]:
+        """Validate replies against this step's requests and take one generator step.
+
+        A reply that fails :func:`validate_feedback`, answers no pending request, or repeats one
+        is skipped for that node, counted in ``stats['rejected']`` and logged; it never touches G.
+        With no accepted reply the generator does not step (``stats['g_stepped'] = 0``).
+        Unknown node ids raise :class:`EdgeganError`.
+        """
+        accepted: list[tuple[_Pending, torch.Tensor]] = []
+        rejected, bytes_in = 0, 0
+        stats: dict[str, float] = {}
+        for reply in replies:
+            require(isinstance(reply, FeedbackReply), "reply", f"expected FeedbackReply, got {type(reply).__name__}")
+            self._require_known(reply.node_id)
+            pending = self._pending.pop(reply.node_id, None)
+            try:
+                if pending is None:
+                    raise FeedbackRejected("feedback.node_id", f"node '{reply.node_id}' has no pending request "
+                                           f"(left, duplicate or stale reply)")
+                grad = validate_feedback(reply, pending.request, self.cfg.max_feedback_norm)
+                bytes_in += reply.nbytes()
+            except FeedbackRejected as e:
+                rejected += 1
+                log.warning("tdgan: rejected feedback at step %d: %s", self.step, e)
+                continue
+            accepted.append((pending, grad))
+            for k, v in reply.stats.items():
+                stats[f"{reply.node_id}/{k}"] = float(v)
+        missing = len(self._pending)
+        self._pending.clear()
+        self.totals["rejected"] += rejected
+        self.totals["accepted"] += len(accepted)
+        self.totals["bytes_in"] += bytes_in
+        stats.update({"step": float(self.step), "rejected": float(rejected), "accepted": float(len(accepted)),
+                      "missing": float(missing), "bytes_in": float(bytes_in), "g_stepped": 0.0})
+        if accepted:
+            digest = sum(p.pi * (p.fake * g.to(p.fake.device, p.fake.dtype)).sum() for p, g in accepted)
+            remind = self.reminding_loss()
+            loss = digest + self.cfg.reminding_weight * remind
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            stats.update({"reminding_loss": float(remind.detach()), "g_stepped": 1.0,
+                          "digest_pi_mass": float(sum(p.pi for p, _ in accepted))})
+        self.step += 1
+        return stats
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Generator, frozen G_{t−1}, s_{t−1}, optimizer, step, membership, counters, RNGs."""
+        def info(i: NodeInfo) -> dict[str, Any]:
+            return {"n_samples": i.n_samples, "label_histogram": list(i.label_histogram)}
+
+        return {
+            "generator": self.G.state_dict(),
+            "generator_prev": None if self.G_prev is None else self.G_prev.state_dict(),
+            "remind_hist": self.remind_hist,
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "online": {k: info(i) for k, i in self._online.items()},
+            "seen": {k: info(i) for k, i in self._seen.items()},
+            "totals": dict(self.totals),
+            "label_rng": self._label_rng.get_state(),
+            "latent_rng": self._latent_rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def info(k: str, d: dict[str, Any]) -> NodeInfo:
+            return NodeInfo(k, int(d["n_samples"]), tuple(int(c) for c in d["label_histogram"]))
+
+        try:
+            self.G.load_state_dict(state["generator"])
+            if state["generator_prev"] is None:
+                self.G_prev = None
+            else:
+                self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
+                self.G_prev.load_state_dict(state["generator_prev"])
+            self.remind_hist = state["remind_hist"]
+            self.opt.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self._seen = {k: info(k, d) for k, d in state["seen"].items()}
+            self._online = {k: info(k, d) for k, d in state["online"].items()}
+            self.totals = dict(state["totals"])
+            self._label_rng.set_state(state["label_rng"])
+            self._latent_rng.set_state(state["latent_rng"])
+        except KeyError as e:
+            raise EdgeganError("checkpoint", f"TDGAN cloud state lacks {e}", "use a checkpoint written by "
+                               "TDGANCloud.state_dict()") from None
+        self._pending.clear()

@@ -1,0 +1,158 @@
+"""The edge side of TDGAN (seed 003, Alg. 1 lines 3–8 and 15): a temporary local
+discriminator D_k on private data that answers a fake batch with generator feedback only.
+
+Per :class:`FeedbackRequest` (fakes x̂ = G(u, y), labels y):
+  1. ``d_steps`` updates of D_k on real x ∼ p_k(x | y) (same labels) versus x̂;
+  2. reply ∂ loss_G / ∂ x̂ with loss_G = −(1/m) Σ_i log D_k(x̂_i, y_i) (logloss, non-saturating)
+     or −(1/m) Σ_i D_k(x̂_i, y_i) (wgan-gp), evaluated with the updated D_k.
+Alg. 1 draws separate fake batches for lines 3–8 and 10–15; one round trip serves both here.
+Only the label histogram / n_k (:meth:`TDGANEdge.info`) and the reply ever leave this object.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgegan.data.partition import label_histogram
+from edgegan.data.tensordata import TensorData
+from edgegan.errors import EdgeganError, require
+from edgegan.gan.losses import critic_loss, generator_loss
+from edgegan.nn.factory import build_gan
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+
+
+def node_seed(seed: int, node_id: str) -> int:
+    """A per-node seed that does not depend on Python's hash randomisation."""
+    return (int(seed) * 1_000_003 + zlib.crc32(node_id.encode())) % (2**63)
+
+
+def d_loss_logloss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−E log D(x, y) − E log(1 − D(x̂, y)) with D = sigmoid(logit) (seed 003 Alg. 1 line 8)."""
+    s_real, s_fake = D(real, y), D(fake.detach(), y)
+    return (F.binary_cross_entropy_with_logits(s_real, torch.ones_like(s_real))
+            + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
+
+
+def g_loss_logloss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−E log D(x̂, y): the non-saturating form of seed 003's E log(1 − D(x̂, y))."""
+    s = D(fake, y)
+    return F.binary_cross_entropy_with_logits(s, torch.ones_like(s))
+
+
+class TDGANEdge:
+    """Edge node k: private data, a local discriminator D_k(x, y) and its optimizer.
+
+    Parameters
+    ----------
+    node_id : the node's id (non-empty).
+    data : this node's private labelled images (N, C, H, W) in [-1, 1].
+    discriminator : a conditional critic D(x, y) -> (B,); default ``build_gan(cfg.arch, ...)[1]``
+        initialised from a seed derived from ``cfg.seed`` and ``node_id``.
+    cfg : shared :class:`TDGANConfig`.
+    """
+
+    def __init__(self, node_id: str, data: TensorData, discriminator: nn.Module | None = None,
+                 cfg: TDGANConfig | None = None) -> None:
+        require(bool(node_id), "node_id", "empty", "give every node a non-empty id")
+        require(len(data) > 0, "data", f"node '{node_id}' has no samples", "give every node at least one sample")
+        self.cfg = cfg or TDGANConfig()
+        self.cfg.validate("tdgan")
+        self.node_id = node_id
+        self._data = data
+        seed = node_seed(self.cfg.seed, node_id)
+        if discriminator is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                discriminator = build_gan(self.cfg.arch, data.image_shape, self.cfg.latent_dim,
+                                          data.num_classes, self.cfg.width)[1]
+        require(getattr(discriminator, "num_classes", data.num_classes) == data.num_classes, "discriminator",
+                f"has {getattr(discriminator, 'num_classes', None)} classes, data has {data.num_classes}",
+                "build D with num_classes = the data set's class count")
+        self.D = discriminator
+        self.opt = torch.optim.Adam(self.D.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        self._hist = label_histogram(data.y, data.num_classes)
+        self._by_class = {c: torch.nonzero(data.y == c).flatten() for c in range(data.num_classes)
+                          if self._hist[c] > 0}
+        self._rng = torch.Generator().manual_seed(seed)
+        self.requests_served = 0
+
+    def info(self) -> NodeInfo:
+        """What this node discloses on joining: n_k and its label histogram."""
+        return NodeInfo(self.node_id, len(self._data), tuple(int(c) for c in self._hist))
+
+    def _check(self, req: FeedbackRequest) -> None:
+        who = f"node '{self.node_id}'"
+        require(req.node_id == self.node_id, "node_id",
+                f"request for '{req.node_id}' reached {who}", "route requests by node id")
+        fake, y = req.fake, req.labels
+        require(isinstance(fake, torch.Tensor) and fake.dtype == torch.float32, "fake",
+                f"{who} needs a float32 tensor, got {getattr(fake, 'dtype', type(fake).__name__)}")
+        require(fake.dim() == 4 and tuple(fake.shape[1:]) == self._data.image_shape and fake.shape[0] >= 1, "fake",
+                f"{who} got shape {tuple(fake.shape)}", f"send (B>=1, {', '.join(map(str, self._data.image_shape))})")
+        require(bool(torch.isfinite(fake).all()), "fake", f"{who} got non-finite values")
+        require(isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (fake.shape[0],),
+                "labels", f"{who} needs int64 labels of shape ({fake.shape[0]},), got "
+                f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+        unknown = sorted(set(y.tolist()) - set(self._by_class))
+        require(not unknown, "labels", f"{who} has no samples of class(es) {unknown}",
+                f"draw labels from its histogram (classes {sorted(self._by_class)})")
+
+    def _real_like(self, y: torch.Tensor) -> torch.Tensor:
+        """Real images x_i ∼ p_k(x | y_i), one per requested label (with replacement)."""
+        idx = torch.empty(len(y), dtype=torch.long)
+        for c in y.unique().tolist():
+            mask = y == c
+            pool = self._by_class[c]
+            idx[mask] = pool[torch.randint(len(pool), (int(mask.sum()),), generator=self._rng)]
+        return self._data.x[idx]
+
+    def feedback(self, req: FeedbackRequest) -> FeedbackReply:
+        """Update D_k on real versus ``req.fake``; reply ∂ loss_G / ∂ fake (float32, fake's shape)."""
+        self._check(req)
+        dev = next(self.D.parameters()).device
+        y_cpu = req.labels.cpu()
+        y = y_cpu.to(dev)
+        fake = req.fake.detach().to(dev)
+        stats: dict[str, float] = {}
+        for _ in range(self.cfg.d_steps):
+            real = self._real_like(y_cpu).to(dev)
+            if self.cfg.loss == "logloss":
+                d_loss = d_loss_logloss(self.D, real, fake, y)
+            else:
+                d_loss = critic_loss(self.D, real, fake, self.cfg.gp_weight, y)
+            self.opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt.step()
+        with torch.no_grad():
+            s_real, s_fake = self.D(real, y), self.D(fake, y)
+        stats["d_loss"] = float(d_loss.detach())
+        stats["d_real"] = float(s_real.mean())
+        stats["d_fake"] = float(s_fake.mean())
+        x = fake.clone().requires_grad_(True)
+        g_loss = g_loss_logloss(self.D, x, y) if self.cfg.loss == "logloss" else generator_loss(self.D, x, y)
+        (grad,) = torch.autograd.grad(g_loss, x)
+        self.D.zero_grad(set_to_none=True)
+        stats["g_loss"] = float(g_loss.detach())
+        self.requests_served += 1
+        return FeedbackReply(self.node_id, req.step, grad.detach().to(req.fake.device, torch.float32).contiguous(),
+                             stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        """D_k, its optimizer and the node's RNG: enough to park and resume a virtual node."""
+        return {"node_id": self.node_id, "discriminator": self.D.state_dict(), "optimizer": self.opt.state_dict(),
+                "rng": self._rng.get_state(), "requests_served": self.requests_served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("node_id") != self.node_id:
+            raise EdgeganError("node_id", f"state of '{state.get('node_id')}' loaded into '{self.node_id}'",
+                               "load each node's own state")
+        self.D.load_state_dict(state["discriminator"])
+        self.opt.load_state_dict(state["optimizer"])
+        self._rng.set_state(state["rng"])
+        self.requests_served = int(state["requests_served"])
