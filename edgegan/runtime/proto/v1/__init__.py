@@ -1,0 +1,1 @@
+"""Generated gRPC code (see edgegan/runtime/codegen.py); never edit by hand."""
