@@ -1,0 +1,65 @@
+"""Every Prometheus collector edgegan exports, declared once, units in the names.
+
+Collectors live on a :class:`Metrics` object bound to one ``CollectorRegistry`` (a fresh one
+by default), so tests and several roles in one process never collide. No label takes
+per-node values: label sets are small and fixed (``reason``, ``kind``, ``direction``).
+
+| metric | type | meaning |
+| --- | --- | --- |
+| edgegan_nodes_online | gauge | nodes currently online (TDGAN membership) |
+| edgegan_joins_total / edgegan_leaves_total | counter | membership changes |
+| edgegan_feedback_roundtrip_seconds | histogram | send fake batch → feedback received, per node-step |
+| edgegan_bytes_sent_total / edgegan_bytes_received_total | counter | serialized message bytes |
+| edgegan_feedback_rejected_total{reason} | counter | feedback refused before touching G |
+| edgegan_generator_steps_total | counter | generator steps taken |
+| edgegan_generator_step | gauge | current generator step (resumes after restart) |
+| edgegan_loss{kind} | gauge | last losses (reminding, d_loss, g_loss) |
+| edgegan_feature_fid | gauge | last feature-FID of the generator (when evaluated) |
+| edgegan_uploads_total | counter | model bundles received (Stage I) |
+| edgegan_checkpoints_total | counter | checkpoints written |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REJECT_REASONS = ("malformed", "dtype", "shape", "nonfinite", "norm", "stale", "size")
+LOSS_KINDS = ("reminding", "d_loss", "g_loss")
+ROUNDTRIP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    """The collectors, registered in ``registry`` (a new private one when omitted)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.nodes_online = Gauge("edgegan_nodes_online", "Nodes currently online", registry=r)
+        self.joins = Counter("edgegan_joins_total", "Node joins (first time or rejoin)", registry=r)
+        self.leaves = Counter("edgegan_leaves_total", "Node leaves (closed stream, missed heartbeats, kicked)",
+                              registry=r)
+        self.roundtrip = Histogram("edgegan_feedback_roundtrip_seconds",
+                                   "Fake batch sent to feedback received, per node and step",
+                                   buckets=ROUNDTRIP_BUCKETS, registry=r)
+        self.bytes_sent = Counter("edgegan_bytes_sent_total", "Serialized message bytes sent", registry=r)
+        self.bytes_received = Counter("edgegan_bytes_received_total", "Serialized message bytes received",
+                                      registry=r)
+        self.rejected = Counter("edgegan_feedback_rejected_total", "Feedback refused before touching the generator",
+                                ["reason"], registry=r)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        self.generator_steps = Counter("edgegan_generator_steps_total", "Generator steps taken", registry=r)
+        self.generator_step = Gauge("edgegan_generator_step", "Current generator step", registry=r)
+        self.loss = Gauge("edgegan_loss", "Last loss values", ["kind"], registry=r)
+        self.feature_fid = Gauge("edgegan_feature_fid", "Last feature-FID of the generator", registry=r)
+        self.uploads = Counter("edgegan_uploads_total", "Model bundles received", registry=r)
+        self.checkpoints = Counter("edgegan_checkpoints_total", "Checkpoints written", registry=r)
+
+    def reject(self, reason: str) -> None:
+        """Count one refused feedback; unknown reasons count as ``malformed`` (bounded labels)."""
+        self.rejected.labels(reason if reason in REJECT_REASONS else "malformed").inc()
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> int:
+    """Serve ``/metrics`` for ``registry`` on ``addr:port`` in a daemon thread; returns the port."""
+    server, _thread = start_http_server(port, addr, registry)
+    return int(server.server_address[1])

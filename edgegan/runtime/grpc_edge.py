@@ -1,0 +1,189 @@
+"""An edge over gRPC: dials the cloud (works behind NAT), registers, then keeps one Session
+stream open and answers fake batches with feedback; uploads / downloads models for the
+coalescence pipeline. Reconnects with back-off when the cloud goes away, and rejoins with
+the same id (same local discriminator) when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from edgegan import __version__
+from edgegan.config import from_dict
+from edgegan.errors import EdgeganError
+from edgegan.runtime.grpc_server import channel_options
+from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
+from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
+from edgegan.runtime.roles import EdgeNode
+from edgegan.runtime.tensor_codec import ChunkAssembler, decode_bundle, decode_tensor, encode_tensor, iter_chunks
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.messages import FeedbackRequest
+
+log = logging.getLogger("edgegan.edge")
+
+# refusals that retrying cannot fix
+FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED)
+
+
+@dataclass
+class EdgeConnection:
+    """How an edge reaches the cloud: address, bearer token, TLS, limits and retry budget."""
+
+    target: str
+    token: str = ""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+    max_message_bytes: int = 64 << 20
+    retry_s: float = 60.0
+    roles: tuple[str, ...] = ("tdgan",)
+
+    def metadata(self, node_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"), ("x-edgegan-node-id", node_id))
+
+    def channel(self) -> grpc.aio.Channel:
+        opts = channel_options(self.max_message_bytes)
+        if self.tls_ca is None:
+            return grpc.aio.insecure_channel(self.target, options=opts)
+        if self.tls_server_name:
+            opts.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(self.tls_ca).read_bytes(),
+            private_key=Path(self.tls_key).read_bytes() if self.tls_key else None,
+            certificate_chain=Path(self.tls_cert).read_bytes() if self.tls_cert else None)
+        return grpc.aio.secure_channel(self.target, creds, options=opts)
+
+
+class CloudGone(Exception):
+    """The cloud stopped answering (stream ended, heartbeats missed)."""
+
+
+async def register(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnection,
+                   device: str = "cpu") -> pb.RegisterReply:
+    """Announce the node (id, n_k, label histogram, capabilities)."""
+    info = node.info()
+    req = pb.RegisterRequest(node_id=info.node_id, n_samples=info.n_samples,
+                             label_histogram=list(info.label_histogram),
+                             capabilities=pb.Capabilities(device=device, roles=list(conn.roles), version=__version__))
+    return await stub.Register(req, metadata=conn.metadata(node.node_id), timeout=30)
+
+
+async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnection,
+                   reg: pb.RegisterReply) -> pb.Done:
+    """One Session stream: answer requests, heartbeat, watch the cloud's liveness."""
+    call = stub.Session(metadata=conn.metadata(node.node_id))
+    lock = asyncio.Lock()
+    last_heard = time.monotonic()
+    shape = tuple(reg.image_shape)
+
+    async def send(msg: pb.EdgeMessage) -> None:
+        async with lock:
+            await call.write(msg)
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(reg.heartbeat_interval_s)
+            await send(pb.EdgeMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
+            if time.monotonic() - last_heard > reg.heartbeat_timeout_s:
+                log.warning("cloud silent for %.1f s: reconnecting", time.monotonic() - last_heard)
+                call.cancel()
+                return
+
+    hb = asyncio.ensure_future(heartbeat())
+    try:
+        while True:
+            try:
+                msg = await call.read()
+            except asyncio.CancelledError:
+                if call.cancelled() and not hb.cancelled():
+                    raise CloudGone("cloud missed heartbeats") from None
+                raise
+            if msg is grpc.aio.EOF:
+                raise CloudGone("stream ended")
+            last_heard = time.monotonic()
+            kind = msg.WhichOneof("kind")
+            if kind == "done":
+                return msg.done
+            if kind != "request":
+                continue
+            r = msg.request
+            fake = decode_tensor(r.fake, "fake", dtype="float32", max_elements=reg.max_message_bytes // 4,
+                                 finite=True)
+            if tuple(fake.shape[1:]) != shape:
+                raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
+            labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
+            reply = node.feedback(FeedbackRequest(node.node_id, int(r.step), fake, labels))
+            await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
+                                                             stats=reply.stats)))
+    finally:
+        hb.cancel()
+        call.cancel()
+
+
+async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cpu") -> pb.Done:
+    """Take part in the cloud's TDGAN run until it is done; reconnect (same id) while the cloud
+    is unreachable for less than ``conn.retry_s`` seconds."""
+    backoff, last_ok = 0.2, time.monotonic()
+    while True:
+        channel = conn.channel()
+        joined = False
+        try:
+            stub = pb_grpc.EdgeGANStub(channel)
+            reg = await register(stub, node, conn, device)
+            joined = True
+            node.configure_tdgan(from_dict(TDGANConfig, json.loads(reg.tdgan_config_json), "tdgan"), reg.image_shape)
+            log.info("node %s joined run %s at step %d", node.node_id, reg.run_id, reg.step)
+            backoff, last_ok = 0.2, time.monotonic()
+            done = await _session(stub, node, conn, reg)
+            log.info("run over at step %d (%s)", done.step, done.reason)
+            return done
+        except grpc.aio.AioRpcError as e:
+            if e.code() in FATAL:
+                raise EdgeganError("cloud", f"{e.code().name}: {e.details()}") from None
+            log.info("cloud unreachable (%s): retrying", e.code().name)
+        except CloudGone as e:
+            log.info("lost the cloud (%s): retrying", e)
+        finally:
+            if joined:
+                last_ok = time.monotonic()
+            await channel.close()
+        if time.monotonic() - last_ok > conn.retry_s:
+            raise EdgeganError("cloud", f"'{conn.target}' unreachable for {conn.retry_s:g} s",
+                               "check the address, or raise --retry-s")
+        await asyncio.sleep(backoff * (0.5 + random.random()))
+        backoff = min(backoff * 2, 5.0)
+
+
+async def upload_models(node: EdgeNode, conn: EdgeConnection, models: dict, scalars: dict[str, float],
+                        chunk_bytes: int = 1 << 20) -> pb.UploadReply:
+    """Stage I: stream this node's (G_k, D_k, η_k) bundle to the cloud."""
+    from edgegan.runtime.tensor_codec import encode_bundle
+
+    blob = encode_bundle(models, scalars)
+    async with conn.channel() as channel:
+        stub = pb_grpc.EdgeGANStub(channel)
+        await register(stub, node, conn)
+        return await stub.UploadModels(iter_chunks(node.node_id, "upload", blob, chunk_bytes),
+                                       metadata=conn.metadata(node.node_id), timeout=600)
+
+
+async def download_models(node_id: str, conn: EdgeConnection, name: str, wait_s: float,
+                          max_bytes: int = 1 << 30) -> tuple[dict, dict[str, float]]:
+    """Download bundle ``name`` (``barycenter`` / ``generator``), verified and rebuilt."""
+    async with conn.channel() as channel:
+        stub = pb_grpc.EdgeGANStub(channel)
+        asm = ChunkAssembler(max_bytes)
+        async for chunk in stub.DownloadModels(pb.DownloadRequest(name=name, wait_s=wait_s),
+                                               metadata=conn.metadata(node_id), timeout=wait_s + 600):
+            asm.add(chunk)
+        return decode_bundle(asm.finish())

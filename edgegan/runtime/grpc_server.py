@@ -1,0 +1,347 @@
+"""The cloud over gRPC: a thin servicer around :class:`~edgegan.runtime.roles.CloudServer` and
+``async serve()`` owning ports, TLS, health, metrics and graceful stop (route_guide style).
+
+Everything runs on one asyncio event loop (``grpc.aio``): hundreds of open node streams cost
+coroutines, not threads; generator compute runs on the role's single compute thread.
+
+Security: every call's metadata carries ``authorization: Bearer <token>``; the token names
+exactly one node id (cloud config ``tokens``), a call with an unknown token is refused with
+UNAUTHENTICATED and a message speaking for another id with PERMISSION_DENIED. Inputs are
+decoded by :mod:`edgegan.runtime.tensor_codec` against what was asked; anything off ends the
+stream with INVALID_ARGUMENT before it can reach the generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edgegan import __version__
+from edgegan.errors import EdgeganError
+from edgegan.monitor.metrics import start_metrics_server
+from edgegan.runtime.config import CloudConfig
+from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
+from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
+from edgegan.runtime.roles import CloudServer, NodeFailure, tdgan_config_json
+from edgegan.runtime.tensor_codec import ChunkAssembler, WireError, decode_tensor, encode_tensor, iter_chunks
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+
+log = logging.getLogger("edgegan.grpc")
+SERVICE = "edgegan.v1.EdgeGAN"
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Explicit message size limits (the 4 MiB default is too small for CIFAR batches and models)."""
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def _wire_reason(e: WireError) -> str:
+    """Metrics label of a refused wire tensor."""
+    if e.field.endswith(".dtype"):
+        return "dtype"
+    if e.field.endswith(".shape"):
+        return "shape"
+    if "non-finite" in e.problem:
+        return "nonfinite"
+    return "malformed"
+
+
+class _Session:
+    """One node's open Session stream: an outbox, the requests awaiting replies, liveness."""
+
+    def __init__(self, node_id: str, server: "GrpcLink") -> None:
+        self.node_id = node_id
+        self.link = server
+        self.outbox: asyncio.Queue[pb.CloudMessage] = asyncio.Queue()
+        self.pending: dict[int, tuple[FeedbackRequest, asyncio.Future, float]] = {}
+        self.last_seen = time.monotonic()
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def close(self, code: grpc.StatusCode, detail: str) -> None:
+        """End the stream with ``code`` (idempotent)."""
+        if not self.closed.done():
+            self.closed.set_result((code, detail))
+
+    def fail_pending(self, failure: NodeFailure) -> None:
+        for _req, fut, _t in self.pending.values():
+            if not fut.done():
+                fut.set_result(failure)
+        self.pending.clear()
+
+    def on_reply(self, msg: pb.FeedbackReply, nbytes: int) -> None:
+        entry = self.pending.pop(msg.step, None)
+        if entry is None:  # answered after its deadline, or a step never asked
+            self.link.server.metrics.reject("stale")
+            return
+        req, fut, t_sent = entry
+        self.link.server.metrics.roundtrip.observe(time.perf_counter() - t_sent)
+        try:
+            grad = decode_tensor(msg.grad, "feedback.grad", dtype="float32", shape=tuple(req.fake.shape),
+                                 finite=True)
+        except WireError as e:
+            failure = NodeFailure("INVALID_ARGUMENT", str(e), _wire_reason(e))
+            if not fut.done():
+                fut.set_result(failure)
+            self.close(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        if not fut.done():
+            fut.set_result(FeedbackReply(self.node_id, int(msg.step), grad, dict(msg.stats)))
+
+
+class GrpcLink:
+    """The :class:`~edgegan.runtime.roles.FeedbackLink` over the nodes' Session streams."""
+
+    def __init__(self, server: CloudServer) -> None:
+        self.server = server
+        self.sessions: dict[str, _Session] = {}
+        self.done: pb.Done | None = None
+
+    async def exchange(self, requests: Sequence[FeedbackRequest],
+                       timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
+        out: dict[str, FeedbackReply | NodeFailure] = {}
+        futs: dict[str, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        for req in requests:
+            s = self.sessions.get(req.node_id)
+            if s is None or s.closed.done():
+                out[req.node_id] = NodeFailure("UNAVAILABLE", "no open stream")
+                continue
+            msg = pb.CloudMessage(request=pb.FeedbackRequest(step=req.step, fake=encode_tensor(req.fake),
+                                                             labels=encode_tensor(req.labels)))
+            fut = loop.create_future()
+            s.pending[req.step] = (req, fut, time.perf_counter())
+            s.outbox.put_nowait(msg)
+            futs[req.node_id] = fut
+        if futs:
+            await asyncio.wait(futs.values(), timeout=timeout_s)
+        for node_id, fut in futs.items():
+            if fut.done():
+                out[node_id] = fut.result()
+            else:
+                fut.cancel()
+                failure = NodeFailure("DEADLINE_EXCEEDED", f"no feedback within {timeout_s:g} s")
+                out[node_id] = failure
+                self.drop(node_id, failure)
+        return out
+
+    def drop(self, node_id: str, failure: NodeFailure) -> None:
+        s = self.sessions.get(node_id)
+        if s is not None:
+            s.close(getattr(grpc.StatusCode, failure.code, grpc.StatusCode.ABORTED), failure.detail)
+
+    async def finish(self, step: int, reason: str) -> None:
+        self.done = pb.Done(step=step, reason=reason)
+        for s in list(self.sessions.values()):
+            s.outbox.put_nowait(pb.CloudMessage(done=self.done))
+
+    async def watchdog(self, interval_s: float, timeout_s: float) -> None:
+        """Drop nodes silent for longer than ``timeout_s`` (missed heartbeats)."""
+        while True:
+            await asyncio.sleep(interval_s / 2)
+            now = time.monotonic()
+            for s in list(self.sessions.values()):
+                if now - s.last_seen > timeout_s:
+                    log.warning("node %s missed heartbeats for %.1f s: dropping it", s.node_id, now - s.last_seen)
+                    s.close(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {timeout_s:g} s")
+
+
+class EdgeGANServicer(pb_grpc.EdgeGANServicer):
+    """Thin servicer: authenticate, convert messages, call the cloud role, convert back."""
+
+    def __init__(self, server: CloudServer, link: GrpcLink) -> None:
+        self.server = server
+        self.link = link
+        self.cfg = server.cfg
+        self._tokens = {nid: self.cfg.token_of(nid) for nid in self.cfg.tokens}
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, claimed: str | None = None) -> str:
+        """The node id the call's bearer token belongs to; abort unless it matches ``claimed``."""
+        md = dict(context.invocation_metadata() or ())
+        auth = md.get("authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        node_id = None
+        for nid, tok in self._tokens.items():
+            if hmac.compare_digest(tok.encode(), token.encode()):
+                node_id = nid
+        if node_id is None and self.cfg.allow_anonymous and not self._tokens:
+            node_id = claimed or md.get("x-edgegan-node-id", "")
+        if not node_id:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        if claimed is not None and claimed != node_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"token of node '{node_id}' cannot speak for node '{claimed}'")
+        assert node_id is not None
+        return node_id
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterReply:
+        node_id = await self._authenticate(context, request.node_id)
+        try:
+            info = NodeInfo(node_id, int(request.n_samples), tuple(int(c) for c in request.label_histogram))
+            self.server.register(info, {"device": request.capabilities.device,
+                                        "roles": list(request.capabilities.roles),
+                                        "version": request.capabilities.version})
+        except EdgeganError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.server.metrics.bytes_received.inc(request.ByteSize())
+        reply = pb.RegisterReply(run_id=self.cfg.run_id, step=self.server.tdgan.step,
+                                 heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+                                 heartbeat_timeout_s=self.cfg.heartbeat_timeout_s,
+                                 max_message_bytes=self.cfg.max_message_bytes, chunk_bytes=self.cfg.chunk_bytes,
+                                 mode=self.cfg.mode, tdgan_config_json=tdgan_config_json(self.cfg.tdgan),
+                                 image_shape=list(self.cfg.image_shape))
+        self.server.metrics.bytes_sent.inc(reply.ByteSize())
+        return reply
+
+    async def _read_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+        metrics = self.server.metrics
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            session.last_seen = time.monotonic()
+            metrics.bytes_received.inc(msg.ByteSize())
+            kind = msg.WhichOneof("kind")
+            if kind == "reply":
+                session.on_reply(msg.reply, msg.ByteSize())
+
+    async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+        metrics = self.server.metrics
+        interval = self.cfg.heartbeat_interval_s
+        while True:
+            try:
+                msg = await asyncio.wait_for(session.outbox.get(), interval)
+            except asyncio.TimeoutError:
+                msg = pb.CloudMessage(heartbeat=pb.Heartbeat(time_s=time.time()))
+            await context.write(msg)
+            metrics.bytes_sent.inc(msg.ByteSize())
+
+    async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        node_id = await self._authenticate(context)
+        if node_id not in self.server.registered:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node '{node_id}' must Register first")
+        old = self.link.sessions.get(node_id)
+        if old is not None:
+            old.close(grpc.StatusCode.ABORTED, "superseded by a newer stream of the same node")
+        session = _Session(node_id, self.link)
+        self.link.sessions[node_id] = session
+        if self.link.done is not None:
+            session.outbox.put_nowait(pb.CloudMessage(done=self.link.done))
+        else:
+            self.server.connected(node_id)
+        tasks = [asyncio.ensure_future(self._read_loop(session, context)),
+                 asyncio.ensure_future(self._write_loop(session, context))]
+        try:
+            await asyncio.wait([*tasks, session.closed], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    log.info("node %s stream ended: %r", node_id, t.exception())
+        finally:
+            for t in tasks:
+                t.cancel()
+            session.fail_pending(NodeFailure("UNAVAILABLE", "stream closed"))
+            if self.link.sessions.get(node_id) is session:
+                del self.link.sessions[node_id]
+                if self.link.done is None:
+                    self.server.disconnected(node_id)
+        if session.closed.done():
+            code, detail = session.closed.result()
+            await context.abort(code, detail)
+
+    async def UploadModels(self, request_iterator: AsyncIterator[pb.ModelChunk],
+                           context: grpc.aio.ServicerContext) -> pb.UploadReply:
+        node_id = await self._authenticate(context)
+        asm = ChunkAssembler(self.cfg.max_model_bytes)
+        try:
+            async for chunk in request_iterator:
+                self.server.metrics.bytes_received.inc(chunk.ByteSize())
+                asm.add(chunk)
+                if asm.header is not None and asm.header.node_id != node_id:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                        f"token of node '{node_id}' cannot upload for '{asm.header.node_id}'")
+            blob = asm.finish()
+            held, expected = await self.server.compute(self.server.add_upload, node_id, blob)
+        except EdgeganError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        log.info("upload from %s: %d bytes (%d of %d)", node_id, len(blob), held, expected)
+        return pb.UploadReply(received_bytes=len(blob), uploads=held, expected_uploads=expected)
+
+    async def DownloadModels(self, request: pb.DownloadRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
+        node_id = await self._authenticate(context)
+        if request.name not in ("barycenter", "generator"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: unknown bundle {request.name!r}")
+        wait = min(max(request.wait_s, 0.0), 3600.0)
+        blob = await self.server.bundle(request.name, wait)
+        if blob is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{request.name} is not ready yet")
+        for chunk in iter_chunks(node_id, request.name, blob, self.cfg.chunk_bytes):
+            self.server.metrics.bytes_sent.inc(chunk.ByteSize())
+            yield chunk
+
+
+def _server_credentials(cfg: CloudConfig) -> grpc.ServerCredentials:
+    tls = cfg.tls
+    key, cert = Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()  # type: ignore[arg-type]
+    ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file: str | Path | None = None) -> int:
+    """Run a cloud process until its run finishes (``exit_when_done``) or SIGTERM/SIGINT.
+
+    Binds ``cfg.listen`` (port 0: any free port), serves the EdgeGAN and gRPC health services
+    and ``/metrics``; on SIGTERM it stops stepping, checkpoints, reports NOT_SERVING and stops
+    the server gracefully. ``ready_file`` receives ``{"port", "metrics_port"}`` once serving.
+    Returns the process exit code (0).
+    """
+    server = server or CloudServer(cfg)
+    metrics_port = None
+    if cfg.metrics_port is not None:
+        metrics_port = start_metrics_server(cfg.metrics_port, server.metrics.registry, cfg.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_addr, metrics_port)
+    grpc_server = grpc.aio.server(options=channel_options(cfg.max_message_bytes))
+    link = GrpcLink(server)
+    pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, link), grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    if cfg.tls.enabled:
+        port = grpc_server.add_secure_port(cfg.listen, _server_credentials(cfg))
+    else:
+        port = grpc_server.add_insecure_port(cfg.listen)
+    await grpc_server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("cloud %s (%s) listening on %s:%d%s", cfg.run_id, cfg.mode, cfg.listen.rpartition(":")[0], port,
+             " with TLS" if cfg.tls.enabled else "")
+    if ready_file is not None:
+        Path(ready_file).write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
+    try:
+        outcome = await server.run(link, stop)
+        (server.dir / "report.json").write_text(json.dumps(server.report(), indent=2))
+        log.info("run %s: %s at step %d", cfg.run_id, outcome, server.tdgan.step)
+        if outcome == "finished" and not cfg.exit_when_done:
+            await stop.wait()
+        elif outcome == "finished":
+            await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=cfg.linger_s)
+    finally:
+        watchdog.cancel()
+        await health_servicer.enter_graceful_shutdown()
+        await grpc_server.stop(grace=1.0)
+        server.close()
+    return 0

@@ -1,0 +1,47 @@
+"""The in-process transport: edges are objects in the cloud's process, replies are direct calls.
+
+Used by tests and as the baseline of ``benchmarks/feedback_latency.py``: the cloud role, its
+compute thread and its step loop are the same as over gRPC, only the wire is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+from edgegan.runtime.roles import CloudServer, EdgeNode, NodeFailure
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest
+
+
+class InprocLink:
+    """A :class:`~edgegan.runtime.roles.FeedbackLink` over edge objects in this process."""
+
+    def __init__(self, server: CloudServer, edges: Sequence[EdgeNode]) -> None:
+        self.server = server
+        self.edges = {e.node_id: e for e in edges}
+        self.done: tuple[int, str] | None = None
+        for e in edges:
+            e.configure_tdgan(server.cfg.tdgan, server.cfg.image_shape)
+            server.register(e.info())
+            server.connected(e.node_id)
+
+    async def exchange(self, requests: Sequence[FeedbackRequest],
+                       timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
+        out: dict[str, FeedbackReply | NodeFailure] = {}
+        for req in requests:
+            edge = self.edges.get(req.node_id)
+            out[req.node_id] = edge.feedback(req) if edge else NodeFailure("UNAVAILABLE", "not connected")
+        return out
+
+    def drop(self, node_id: str, failure: NodeFailure) -> None:
+        if self.edges.pop(node_id, None) is not None:
+            self.server.disconnected(node_id)
+
+    async def finish(self, step: int, reason: str) -> None:
+        self.done = (step, reason)
+
+
+async def run_inproc(server: CloudServer, edges: Sequence[EdgeNode]) -> str:
+    """Run ``server``'s configured pipeline with ``edges`` in this process until it finishes."""
+    link = InprocLink(server, edges)
+    return await server.run(link, asyncio.Event())

@@ -1,0 +1,436 @@
+"""Cloud and edge roles as state machines with no transport inside (DESIGN.md, Runtime).
+
+A transport (``inproc``, ``grpc``, later ``ray``) moves the roles' messages. The whole
+role ↔ transport interface is:
+
+cloud side
+  * the transport calls :meth:`CloudServer.register` (a node announces itself),
+    :meth:`CloudServer.connected` / :meth:`CloudServer.disconnected` (its feedback channel
+    opened / closed), :meth:`CloudServer.add_upload` and :meth:`CloudServer.bundle`;
+  * the role drives the run with :meth:`CloudServer.run` and needs from the transport one
+    object implementing :class:`FeedbackLink` (send this step's fake batches, get replies;
+    drop a node; announce the end).
+edge side
+  * :class:`EdgeNode` answers :class:`~edgegan.tdgan.messages.FeedbackRequest` s with
+    :meth:`EdgeNode.feedback`, pre-trains and uploads (Stage I) and adapts (Stage II).
+
+Membership changes reported by the transport are queued and applied between generator steps,
+so the TDGAN core (seed 003) sees them exactly like a schedule's join/leave events. All
+compute on the cloud runs on one worker thread so the event loop keeps serving hundreds of
+streams while the generator steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from edgegan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from edgegan.config import to_dict
+from edgegan.data.partition import label_histogram
+from edgegan.data.tensordata import TensorData
+from edgegan.errors import EdgeganError, require
+from edgegan.gan import WGANConfig, train_wgan_gp
+from edgegan.monitor.metrics import Metrics
+from edgegan.nn import build_gan, model_spec, same_architecture
+from edgegan.runtime.config import CloudConfig
+from edgegan.runtime.tensor_codec import decode_bundle, encode_bundle
+from edgegan.tdgan.cloud import TDGANCloud
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.edge import TDGANEdge
+from edgegan.tdgan.harness import build_generator
+from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo, validate_feedback
+
+log = logging.getLogger("edgegan.runtime")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """Why a node gave no usable reply: ``code`` is a gRPC-style status name
+    (``INVALID_ARGUMENT``, ``DEADLINE_EXCEEDED``, ``UNAVAILABLE``), ``reason`` a metrics
+    label (see :data:`edgegan.monitor.metrics.REJECT_REASONS`) for refused feedback."""
+
+    code: str
+    detail: str
+    reason: str = ""
+
+
+class FeedbackLink(Protocol):
+    """What a transport gives :meth:`CloudServer.run`."""
+
+    async def exchange(self, requests: Sequence[FeedbackRequest],
+                       timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
+        """Send every request to its node; return each node's reply or failure within ``timeout_s``.
+
+        Replies must already be decoded and checked for dtype, shape and finiteness against
+        their request (a violation is a :class:`NodeFailure` with ``INVALID_ARGUMENT``)."""
+        ...
+
+    def drop(self, node_id: str, failure: NodeFailure) -> None:
+        """End ``node_id``'s feedback channel (the transport then calls ``disconnected``)."""
+        ...
+
+    async def finish(self, step: int, reason: str) -> None:
+        """Tell every connected node that the run is over."""
+        ...
+
+
+def _reason(e: FeedbackRejected) -> str:
+    """Metrics label of a refusal by :func:`validate_feedback`."""
+    text = str(e)
+    for key, reason in (("norm", "norm"), ("non-finite", "nonfinite"), ("dtype", "dtype"), ("shape", "shape"),
+                        ("step", "stale")):
+        if key in text:
+            return reason
+    return "malformed"
+
+
+class CloudServer:
+    """The cloud role: TDGAN central generator (seed 003) or Stage I coalescence (seed 000).
+
+    State lives in ``cfg.checkpoint_dir``: ``cloud.pt`` (TDGAN, written atomically every
+    ``cfg.checkpoint_every`` steps, on shutdown and at the end), ``uploads/<node>.bundle``
+    (each Stage I upload, verified bytes, written atomically as it arrives) and
+    ``barycenter.bundle``. A new process on the same folder resumes from them.
+    """
+
+    def __init__(self, cfg: CloudConfig, metrics: Metrics | None = None, device: torch.device | None = None) -> None:
+        from edgegan.device import resolve_device
+
+        cfg.validate()
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.device = device or resolve_device(cfg.device)
+        self.dir = Path(cfg.checkpoint_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shape = tuple(cfg.image_shape)
+        self.tdgan = TDGANCloud(build_generator(cfg.tdgan, shape, cfg.num_classes).to(self.device), cfg.tdgan)
+        self.registered: dict[str, NodeInfo] = {}
+        self.capabilities: dict[str, dict[str, Any]] = {}
+        self._connected: set[str] = set()
+        self._events: list[tuple[str, str]] = []
+        self._changed = asyncio.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgegan-compute")
+        self.finished = False
+        self.resumed_step: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.uploads: dict[str, tuple[dict[str, nn.Module], dict[str, float]]] = {}
+        self._barycenter: bytes | None = None
+        self._ready = asyncio.Event()
+        self._resume()
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "cloud.pt"
+
+    def _resume(self) -> None:
+        if self.cfg.mode == "tdgan" and self.checkpoint_path.is_file():
+            ckpt = load_checkpoint(self.checkpoint_path, self.device)
+            require(ckpt.get("model") == _jsonable(model_spec(self.tdgan.G)), "checkpoint_dir",
+                    f"'{self.checkpoint_path}' holds a different generator", "use a fresh checkpoint_dir")
+            self.tdgan.load_state_dict(ckpt["tdgan"])
+            self.registered = {k: NodeInfo(k, int(v["n_samples"]), tuple(v["label_histogram"]))
+                               for k, v in ckpt.get("registered", {}).items()}
+            self.history = list(ckpt.get("history", []))
+            self.resumed_step = self.tdgan.step
+            log.info("resumed from %s at step %d (online then: %s)", self.checkpoint_path, self.tdgan.step,
+                     ", ".join(self.tdgan.online) or "none")
+        for path in sorted((self.dir / "uploads").glob("*.bundle")):
+            self.uploads[path.stem] = decode_bundle(path.read_bytes(), self.device)
+        bary = self.dir / "barycenter.bundle"
+        if bary.is_file():
+            self._barycenter = bary.read_bytes()
+            self._ready.set()
+        self.metrics.nodes_online.set(0)
+        self.metrics.generator_step.set(self.tdgan.step)
+
+    def save(self) -> None:
+        """Write ``cloud.pt`` atomically (TDGAN state, registrations, history; never tokens)."""
+        cfg = {k: v for k, v in to_dict(self.cfg).items() if k != "tokens"}
+        save_checkpoint(self.checkpoint_path, {
+            "model": _jsonable(model_spec(self.tdgan.G)), "tdgan": self.tdgan.state_dict(),
+            "registered": {k: {"n_samples": i.n_samples, "label_histogram": list(i.label_histogram)}
+                           for k, i in self.registered.items()},
+            "history": self.history, "config": cfg, "run_id": self.cfg.run_id})
+        self.metrics.checkpoints.inc()
+
+    def report(self) -> dict[str, Any]:
+        """Summary of the run (written to ``report.json`` at the end)."""
+        return {"run_id": self.cfg.run_id, "mode": self.cfg.mode, "step": self.tdgan.step, "steps": self.cfg.steps,
+                "finished": self.finished, "resumed_step": self.resumed_step, "online": self.tdgan.online,
+                "seen": self.tdgan.seen, "totals": self.tdgan.totals,
+                "uploads": sorted(self.uploads), "barycenter_ready": self._barycenter is not None,
+                "last": self.history[-1] if self.history else None}
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the compute thread (serialised with every generator step)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ membership (called by transports)
+    def register(self, info: NodeInfo, capabilities: dict[str, Any] | None = None) -> None:
+        """Record a node's disclosure (label histogram, n_k); checked against the generator."""
+        require(len(info.label_histogram) == self.cfg.num_classes, "label_histogram",
+                f"node '{info.node_id}' sent {len(info.label_histogram)} classes, the cloud has "
+                f"{self.cfg.num_classes}", "use the cloud's class set")
+        self.registered[info.node_id] = info
+        self.capabilities[info.node_id] = dict(capabilities or {})
+        log.info("registered %s (n=%d, %s)", info.node_id, info.n_samples, capabilities or {})
+
+    def connected(self, node_id: str) -> None:
+        """``node_id``'s feedback channel is open: it (re)joins before the next step."""
+        require(node_id in self.registered, "node_id", f"node '{node_id}' has not registered", "call Register first")
+        self._connected.add(node_id)
+        self._events.append(("join", node_id))
+        self._changed.set()
+
+    def disconnected(self, node_id: str) -> None:
+        """``node_id``'s channel closed (stream ended, heartbeats missed, dropped): it leaves."""
+        self._connected.discard(node_id)
+        self._events.append(("leave", node_id))
+        self._changed.set()
+
+    def _apply_membership(self) -> None:
+        events, self._events = self._events, []
+        for kind, node_id in events:
+            online = node_id in self.tdgan.online
+            if kind == "leave" and online and node_id not in self._connected:
+                self.tdgan.leave(node_id)
+                self.metrics.leaves.inc()
+            elif kind == "join" and not online and node_id in self._connected:
+                self.tdgan.join(self.registered[node_id])
+                self.metrics.joins.inc()
+        self.metrics.nodes_online.set(len(self.tdgan.online))
+
+    async def _wait_for_restored(self, stop: asyncio.Event) -> None:
+        """After a restart, give the nodes that were online ``rejoin_grace_s`` to reconnect;
+        those that come back keep the TDGAN state untouched, the others leave."""
+        restored = set(self.tdgan.online)
+        deadline = time.monotonic() + self.cfg.rejoin_grace_s
+        while restored - self._connected and time.monotonic() < deadline and not stop.is_set():
+            self._changed.clear()
+            await _wait_any(self._changed, stop, timeout=deadline - time.monotonic())
+        for node_id in restored - self._connected:
+            log.info("node %s did not come back after the restart: it leaves", node_id)
+            self._events.append(("leave", node_id))
+
+    # ------------------------------------------------------------------ TDGAN run
+    def _screen(self, requests: Sequence[FeedbackRequest], answers: dict[str, FeedbackReply | NodeFailure],
+                link: FeedbackLink) -> list[FeedbackReply]:
+        """Keep replies that pass :func:`validate_feedback`; drop nodes whose feedback is refused."""
+        good = []
+        for req in requests:
+            ans = answers.get(req.node_id)
+            if isinstance(ans, NodeFailure):
+                if ans.reason:
+                    self.metrics.reject(ans.reason)
+                continue
+            if ans is None:
+                continue
+            try:
+                validate_feedback(ans, req, self.cfg.tdgan.max_feedback_norm)
+            except FeedbackRejected as e:
+                self.metrics.reject(_reason(e))
+                link.drop(req.node_id, NodeFailure("INVALID_ARGUMENT", str(e), _reason(e)))
+                continue
+            good.append(ans)
+        return good
+
+    def _record(self, stats: dict[str, float]) -> None:
+        self.history.append({k: v for k, v in stats.items() if "/" not in k})
+        self.metrics.generator_step.set(self.tdgan.step)
+        if stats.get("g_stepped"):
+            self.metrics.generator_steps.inc()
+        if "reminding_loss" in stats:
+            self.metrics.loss.labels("reminding").set(stats["reminding_loss"])
+        for kind in ("d_loss", "g_loss"):
+            vals = [v for k, v in stats.items() if k.endswith("/" + kind)]
+            if vals:
+                self.metrics.loss.labels(kind).set(sum(vals) / len(vals))
+
+    async def run(self, link: FeedbackLink, stop: asyncio.Event) -> str:
+        """Drive the configured pipeline until it is done (``"finished"``) or ``stop`` is set
+        (``"shutdown"``); the state is checkpointed either way."""
+        if self.cfg.mode == "coalesce":
+            return await self._run_coalesce(stop)
+        await self._wait_for_restored(stop)
+        while self.tdgan.step < self.cfg.steps and not stop.is_set():
+            self._changed.clear()
+            await self.compute(self._apply_membership)
+            if len(self.tdgan.online) < self.cfg.min_nodes:
+                await _wait_any(self._changed, stop, timeout=self.cfg.heartbeat_interval_s)
+                continue
+            requests = await self.compute(self.tdgan.make_requests, None)
+            answers = await link.exchange(requests, self.cfg.feedback_timeout_s)
+            stats = await self.compute(self.tdgan.apply_feedback, self._screen(requests, answers, link))
+            self._record(stats)
+            if self.tdgan.step % self.cfg.checkpoint_every == 0:
+                await self.compute(self.save)
+        await self.compute(self.save)
+        if self.tdgan.step >= self.cfg.steps:
+            self.finished = True
+            await link.finish(self.tdgan.step, "finished")
+            return "finished"
+        return "shutdown"
+
+    # ------------------------------------------------------------------ coalescence (Stage I)
+    def add_upload(self, node_id: str, blob: bytes) -> tuple[int, int]:
+        """Accept node ``node_id``'s verified bundle (``generator``, ``critic``, scalar ``eta``),
+        persist it atomically; returns (uploads held, uploads expected)."""
+        models, scalars = decode_bundle(blob, self.device)
+        require(set(models) == {"generator", "critic"}, "bundle.models",
+                f"got {sorted(models)}", "upload exactly 'generator' and 'critic'")
+        eta = scalars.get("eta", float("nan"))
+        require(math.isfinite(eta) and eta > 0, "bundle.scalars.eta", f"must be a finite radius > 0, got {eta}")
+        for other, (m, _) in self.uploads.items():
+            if other != node_id:
+                require(same_architecture(m["generator"], models["generator"]), "bundle.models.generator",
+                        f"node '{node_id}' uploaded a different architecture than '{other}'",
+                        "every node must pre-train the same architecture")
+                break
+        atomic_write_bytes(self.dir / "uploads" / f"{node_id}.bundle", blob)
+        self.uploads[node_id] = (models, scalars)
+        self.metrics.uploads.inc()
+        self._changed.set()
+        return len(self.uploads), self.cfg.coalesce.expected_uploads
+
+    def _barycenter_now(self) -> bytes:
+        """Stage I in the cloud: the W1 barycenter of the uploads (seed 000, Alg. 1)."""
+        ids = sorted(self.uploads)
+        gens = [self.uploads[k][0]["generator"] for k in ids]
+        crits = [self.uploads[k][0]["critic"] for k in ids]
+        eta = [self.uploads[k][1]["eta"] for k in ids]
+        c = self.cfg.coalesce
+        if c.aggregator == "recursive":
+            from edgegan.barycenter.recursive import recursive_barycenter
+
+            res = recursive_barycenter(gens, crits, eta, c.steps_per_stage, checkpoint_dir=self.dir / "stage1")
+            models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
+        else:
+            from edgegan.barycenter.aggregate import aggregate
+
+            res = aggregate(c.aggregator, gens, crits, eta, steps_per_stage=c.steps_per_stage)
+            models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
+        blob = encode_bundle(models, {"nodes": float(len(ids))})
+        atomic_write_bytes(self.dir / "barycenter.bundle", blob)
+        return blob
+
+    async def _run_coalesce(self, stop: asyncio.Event) -> str:
+        while self._barycenter is None and not stop.is_set():
+            if len(self.uploads) >= self.cfg.coalesce.expected_uploads:
+                log.info("stage I: barycenter of %s", ", ".join(sorted(self.uploads)))
+                self._barycenter = await self.compute(self._barycenter_now)
+                self._ready.set()
+                break
+            self._changed.clear()
+            await _wait_any(self._changed, stop, timeout=self.cfg.heartbeat_interval_s)
+        if self._barycenter is None:
+            return "shutdown"
+        self.finished = True
+        await stop.wait()  # keep serving downloads until told to stop
+        return "finished"
+
+    async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
+        """Serialized bundle ``name`` (``barycenter`` or ``generator``), or None if not ready in ``wait_s``."""
+        if name == "generator":
+            return await self.compute(lambda: encode_bundle({"generator": self.tdgan.G}, {"step": float(self.tdgan.step)}))
+        require(name == "barycenter", "name", f"unknown bundle {name!r}", "ask for barycenter or generator")
+        if not self._ready.is_set() and wait_s > 0:
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        return self._barycenter
+
+
+class EdgeNode:
+    """The edge role: private data, TDGAN local discriminator, Stage I pre-training, Stage II adaptation.
+
+    Nothing but :meth:`info` (n_k, label histogram), feedback tensors and uploaded models
+    (Stage I) leaves the node; the data never does.
+    """
+
+    def __init__(self, node_id: str, data: TensorData, device: torch.device | None = None) -> None:
+        require(bool(node_id), "node_id", "empty", "give every node a non-empty id")
+        self.node_id = node_id
+        self.data = data
+        self.device = device or torch.device("cpu")
+        self._tdgan: TDGANEdge | None = None
+        self._tdgan_cfg: TDGANConfig | None = None
+
+    def info(self) -> NodeInfo:
+        hist = label_histogram(self.data.y, self.data.num_classes)
+        return NodeInfo(self.node_id, len(self.data), tuple(int(c) for c in hist))
+
+    def configure_tdgan(self, cfg: TDGANConfig, image_shape: Sequence[int]) -> None:
+        """Build D_k for the cloud's settings once; the same D_k serves every reconnection."""
+        require(tuple(image_shape) == self.data.image_shape, "image_shape",
+                f"the cloud generates {tuple(image_shape)}, node '{self.node_id}' holds {self.data.image_shape}",
+                "use the cloud's data set")
+        if self._tdgan is None:
+            self._tdgan = TDGANEdge(self.node_id, self.data, cfg=cfg)
+            self._tdgan.D.to(self.device)
+            self._tdgan_cfg = cfg
+        elif self._tdgan_cfg != cfg:
+            raise EdgeganError("tdgan", f"the cloud's TDGAN settings changed for node '{self.node_id}'",
+                               "restart the edge to follow the new settings")
+
+    def feedback(self, req: FeedbackRequest) -> FeedbackReply:
+        """Seed 003 Alg. 1 on the node: update D_k, reply ∂loss_G/∂fake."""
+        require(self._tdgan is not None, "tdgan", "feedback before configure_tdgan")
+        assert self._tdgan is not None
+        return self._tdgan.feedback(req)
+
+    def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
+        """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""
+        G, D = build_gan(arch, self.data.image_shape, cfg.latent_dim, 0, width)
+        G, D = G.to(self.device), D.to(self.device)
+        x = self.data.x.to(self.device)
+        train_wgan_gp(G, D, lambda m: x[torch.randint(0, len(x), (m,), device=x.device)], steps, cfg)
+        return {"generator": G, "critic": D}
+
+    def adapt(self, barycenter: dict[str, nn.Module], steps: int, ternary: bool = False,
+              cfg: WGANConfig | None = None) -> nn.Module:
+        """Stage II on the node: fast adaptation of the barycenter to local data (seed 000, Alg. 2)."""
+        from edgegan.adapt.fast_adapt import fast_adapt
+
+        res = fast_adapt(barycenter["generator"].to(self.device), barycenter["critic_prev"].to(self.device),
+                         barycenter["critic_new"].to(self.device), self.data.x.to(self.device), steps,
+                         ternary=ternary, cfg=cfg)
+        return res.generator
+
+
+def _jsonable(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec as it reads back from JSON (tuples → lists), for comparisons."""
+    return json.loads(json.dumps(spec))
+
+
+async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float | None = None) -> None:
+    """Return when ``event`` or ``stop`` is set, or after ``timeout`` seconds."""
+    tasks = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=None if timeout is None else max(timeout, 0.0),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def tdgan_config_json(cfg: TDGANConfig) -> str:
+    """The cloud's TDGAN settings for the wire (plain JSON)."""
+    return json.dumps(dataclasses.asdict(cfg))
