@@ -8,3 +8,14 @@ from edgegan.barycenter.grid import (  # noqa: E402
     grid_barycenter,
     sinkhorn_grid_barycenter,
 )
+
+# continuous W2 barycenters: exact Gaussian ground truth, WIN (seed 004), NWB (seed 001), issue 5
+from edgegan.barycenter.aggregate import AGGREGATORS, AggregateResult, aggregate  # noqa: E402
+from edgegan.barycenter.continuous import W2BarycenterResult  # noqa: E402
+from edgegan.barycenter.gaussian import (  # noqa: E402
+    bw2_uvp,
+    exact_gaussian_barycenter,
+    gaussian_w2_squared,
+)
+from edgegan.barycenter.nwb import NWBConfig, nwb_barycenter  # noqa: E402
+from edgegan.barycenter.win import WINConfig, win_barycenter  # noqa: E402
