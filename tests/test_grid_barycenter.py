@@ -86,7 +86,7 @@ def test_n_way_from_two_way_duplicates_paths_exactly():
     """Features combine linearly in λ (seed 002 §3.1), so splitting an input's weight over two
     copies of it, or permuting inputs, leaves the prediction unchanged."""
     torch.manual_seed(0)
-    net = GridBarycenterNet((4, 8), pool=2).eval()
+    net = GridBarycenterNet((4, 8), pool=2, prior_reg=0.004).eval()
     mu = torch.rand(1, 2, 16, 16)
     mu /= mu.sum((2, 3), keepdim=True)
     two = predict_grid_barycenters(net, mu, torch.tensor([[0.4, 0.6]]))
@@ -104,7 +104,8 @@ def test_training_loss_falls_and_data_set_is_cached(tmp_path, monkeypatch):
     again = make_pair_dataset(cfg)  # now read from the cache
     torch.testing.assert_close(again["barycenters"], data["barycenters"])
     assert torch.allclose(data["barycenters"].sum((1, 2)), torch.ones(48), atol=1e-5)
-    _, rows = train_grid_net(data, GridTrainConfig(epochs=7, batch_size=8, channels=(4, 8, 16), pool=1))
+    # seed 002's own network (no blurred-mean skip), so the loss starts far from its floor
+    _, rows = train_grid_net(data, GridTrainConfig(epochs=7, batch_size=8, channels=(4, 8, 16), pool=1, prior_reg=0.0))
     losses = [r["loss"] for r in rows]
     assert losses[-1] < 0.7 * losses[0], losses
 

@@ -96,6 +96,17 @@ def euclidean_grid_barycenter(histograms: Any, weights: Any | None = None) -> np
 
 
 # ----------------------------------------------------------------------------- the network
+def gibbs_blur(h: torch.Tensor, reg: float) -> torch.Tensor:
+    """``K h Kᵀ`` on the last two axes with POT's grid kernel ``K_xy = exp(−(x−y)²/reg)``,
+    ``x, y ∈ linspace(0, 1, ·)``, renormalised to the input's mass."""
+    def kernel(m: int) -> torch.Tensor:
+        t = torch.linspace(0, 1, m, dtype=h.dtype, device=h.device)
+        return torch.exp(-((t[:, None] - t[None]) ** 2) / reg)
+
+    out = kernel(h.shape[-2]) @ h @ kernel(h.shape[-1]).T
+    return out * (h.sum((-2, -1), keepdim=True) / out.sum((-2, -1), keepdim=True).clamp_min(1e-30))
+
+
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     """Two 3×3 convolutions (stride 1, padding 1), each with InstanceNorm before its ReLU."""
     return nn.Sequential(
@@ -112,13 +123,20 @@ class GridBarycenterNet(nn.Module):
     upsamples the logits bilinearly before the softmax: ~``pool²`` fewer operations; the
     entropic reference is smooth at that scale (blur σ = √(reg/2) ≈ 2.9 cells at 64×64,
     reg 0.004). ``pool = 1`` is seed 002's full-resolution network.
+
+    ``prior_reg > 0`` adds ``log(K (Σ_i λ_i μ_i) K)`` to the logits, the Euclidean mean blurred
+    by POT's Gibbs kernel ``K = exp(−|x−y|²/prior_reg)``: the net then learns only how far the
+    Wasserstein barycenter moves mass away from that blend (not in seed 002, whose output is
+    the softmax of ψ alone; ``prior_reg = 0`` is the paper's network).
     Fully convolutional: any ``H, W`` divisible by ``pool · 2**(len(channels)-1)``.
     """
 
-    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64), pool: int = 1) -> None:
+    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64), pool: int = 1,
+                 prior_reg: float = 0.0) -> None:
         super().__init__()
         require(pool >= 1, "model.pool", f"{pool} < 1", "use 1 (full resolution) or 2")
-        self.model_args = {"channels": [int(c) for c in channels], "pool": int(pool)}
+        require(prior_reg >= 0, "model.prior_reg", f"{prior_reg} < 0", "use 0 (off) or e.g. 0.004")
+        self.model_args = {"channels": [int(c) for c in channels], "pool": int(pool), "prior_reg": float(prior_reg)}
         ch = self.model_args["channels"]
         self.contract = nn.ModuleList(_block(c_in, c_out) for c_in, c_out in zip([1] + ch[:-1], ch))
         self.expand = nn.ModuleList(_block(ch[j + 1] + ch[j], ch[j]) for j in range(len(ch) - 1))
@@ -150,6 +168,10 @@ class GridBarycenterNet(nn.Module):
         logits = self.head(y)
         if pool > 1:
             logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+        logits = logits.reshape(B, H, W)
+        if self.model_args["prior_reg"] > 0:
+            logits = logits + torch.log(gibbs_blur(torch.einsum("bn,bnhw->bhw", lam, mu),
+                                                   self.model_args["prior_reg"]) + 1e-12)
         return F.log_softmax(logits.reshape(B, H * W), dim=1).reshape(B, H, W)
 
 
@@ -171,6 +193,7 @@ class GridTrainConfig:
     first_cycle: float = field(default=1.0, metadata={"unit": "epochs in the first SGDR cycle"})
     channels: tuple[int, ...] = field(default=(8, 16, 32, 64), metadata={"unit": "features per depth"})
     pool: int = field(default=2, metadata={"unit": "input pooling; 1 = seed 002 full resolution"})
+    prior_reg: float = field(default=0.004, metadata={"unit": "blurred-mean skip; 0 = seed 002 (off)"})
     augment: bool = field(default=True, metadata={"unit": "random grid symmetries + input swaps"})
     seed: int = field(default=0, metadata={"unit": "rng seed"})
 
@@ -198,7 +221,7 @@ def train_grid_net(data: dict[str, torch.Tensor], cfg: GridTrainConfig,
     and one row per epoch ``{"epoch", "loss", "lr", "seconds"}``. Runs on ``model``'s device."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    model = model if model is not None else GridBarycenterNet(cfg.channels, cfg.pool)
+    model = model if model is not None else GridBarycenterNet(cfg.channels, cfg.pool, cfg.prior_reg)
     dev = next(model.parameters()).device
     shapes, pairs = data["shapes"].to(dev), data["pairs"].to(dev)
     weights, bars = data["weights"].to(dev), data["barycenters"].to(dev)

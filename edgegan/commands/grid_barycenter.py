@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgegan.errors import EdgeganError, require
 
@@ -28,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--channels", default="8,16,32,64", help="features per depth, comma-separated")
     t.add_argument("--pool", type=int, default=2, help="input pooling (1 = seed 002 full resolution)")
+    t.add_argument("--prior-reg", type=float, default=0.004,
+                   help="blurred-Euclidean-mean skip into the logits; 0 = seed 002's network")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/grid_dcnn.pt", help="checkpoint path")
+    t.add_argument("--out", default="runs/grid_dcnn.pt", help="checkpoint path (rewritten every epoch)")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: torch's choice]")
     add_device_option(t)
     t.set_defaults(func=run_train)
 
@@ -61,21 +65,29 @@ def run_train(args: argparse.Namespace) -> int:
     data_cfg = GridDataConfig(size=args.size, num_shapes=args.shapes, num_pairs=args.pairs, reg=args.reg,
                               seed=args.seed)
     train_cfg = GridTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                channels=channels, pool=args.pool, seed=args.seed)
+                                channels=channels, pool=args.pool, prior_reg=args.prior_reg,
+                                seed=args.seed)
     data_cfg.validate()
     train_cfg.validate()
     device = resolve_device(args.device)
-    model = GridBarycenterNet(channels, args.pool)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model = GridBarycenterNet(channels, args.pool, args.prior_reg)
     require(args.size % model.multiple == 0, "size", f"{args.size} is not a multiple of {model.multiple}",
             "change --size, --pool or --channels")
     t0 = time.time()
     data = make_pair_dataset(data_cfg)
     print(f"data: {len(data['pairs'])} pairs of {args.size}×{args.size} ready in {time.time() - t0:.0f} s")
-    model, rows = train_grid_net(data, train_cfg, model.to(device),
-                                 callback=lambda r: print(f"epoch {r['epoch']:3d}  KL {r['loss']:.4f}  "
-                                                          f"lr {r['lr']:.2e}  {r['seconds']:.0f} s", flush=True))
-    save_grid_model(args.out, model, data_config=vars(data_cfg), train_config={
-        k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()}, history=rows)
+    configs = {"data_config": vars(data_cfg),
+               "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()}}
+    history: list[dict[str, float]] = []
+
+    def epoch_done(row: dict[str, float]) -> None:
+        history.append(row)
+        print(f"epoch {row['epoch']:3d}  KL {row['loss']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.0f} s", flush=True)
+        save_grid_model(args.out, model, **configs, history=history)  # a usable file after every epoch
+
+    train_grid_net(data, train_cfg, model.to(device), callback=epoch_done)
     print(f"wrote {args.out}")
     return 0
 
