@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the local data subset and training")
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="coalesce: local GAN architecture")
     p.add_argument("--width", type=int, default=None, help="coalesce: hidden size / base channels")
-    p.add_argument("--pretrain-steps", type=int, default=500, help="coalesce: local WGAN-GP generator steps")
+    p.add_argument("--pretrain-steps", type=int, default=500, help="coalesce: local WGAN-GP generator steps before the upload (0: target node only)")
     p.add_argument("--eta", type=float, default=1.0, help="coalesce: relevance radius η_k (λ_k = 1/η_k)")
     p.add_argument("--adapt-steps", type=int, default=0, help="coalesce: Stage II steps after download (0: none)")
     p.add_argument("--ternary", action="store_true", help="coalesce: ternary fast adaptation")
@@ -102,13 +102,17 @@ def run(args: argparse.Namespace) -> int:
         summary.update(step=done.step, reason=done.reason)
     else:
         require(args.eta > 0, "eta", f"must be > 0, got {args.eta}")
+        require(args.pretrain_steps > 0 or args.adapt_steps > 0, "pretrain_steps",
+                "nothing to do with --pretrain-steps 0 and --adapt-steps 0")
         cfg = WGANConfig()
-        t0 = time.perf_counter()
-        models = node.pretrain(args.arch, args.pretrain_steps, cfg, args.width)
-        summary["pretrain_seconds"] = time.perf_counter() - t0
-        reply = asyncio.run(upload_models(node, conn, models, {"eta": args.eta}))
-        log.info("uploaded %d bytes (%d of %d uploads)", reply.received_bytes, reply.uploads, reply.expected_uploads)
-        summary["uploaded_bytes"] = reply.received_bytes
+        if args.pretrain_steps > 0:  # a source node (Stage I); 0: a pure target node
+            t0 = time.perf_counter()
+            models = node.pretrain(args.arch, args.pretrain_steps, cfg, args.width)
+            summary["pretrain_seconds"] = time.perf_counter() - t0
+            reply = asyncio.run(upload_models(node, conn, models, {"eta": args.eta}))
+            log.info("uploaded %d bytes (%d of %d uploads)", reply.received_bytes, reply.uploads,
+                     reply.expected_uploads)
+            summary["uploaded_bytes"] = reply.received_bytes
         if args.adapt_steps > 0:
             bary, _ = asyncio.run(download_models(args.node_id, conn, "barycenter", args.wait_s))
             G = node.adapt(bary, args.adapt_steps, args.ternary, cfg)

@@ -272,7 +272,8 @@ class CloudServer:
         while self.tdgan.step < self.cfg.steps and not stop.is_set():
             self._changed.clear()
             await self.compute(self._apply_membership)
-            if len(self.tdgan.online) < self.cfg.min_nodes:
+            needed = self.cfg.start_nodes if self.tdgan.step == 0 else self.cfg.min_nodes
+            if len(self.tdgan.online) < needed:
                 await _wait_any(self._changed, stop, timeout=self.cfg.heartbeat_interval_s)
                 continue
             requests = await self.compute(self.tdgan.make_requests, None)

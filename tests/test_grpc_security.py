@@ -1,0 +1,158 @@
+"""Security of the cloud process: mutual TLS, per-node bearer tokens, identity binding, and
+feedback validation that leaves the generator bit-identical (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from edgegan.runtime.grpc_edge import EdgeConnection, download_models
+from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
+from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
+from edgegan.runtime.tensor_codec import encode_tensor
+from grpc_procs import Procs, make_certs, scrape, start_cloud, write_config
+
+TOKENS = {"e0": "t0", "mal": "tm"}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("secure")
+    certs = make_certs(tmp / "certs", ("client",))
+    cfg = write_config(tmp / "cloud.yaml", tokens=TOKENS, steps=100000, max_message_bytes=1 << 20, chunk_bytes=256 << 10,
+                       tls={"cert": str(certs["server.cert"]), "key": str(certs["server.key"]),
+                            "client_ca": str(certs["ca"])})
+    procs = Procs(tmp)
+    try:
+        _, port, mport = start_cloud(procs, cfg, tls_ca=certs["ca"], tls_client=(certs["client.cert"], certs["client.key"]))
+        yield {"port": port, "metrics": mport, "certs": certs}
+    finally:
+        procs.kill_all()
+
+
+def _conn(cloud: dict, token: str, client_cert: bool = True) -> EdgeConnection:
+    c = cloud["certs"]
+    return EdgeConnection(f"127.0.0.1:{cloud['port']}", token, str(c["ca"]),
+                          str(c["client.cert"]) if client_cert else None,
+                          str(c["client.key"]) if client_cert else None, max_message_bytes=32 << 20)
+
+
+def _register_req(node_id: str) -> pb.RegisterRequest:
+    return pb.RegisterRequest(node_id=node_id, n_samples=10, label_histogram=[1] * 10)
+
+
+async def _call_register(conn: EdgeConnection, node_id: str) -> pb.RegisterReply:
+    async with conn.channel() as ch:
+        return await pb_grpc.EdgeGANStub(ch).Register(_register_req(node_id), metadata=conn.metadata(node_id),
+                                                      timeout=20)
+
+
+def _code(coro) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        asyncio.run(coro)
+    return e.value.code()
+
+
+def test_valid_token_and_client_certificate_register(cloud) -> None:
+    reply = asyncio.run(_call_register(_conn(cloud, "t0"), "e0"))
+    assert reply.mode == "tdgan" and list(reply.image_shape) == [1, 8, 8]
+    assert reply.max_message_bytes == 1 << 20
+
+
+def test_wrong_or_missing_token_is_unauthenticated(cloud) -> None:
+    assert _code(_call_register(_conn(cloud, "not-a-token"), "e0")) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(_call_register(_conn(cloud, ""), "e0")) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_node_may_only_speak_for_its_own_id(cloud) -> None:
+    assert _code(_call_register(_conn(cloud, "t0"), "mal")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_plaintext_and_certificate_less_clients_are_refused(cloud) -> None:
+    plain = EdgeConnection(f"127.0.0.1:{cloud['port']}", "t0")
+    assert _code(_call_register(plain, "e0")) == grpc.StatusCode.UNAVAILABLE
+    assert _code(_call_register(_conn(cloud, "t0", client_cert=False), "e0")) == grpc.StatusCode.UNAVAILABLE
+
+
+def _generator(cloud: dict) -> dict[str, torch.Tensor]:
+    models, _ = asyncio.run(download_models("mal", _conn(cloud, "tm"), "generator", 0))
+    return {k: v.clone() for k, v in models["generator"].state_dict().items()}
+
+
+def _bad_reply(kind: str, fake: torch.Tensor) -> pb.Tensor:
+    g = torch.randn_like(fake) * 1e-3
+    if kind == "good":
+        return encode_tensor(g)
+    if kind == "nan":
+        g[0, 0, 0, 0] = float("nan")
+        return encode_tensor(g)
+    if kind == "malformed":
+        t = encode_tensor(g)
+        t.data = t.data[:-4]
+        return t
+    if kind == "dtype":
+        return encode_tensor(g.double())
+    if kind == "shape":
+        return encode_tensor(torch.cat([g, g]))
+    if kind == "norm":
+        return encode_tensor(g * 1e6)
+    if kind == "oversized":
+        return encode_tensor(torch.zeros(1 << 20))  # 4 MiB > the cloud's 1 MiB message limit
+    raise ValueError(kind)
+
+
+async def _one_exchange(conn: EdgeConnection, kind: str) -> grpc.StatusCode:
+    """Join as 'mal', answer the first fake batch with a ``kind`` reply; the stream's final status."""
+    async with conn.channel() as ch:
+        stub = pb_grpc.EdgeGANStub(ch)
+        await stub.Register(_register_req("mal"), metadata=conn.metadata("mal"), timeout=20)
+        call = stub.Session(metadata=conn.metadata("mal"), timeout=30)
+        while True:
+            msg = await call.read()
+            assert msg is not grpc.aio.EOF
+            if msg.WhichOneof("kind") == "request":
+                break
+        r = msg.request
+        fake = torch.frombuffer(bytearray(r.fake.data), dtype=torch.float32).reshape(tuple(r.fake.shape))
+        await call.write(pb.EdgeMessage(reply=pb.FeedbackReply(step=r.step, grad=_bad_reply(kind, fake))))
+        if kind == "good":
+            await asyncio.sleep(1.0)  # let the cloud take its generator step, then leave
+            call.cancel()
+            return grpc.StatusCode.OK
+        try:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return await call.code()
+
+
+@pytest.mark.parametrize("kind, code, reason", [
+    ("nan", grpc.StatusCode.INVALID_ARGUMENT, "nonfinite"),
+    ("malformed", grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
+    ("dtype", grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
+    ("shape", grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+    ("norm", grpc.StatusCode.INVALID_ARGUMENT, "norm"),
+    ("oversized", grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+])
+def test_bad_feedback_is_refused_and_the_generator_is_bit_identical(cloud, kind, code, reason) -> None:
+    before = _generator(cloud)
+    rejected = scrape(cloud["metrics"]).get(f'edgegan_feedback_rejected_total{{reason="{reason}"}}', 0.0)
+    assert asyncio.run(_one_exchange(_conn(cloud, "tm"), kind)) == code
+    after = _generator(cloud)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    if reason is not None:
+        got = scrape(cloud["metrics"])[f'edgegan_feedback_rejected_total{{reason="{reason}"}}']
+        assert got == rejected + 1
+
+
+def test_good_feedback_does_move_the_generator(cloud) -> None:
+    """The control for the test above: the same path with valid feedback changes G."""
+    before = _generator(cloud)
+    assert asyncio.run(_one_exchange(_conn(cloud, "tm"), "good")) == grpc.StatusCode.OK
+    after = _generator(cloud)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
