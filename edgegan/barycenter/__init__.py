@@ -19,3 +19,8 @@ from edgegan.barycenter.gaussian import (  # noqa: E402
 )
 from edgegan.barycenter.nwb import NWBConfig, nwb_barycenter  # noqa: E402
 from edgegan.barycenter.win import WINConfig, win_barycenter  # noqa: E402
+
+# recursive W1 barycenter (Stage I, seed 000 Alg. 1), relevance weights, weight average: issue 4
+from edgegan.barycenter.recursive import BarycenterResult, recursive_barycenter  # noqa: E402
+from edgegan.barycenter.weight_average import average_generators, average_models  # noqa: E402
+from edgegan.barycenter.weights import coalescence_order, relevance_weights  # noqa: E402
