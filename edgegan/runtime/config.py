@@ -43,11 +43,17 @@ class CoalesceConfig:
     """Stage I in the cloud (seed 000, Alg. 1): wait for uploads, then compute the barycenter."""
 
     expected_uploads: int = field(default=2, metadata={"unit": "uploads (G_k, D_k, η_k) to wait for"})
-    aggregator: str = field(default="recursive", metadata={
-        "unit": "recursive (seed 000 Alg. 1) or a name known to edgegan.barycenter.aggregate"})
+    aggregator: str = field(default="recursive_w1", metadata={
+        "unit": "recursive_w1 (seed 000 Alg. 1), win, nwb or weight_average (edgegan.barycenter.aggregate)"})
     steps_per_stage: int = field(default=200, metadata={"unit": "generator steps per recursive stage"})
 
     def validate(self, prefix: str = "coalesce") -> None:
+        from edgegan.barycenter.aggregate import aggregator_name
+
+        try:
+            self.aggregator = aggregator_name(self.aggregator)
+        except EdgeganError as e:
+            raise EdgeganError(f"{prefix}.aggregator", e.problem, e.fix) from None
         require(self.expected_uploads >= 1, f"{prefix}.expected_uploads", f"must be >= 1, got {self.expected_uploads}")
         require(self.steps_per_stage >= 1, f"{prefix}.steps_per_stage", f"must be >= 1, got {self.steps_per_stage}")
 

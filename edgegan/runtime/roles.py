@@ -36,6 +36,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 import torch
 from torch import nn
 
+from edgegan.barycenter.aggregate import aggregate
 from edgegan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from edgegan.config import to_dict
 from edgegan.data.partition import label_histogram
@@ -317,16 +318,8 @@ class CloudServer:
         crits = [self.uploads[k][0]["critic"] for k in ids]
         eta = [self.uploads[k][1]["eta"] for k in ids]
         c = self.cfg.coalesce
-        if c.aggregator == "recursive":
-            from edgegan.barycenter.recursive import recursive_barycenter
-
-            res = recursive_barycenter(gens, crits, eta, c.steps_per_stage, checkpoint_dir=self.dir / "stage1")
-            models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
-        else:
-            from edgegan.barycenter.aggregate import aggregate
-
-            res = aggregate(c.aggregator, gens, crits, eta, steps_per_stage=c.steps_per_stage)
-            models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
+        res = aggregate(c.aggregator, gens, crits, eta, c.steps_per_stage, checkpoint_dir=self.dir / "stage1")
+        models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
         blob = encode_bundle(models, {"nodes": float(len(ids))})
         atomic_write_bytes(self.dir / "barycenter.bundle", blob)
         return blob
