@@ -156,6 +156,22 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def write(args: argparse.Namespace, rows: list[dict], commands: list[str], total: float,
+          complete: bool) -> None:
+    out = {
+        "benchmark": "gaussian_barycenter", "quick": args.quick, "weights": WEIGHTS,
+        "score_samples": SCORE_SAMPLES, "total_seconds": round(total, 1), "complete": complete,
+        "metric": "BW2-UVP % = 100 * W2^2(N(mean, cov) fitted to samples, true) / tr(true cov) (seed 001 eq. 11)",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} CPU, 1 thread, "
+                   "timed while other jobs shared the machine",
+        "command": "python benchmarks/gaussian_barycenter.py " + " ".join(sys.argv[1:]),
+        "parts": commands,
+        "rows": rows,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="d in {2, 8}, non-Gaussian at d=2, shorter training")
@@ -180,11 +196,11 @@ def main() -> None:
         rows = [r for part in parts for r in part["rows"]]
         commands = [part["command"] for part in parts]
         dims = sorted({r["dim"] for r in rows})
-    else:
-        for d in dims:
-            rows += run_problem("gaussian", d, args.quick)
-        for d in family_dims:
-            rows += run_problem("location-scatter", d, args.quick)
+    else:  # the JSON is rewritten after every problem, so a cut-off run keeps what finished
+        for family, ds in (("gaussian", dims), ("location-scatter", family_dims)):
+            for d in ds:
+                rows += run_problem(family, d, args.quick)
+                write(args, rows, commands, time.perf_counter() - t0, complete=False)
     total = sum(p["total_seconds"] for p in parts) if args.merge else time.perf_counter() - t0
     print(f"\n{'family':16s} {'method':32s} " + " ".join(f"d={d:<6d}" for d in dims))
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -192,18 +208,7 @@ def main() -> None:
             vals = {r["dim"]: r["bw2_uvp_pct"] for r in rows if r["family"] == family and r["method"] == method}
             print(f"{family:16s} {method:32s} " + " ".join(f"{vals[d]:<8.3f}" if d in vals else " " * 8 for d in dims))
     print(f"total {total:.0f} s")
-    out = {
-        "benchmark": "gaussian_barycenter", "quick": args.quick, "weights": WEIGHTS,
-        "score_samples": SCORE_SAMPLES, "total_seconds": round(total, 1),
-        "metric": "BW2-UVP % = 100 * W2^2(N(mean, cov) fitted to samples, true) / tr(true cov) (seed 001 eq. 11)",
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} CPU, 1 thread, "
-                   "timed while other jobs shared the machine",
-        "command": "python benchmarks/gaussian_barycenter.py " + " ".join(sys.argv[1:]),
-        "parts": commands,
-        "rows": rows,
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
+    write(args, rows, commands, total, complete=True)
     plot(rows, Path(args.png) if args.png else Path(args.json).with_suffix(".png"))
 
 
