@@ -89,7 +89,8 @@ class TimedLink:
         ex = np.array(self.exchange_s[self.warmup:]) * 1e3
         starts = self.step_starts[self.warmup:]
         out = {"p50_ms": float(np.percentile(ex, 50)), "p99_ms": float(np.percentile(ex, 99)),
-               "steps_per_s": (len(starts) - 1) / (starts[-1] - starts[0])}
+               "steps_per_s": (len(starts) - 1) / (starts[-1] - starts[0]),
+               "median_step_ms": float(np.median(np.diff(starts))) * 1e3}
         if len(self.bytes_at) == 2:
             out["bytes_per_step"] = (self.bytes_at[1] - self.bytes_at[0]) / (len(starts) - 1)
         return out
@@ -116,7 +117,30 @@ async def run_inproc_case(shape, steps: int, warmup: int) -> dict:
     return link.summary()
 
 
-async def run_grpc_case(shape, steps: int, warmup: int) -> dict:
+class EchoEdge:
+    """An edge with no discriminator: answers every batch with a fixed small gradient, so the
+    exchange time is the wire alone (encode, send, decode, answer, send back, decode)."""
+
+    def __init__(self, node_id: str, data) -> None:
+        from edgegan.runtime.roles import EdgeNode
+
+        self._node = EdgeNode(node_id, data)
+        self.node_id = node_id
+        self._grad = torch.full((BATCH, *data.image_shape), 1e-4)
+
+    def info(self):
+        return self._node.info()
+
+    def configure_tdgan(self, cfg, image_shape) -> None:
+        self._node.configure_tdgan(cfg, image_shape)
+
+    def feedback(self, req):
+        from edgegan.tdgan.messages import FeedbackReply
+
+        return FeedbackReply(self.node_id, req.step, self._grad, {})
+
+
+async def run_grpc_case(shape, steps: int, warmup: int, echo: bool = False) -> dict:
     import grpc
 
     from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink, channel_options
@@ -131,7 +155,8 @@ async def run_grpc_case(shape, steps: int, warmup: int) -> dict:
         pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, link), grpc_server)
         port = grpc_server.add_insecure_port("127.0.0.1:0")
         await grpc_server.start()
-        edge = subprocess.Popen([sys.executable, __file__, "--edge-worker", str(port), ",".join(map(str, shape))],
+        edge = subprocess.Popen([sys.executable, __file__, "--edge-worker", str(port), ",".join(map(str, shape)),
+                                 "echo" if echo else "tdgan"],
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
             timed = TimedLink(link, warmup, lambda: loopback_bytes(port))
@@ -145,12 +170,13 @@ async def run_grpc_case(shape, steps: int, warmup: int) -> dict:
     return timed.summary()
 
 
-def edge_worker(port: int, shape: Sequence[int]) -> None:
+def edge_worker(port: int, shape: Sequence[int], echo: bool) -> None:
     from edgegan.runtime.grpc_edge import EdgeConnection, run_tdgan_edge
     from edgegan.runtime.roles import EdgeNode
 
     torch.set_num_threads(1)
-    asyncio.run(run_tdgan_edge(EdgeNode("edge-0", synthetic_data(shape)), EdgeConnection(f"127.0.0.1:{port}")))
+    node = (EchoEdge if echo else EdgeNode)("edge-0", synthetic_data(shape))
+    asyncio.run(run_tdgan_edge(node, EdgeConnection(f"127.0.0.1:{port}")))
 
 
 def main() -> int:
@@ -158,10 +184,11 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per case [default: 300, quick 40]")
-    ap.add_argument("--edge-worker", nargs=2, metavar=("PORT", "SHAPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--edge-worker", nargs=3, metavar=("PORT", "SHAPE", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.edge_worker:
-        edge_worker(int(args.edge_worker[0]), [int(s) for s in args.edge_worker[1].split(",")])
+        edge_worker(int(args.edge_worker[0]), [int(s) for s in args.edge_worker[1].split(",")],
+                    args.edge_worker[2] == "echo")
         return 0
     torch.set_num_threads(1)
     steps = args.steps or (40 if args.quick else 300)
@@ -170,18 +197,22 @@ def main() -> int:
     for name, shape in CASES.items():
         inproc = asyncio.run(run_inproc_case(shape, steps, warmup))
         rpc = asyncio.run(run_grpc_case(shape, steps, warmup))
+        wire = asyncio.run(run_grpc_case(shape, steps, warmup, echo=True))
         numel = BATCH * int(np.prod(shape))
         rows.append({"case": name, "shape": [BATCH, *shape], "grpc_p50_ms": rpc["p50_ms"], "grpc_p99_ms": rpc["p99_ms"],
                      "inproc_p50_ms": inproc["p50_ms"], "inproc_steps_per_s": inproc["steps_per_s"],
                      "grpc_steps_per_s": rpc["steps_per_s"],
                      "throughput_ratio": rpc["steps_per_s"] / inproc["steps_per_s"],
+                     "inproc_median_step_ms": inproc["median_step_ms"], "grpc_median_step_ms": rpc["median_step_ms"],
+                     "wire_only_p50_ms": wire["p50_ms"], "wire_only_p99_ms": wire["p99_ms"],
                      "bytes_per_step": rpc["bytes_per_step"], "payload_bytes": 2 * numel * 4,
                      "bytes_ratio": rpc["bytes_per_step"] / (2 * numel * 4)})
-    print(f"{'case':7} {'shape':>14} {'gRPC p50 ms':>11} {'p99 ms':>8} {'inproc p50':>10} {'inproc st/s':>11} "
-          f"{'gRPC st/s':>9} {'ratio':>6} {'bytes/step':>10} {'payload':>9} {'x':>5}")
+    print(f"{'case':7} {'shape':>14} {'gRPC p50 ms':>11} {'p99 ms':>8} {'wire p50':>8} {'inproc p50':>10} "
+          f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>6} {'bytes/step':>10} {'payload':>9} {'x':>5}")
     for r in rows:
         print(f"{r['case']:7} {'x'.join(map(str, r['shape'])):>14} {r['grpc_p50_ms']:11.2f} {r['grpc_p99_ms']:8.2f} "
-              f"{r['inproc_p50_ms']:10.2f} {r['inproc_steps_per_s']:11.1f} {r['grpc_steps_per_s']:9.1f} "
+              f"{r['wire_only_p50_ms']:8.2f} {r['inproc_p50_ms']:10.2f} {r['inproc_steps_per_s']:11.1f} "
+              f"{r['grpc_steps_per_s']:9.1f} "
               f"{r['throughput_ratio']:6.2f} {r['bytes_per_step']:10.0f} {r['payload_bytes']:9d} {r['bytes_ratio']:5.3f}")
     result = {"cases": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "steps": steps,
                                         "warmup": warmup, "edges": 1, "torch_threads": 1,

@@ -4,7 +4,7 @@ feedback validation that leaves the generator bit-identical (issue 7)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import time
 
 import grpc
 import pytest
@@ -156,3 +156,30 @@ def test_good_feedback_does_move_the_generator(cloud) -> None:
     assert asyncio.run(_one_exchange(_conn(cloud, "tm"), "good")) == grpc.StatusCode.OK
     after = _generator(cloud)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_silent_node_is_dropped_after_missed_heartbeats(cloud) -> None:
+    """A peer whose TCP connection stays up but that stops talking (hung process) leaves."""
+    conn = _conn(cloud, "t0")
+    leaves = scrape(cloud["metrics"])["edgegan_leaves_total"]
+
+    async def silent() -> tuple[grpc.StatusCode, float]:
+        async with conn.channel() as ch:
+            stub = pb_grpc.EdgeGANStub(ch)
+            await stub.Register(_register_req("e0"), metadata=conn.metadata("e0"), timeout=20)
+            call = stub.Session(metadata=conn.metadata("e0"), timeout=60)
+            t0 = asyncio.get_running_loop().time()
+            try:
+                while await call.read() is not grpc.aio.EOF:
+                    pass  # read, never answer, never heartbeat
+            except grpc.aio.AioRpcError as e:
+                return e.code(), asyncio.get_running_loop().time() - t0
+            return await call.code(), asyncio.get_running_loop().time() - t0
+
+    code, seconds = asyncio.run(silent())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and 2.5 < seconds < 20  # heartbeat_timeout_s = 3
+    for _ in range(50):  # the leave is applied before the cloud's next step
+        if scrape(cloud["metrics"])["edgegan_leaves_total"] == leaves + 1:
+            break
+        time.sleep(0.1)
+    assert scrape(cloud["metrics"])["edgegan_leaves_total"] == leaves + 1
