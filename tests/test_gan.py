@@ -37,13 +37,19 @@ def test_ring_wgan_gp_cuts_exact_w1_to_a_third(device):
     G, D = G.to(device), D.to(device)
     ref = sampler(512)
     w_start = exact_w1(G.sample(512), ref)
-    # Gulrajani et al.'s toy setting (β2 = 0.9); batch 256
+    # toy setting: Adam(0, 0.9) (β1 = 0.5 oscillates on the ring), batch 256
     trainer = MultiCriticWGAN(G, [D], [lambda m: sampler(m).to(device)], None,
-                              WGANConfig(lr=1e-4, beta2=0.9, batch_size=256))
-    t0 = time.time()
-    trainer.train(1000)
+                              WGANConfig(lr=1e-4, beta1=0.0, beta2=0.9, batch_size=256))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.process_time()  # CPU seconds: robust to other load on the machine
+        trainer.train(1000)
+        cpu_seconds = time.process_time() - t0
+    finally:
+        torch.set_num_threads(threads)
     w_end = exact_w1(G.sample(512), ref)
-    assert time.time() - t0 < 90
+    assert device.type == "cuda" or cpu_seconds < 60, cpu_seconds
     assert w_end < w_start / 3, (w_start, w_end)
 
 
