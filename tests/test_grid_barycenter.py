@@ -70,7 +70,7 @@ def test_n1_barycenter_is_close_to_its_input(shapes):
         pred = grid_barycenter(h[None], [1.0])
         ref = sinkhorn_grid_barycenter(h[None], [1.0])  # the entropic n = 1 barycenter: a blurred input
         assert np.linalg.norm(centroid(pred) - centroid(h)) < 1.5  # cells
-        assert np.abs(pred - ref).sum() < 0.6 and np.abs(pred - ref).sum() < np.abs(pred - np.roll(ref, 6)).sum()
+        assert np.abs(pred - ref).sum() < 0.4 and np.abs(pred - ref).sum() < np.abs(pred - np.roll(ref, 6)).sum()
 
 
 def test_weights_one_zero_give_the_first_input(shapes):
@@ -78,7 +78,7 @@ def test_weights_one_zero_give_the_first_input(shapes):
     pred = grid_barycenter(np.stack([a, b]), [1.0, 0.0])
     ref_a = sinkhorn_grid_barycenter(a[None], [1.0])
     ref_b = sinkhorn_grid_barycenter(b[None], [1.0])
-    assert np.abs(pred - ref_a).sum() < 0.6 < np.abs(pred - ref_b).sum()
+    assert np.abs(pred - ref_a).sum() < 0.4 < np.abs(pred - ref_b).sum()
     assert np.linalg.norm(centroid(pred) - centroid(a)) < 1.5
 
 

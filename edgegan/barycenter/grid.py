@@ -213,9 +213,9 @@ def _symmetry(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def train_grid_net(data: dict[str, torch.Tensor], cfg: GridTrainConfig,
-                   model: GridBarycenterNet | None = None,
-                   callback: Callable[[dict[str, float]], None] | None = None) -> tuple[GridBarycenterNet, list[dict[str, float]]]:
+def train_grid_net(data: dict[str, torch.Tensor], cfg: GridTrainConfig, model: GridBarycenterNet | None = None,
+                   callback: Callable[[dict[str, float]], None] | None = None,
+                   ) -> tuple[GridBarycenterNet, list[dict[str, float]]]:
     """Fit the DCNN on pair barycenters (``make_pair_dataset`` output) with KL and Adam under
     SGDR (cosine annealing with warm restarts, seed 002 app. A). Returns the model (eval mode)
     and one row per epoch ``{"epoch", "loss", "lr", "seconds"}``. Runs on ``model``'s device."""
@@ -313,7 +313,8 @@ def grid_barycenter(histograms: Any, weights: Any | None = None,
 def aggregate_grid(histograms: Any, weights: Any | None = None, method: str = "grid-dcnn",
                    model: GridBarycenterNet | str | Path | None = None, reg: float = DEFAULT_REG) -> np.ndarray:
     """Cloud aggregator for grid-valued node summaries: ``grid-dcnn`` (amortized, seed 002) or
-    ``grid-sinkhorn`` (POT's entropic convolutional barycenter)."""
+    ``grid-sinkhorn`` (POT's entropic convolutional barycenter); underscores are accepted."""
+    method = str(method).strip().lower().replace("_", "-")
     if method == "grid-dcnn":
         return grid_barycenter(histograms, weights, model)
     if method == "grid-sinkhorn":

@@ -85,20 +85,30 @@ def csg_shape(rng: np.random.Generator, size: int = 64, max_ops: int = 50,
 
 
 def random_shapes(rng: np.random.Generator, num: int, size: int = 64, max_ops: int = 50,
-                  filled_fraction: float = 0.3) -> np.ndarray:
-    """``num`` CSG shapes (num, size, size); each filled with probability ``filled_fraction``."""
-    return np.stack([csg_shape(rng, size, max_ops, contour=rng.uniform() >= filled_fraction)
-                     for _ in range(num)])
+                  filled_fraction: float = 0.3, smooth_fraction: float = 0.0) -> np.ndarray:
+    """``num`` CSG shapes (num, size, size); each filled with probability ``filled_fraction``,
+    and with probability ``smooth_fraction`` drawn on a coarse 8×8 or 16×16 grid and upsampled
+    bilinearly (smooth, dense inputs such as upsampled images)."""
+    out = []
+    for _ in range(num):
+        coarse = int(rng.choice([8, 16])) if rng.uniform() < smooth_fraction else size
+        h = csg_shape(rng, coarse, max_ops, contour=rng.uniform() >= filled_fraction)
+        out.append(h if coarse == size else _upsample(torch.tensor(h)[None], size)[0].numpy())
+    return np.stack(out)
+
+
+def _upsample(h: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, h, w) histograms → (N, size, size) by bilinear interpolation, renormalised."""
+    up = torch.nn.functional.interpolate(h[:, None].double(), size=(size, size), mode="bilinear",
+                                         align_corners=False)[:, 0].clamp_min(0)
+    return up / up.sum(dim=(1, 2), keepdim=True)
 
 
 def digit_histograms(size: int = 64) -> torch.Tensor:
     """scikit-learn's 8×8 digits upsampled bilinearly to (N, size, size) probability vectors."""
     from edgegan.data import load_digits
 
-    x = (load_digits().x + 1.0) / 2.0  # (N, 1, 8, 8) in [0, 1]
-    up = torch.nn.functional.interpolate(x.double(), size=(size, size), mode="bilinear",
-                                         align_corners=False)[:, 0].clamp_min(0)
-    return up / up.sum(dim=(1, 2), keepdim=True)
+    return _upsample((load_digits().x[:, 0] + 1.0) / 2.0, size)  # pixels in [0, 1]
 
 
 @dataclass
@@ -113,6 +123,8 @@ class GridDataConfig:
     max_ops: int = field(default=50, metadata={"unit": "CSG operations, seed 002: 50"})
     filled_fraction: float = field(default=0.3, metadata={
         "unit": "share of filled (not contour) shapes; seed 002 uses 0, filled ones help dense inputs"})
+    smooth_fraction: float = field(default=0.3, metadata={
+        "unit": "share drawn on an 8×8/16×16 grid and upsampled; seed 002 uses 0"})
     seed: int = field(default=0, metadata={"unit": "rng seed"})
 
     def validate(self, prefix: str = "data") -> None:
@@ -123,6 +135,8 @@ class GridDataConfig:
         require(self.reg > 0, f"{prefix}.reg", f"{self.reg} <= 0", "use e.g. 0.004")
         require(0 <= self.filled_fraction <= 1, f"{prefix}.filled_fraction",
                 f"{self.filled_fraction} is outside [0, 1]", "use e.g. 0.3")
+        require(0 <= self.smooth_fraction <= 1, f"{prefix}.smooth_fraction",
+                f"{self.smooth_fraction} is outside [0, 1]", "use e.g. 0.3")
 
     def key(self) -> str:
         blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True).encode()
@@ -142,7 +156,7 @@ def make_pair_dataset(cfg: GridDataConfig, cache: bool = True) -> dict[str, torc
     if cache and path.is_file():
         return {k: v for k, v in load_checkpoint(path).items() if isinstance(v, torch.Tensor)}
     rng = np.random.default_rng(cfg.seed)
-    shapes = random_shapes(rng, cfg.num_shapes, cfg.size, cfg.max_ops, cfg.filled_fraction)
+    shapes = random_shapes(rng, cfg.num_shapes, cfg.size, cfg.max_ops, cfg.filled_fraction, cfg.smooth_fraction)
     pairs = np.stack([rng.choice(cfg.num_shapes, 2, replace=False) for _ in range(cfg.num_pairs)])
     lam = rng.uniform(0, 1, size=cfg.num_pairs)
     weights = np.stack([lam, 1 - lam], axis=1)
