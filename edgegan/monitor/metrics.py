@@ -17,14 +17,22 @@ per-node values: label sets are small and fixed (``reason``, ``kind``, ``directi
 | edgegan_feature_fid | gauge | last feature-FID of the generator (when evaluated) |
 | edgegan_uploads_total | counter | model bundles received (Stage I) |
 | edgegan_checkpoints_total | counter | checkpoints written |
+| edgegan_server_round | gauge | current Flower server round (edgegan.flower) |
+| edgegan_round_nodes{outcome} | gauge | nodes sampled / replied / failed in the last training round |
+| edgegan_aggregation_seconds | histogram | wall time of one Stage I aggregation (Flower strategy) |
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REJECT_REASONS = ("malformed", "dtype", "shape", "nonfinite", "norm", "stale", "size")
 LOSS_KINDS = ("reminding", "d_loss", "g_loss")
+ROUND_OUTCOMES = ("sampled", "replied", "failed")
+AGGREGATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 ROUNDTRIP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -53,6 +61,14 @@ class Metrics:
         self.feature_fid = Gauge("edgegan_feature_fid", "Last feature-FID of the generator", registry=r)
         self.uploads = Counter("edgegan_uploads_total", "Model bundles received", registry=r)
         self.checkpoints = Counter("edgegan_checkpoints_total", "Checkpoints written", registry=r)
+        # Flower rounds (edgegan.flower): same names whether a Flower or a native run exports them
+        self.server_round = Gauge("edgegan_server_round", "Current Flower server round", registry=r)
+        self.round_nodes = Gauge("edgegan_round_nodes", "Nodes sampled, replied and failed in the last round",
+                                 ["outcome"], registry=r)
+        for outcome in ROUND_OUTCOMES:
+            self.round_nodes.labels(outcome)
+        self.aggregation_seconds = Histogram("edgegan_aggregation_seconds", "Wall time of one Stage I aggregation",
+                                             buckets=AGGREGATION_BUCKETS, registry=r)
 
     def reject(self, reason: str) -> None:
         """Count one refused feedback; unknown reasons count as ``malformed`` (bounded labels)."""
@@ -63,3 +79,16 @@ def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.
     """Serve ``/metrics`` for ``registry`` on ``addr:port`` in a daemon thread; returns the port."""
     server, _thread = start_http_server(port, addr, registry)
     return int(server.server_address[1])
+
+
+@contextlib.contextmanager
+def metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> Iterator[int]:
+    """Serve ``/metrics`` like :func:`start_metrics_server` while the block runs; yields the port
+    (``port`` 0: any free one) and shuts the endpoint down on exit (apps that end, tests)."""
+    server, thread = start_http_server(port, addr, registry)
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
