@@ -1,1 +1,1 @@
-"""edgegan.sim"""
+"""edgegan.sim: scenario schema, join/leave schedules, the Ray / in-process engine, run reports."""

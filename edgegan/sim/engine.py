@@ -1,0 +1,440 @@
+"""The simulation engine (DESIGN.md, Runtime): a fixed pool of workers, each hosting many
+virtual nodes whose state is parked between activations, driven by the runtime's roles.
+
+* :class:`NodeHost` is one worker: virtual TDGAN edges (:class:`~edgegan.tdgan.edge.TDGANEdge`,
+  seed 003) kept in an LRU of at most ``resident_cap`` live objects; the least recently used
+  beyond that are spilled to disk (``state_dict`` → :func:`~edgegan.checkpoint.save_checkpoint`)
+  and rebuilt on their next activation. Stateless jobs (source pre-training, Stage II methods,
+  grid summaries) run on any worker.
+* :class:`InprocPool` runs the hosts in this process (tests, tiny runs); :class:`RayPool` runs
+  each host as a Ray actor (``ray.util.ActorPool.map_unordered`` for stateless jobs, direct
+  calls to the owning actor for a node's feedback) with per-actor resources, fractional GPUs
+  included.
+* :class:`SimLink` is a :class:`~edgegan.runtime.roles.FeedbackLink`: :class:`CloudServer`
+  drives TDGAN over it exactly as over gRPC, while the link applies the availability schedule's
+  join/leave events (``Schedule.events_at``) between steps through ``connected`` /
+  ``disconnected``, as a transport reports streams opening and closing.
+
+The pipelines themselves live in :mod:`edgegan.sim.pipelines`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from edgegan.checkpoint import load_checkpoint, save_checkpoint
+from edgegan.data.tensordata import TensorData
+from edgegan.errors import EdgeganError, require
+from edgegan.runtime.roles import CloudServer, NodeFailure
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.edge import TDGANEdge
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+from edgegan.tdgan.schedule import Schedule
+
+log = logging.getLogger("edgegan.sim")
+
+#: Progress callback: ``progress(phase, completed, total, text)``.
+Progress = Callable[[str, int, int, str], None]
+
+
+def _rss_peak_bytes(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM) of a process, from /proc (0 where unavailable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class NodeHost:
+    """One pool worker hosting many virtual nodes (plain object; :class:`RayPool` wraps it in an actor).
+
+    Parameters
+    ----------
+    index : the worker's index in the pool.
+    resident_cap : live virtual TDGAN edges kept in memory; the least recently used beyond are spilled.
+    spill_dir : folder for spilled node states (a temporary folder when None).
+    device : where this worker's models run.
+    threads : torch intra-op threads of this worker (None: leave as is).
+    """
+
+    def __init__(self, index: int, resident_cap: int = 512, spill_dir: str | None = None,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.index = index
+        self.cap = int(resident_cap)
+        self.device = torch.device(device)
+        self._own_spill = spill_dir is None
+        self.spill_dir = Path(spill_dir or tempfile.mkdtemp(prefix=f"edgegan-host{index}-"))
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._cfg: TDGANConfig | None = None
+        self._data: dict[str, TensorData] = {}
+        self._crash: dict[str, int] = {}
+        self._resident: OrderedDict[str, TDGANEdge] = OrderedDict()
+        self._spilled: set[str] = set()
+        self._eval_cache: dict[str, Any] = {}
+        self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "crashed": 0,
+                         "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0}
+
+    # ------------------------------------------------------------------ virtual TDGAN edges
+    def add_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
+                        crashes: dict[str, int] | None = None) -> list[NodeInfo]:
+        """Host ``nodes`` (id, private data); their D_k are built on first activation."""
+        self._cfg = cfg
+        for node_id, data in nodes:
+            require(node_id not in self._data, "nodes", f"node '{node_id}' is hosted twice")
+            self._data[node_id] = data
+        self._crash.update(crashes or {})
+        return [_info(k, d) for k, d in nodes]
+
+    def _spill_path(self, node_id: str) -> Path:
+        return self.spill_dir / f"{node_id}.pt"
+
+    def _activate(self, node_id: str) -> TDGANEdge:
+        """The live edge of ``node_id``: resident, restored from its spill file, or new."""
+        edge = self._resident.get(node_id)
+        if edge is not None:
+            self._resident.move_to_end(node_id)
+            return edge
+        require(self._cfg is not None and node_id in self._data, "node_id",
+                f"node '{node_id}' is not hosted by worker {self.index}")
+        edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
+        edge.D.to(self.device)
+        if node_id in self._spilled:
+            edge.load_state_dict(load_checkpoint(self._spill_path(node_id), self.device))
+            self._spilled.discard(node_id)
+            self.counters["restored"] += 1
+        else:
+            self.counters["created"] += 1
+        self._resident[node_id] = edge
+        return edge
+
+    def _park(self) -> None:
+        """Spill least recently used edges until at most ``cap`` are resident."""
+        while len(self._resident) > self.cap:
+            node_id, edge = self._resident.popitem(last=False)
+            save_checkpoint(self._spill_path(node_id), edge.state_dict())
+            self._spilled.add(node_id)
+            self.counters["spilled"] += 1
+
+    def feedback(self, requests: Sequence[FeedbackRequest]) -> list[FeedbackReply | NodeFailure]:
+        """Answer each request with its node's :meth:`TDGANEdge.feedback`; a node scheduled to crash
+        at this step answers :class:`NodeFailure` ``UNAVAILABLE`` and its state is dropped."""
+        out: list[FeedbackReply | NodeFailure] = []
+        for req in requests:
+            if self._crash.get(req.node_id) == req.step:
+                self._drop(req.node_id)
+                out.append(NodeFailure("UNAVAILABLE", f"node '{req.node_id}' left during step {req.step}"))
+                continue
+            t0 = time.perf_counter()
+            edge = self._activate(req.node_id)
+            t1 = time.perf_counter()
+            reply = edge.feedback(FeedbackRequest(req.node_id, req.step, req.fake.to(self.device),
+                                                  req.labels.to(self.device)))
+            reply = FeedbackReply(reply.node_id, reply.step, reply.grad.cpu(), reply.stats)
+            t2 = time.perf_counter()
+            self._park()
+            t3 = time.perf_counter()
+            c = self.counters
+            c["activations"] += 1
+            c["activate_s"] += t1 - t0
+            c["compute_s"] += t2 - t1
+            c["park_s"] += t3 - t2
+            out.append(reply)
+        return out
+
+    def _drop(self, node_id: str) -> None:
+        """A crashed node loses its live state (it may rejoin later with a fresh D_k)."""
+        self.counters["crashed"] += 1
+        self._resident.pop(node_id, None)
+        self._spilled.discard(node_id)
+        self._crash.pop(node_id, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
+                "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": _rss_peak_bytes()}
+
+    # ------------------------------------------------------------------ stateless jobs
+    def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run a module-level job function on this worker (pre-training, Stage II, summaries)."""
+        return fn(self, *args, **kwargs)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """Per-worker cache (e.g. the evaluation classifier), built once."""
+        if key not in self._eval_cache:
+            self._eval_cache[key] = make()
+        return self._eval_cache[key]
+
+    def close(self) -> None:
+        if self._own_spill:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _info(node_id: str, data: TensorData) -> NodeInfo:
+    from edgegan.data.partition import label_histogram
+
+    hist = label_histogram(data.y, data.num_classes)
+    return NodeInfo(node_id, len(data), tuple(int(c) for c in hist))
+
+
+# ---------------------------------------------------------------------- pools
+class InprocPool:
+    """``workers`` hosts in this process, called one after another."""
+
+    backend = "inproc"
+
+    def __init__(self, workers: int, resident_cap: int = 512, device: str = "cpu",
+                 spill_dir: str | None = None) -> None:
+        require(workers >= 1, "workers", f"must be >= 1, got {workers}")
+        self.hosts = [NodeHost(i, resident_cap, None if spill_dir is None else f"{spill_dir}/host{i}", device)
+                      for i in range(workers)]
+        self.device = device
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+    async def call(self, host: int, method: str, *args: Any) -> Any:
+        return getattr(self.hosts[host], method)(*args)
+
+    def call_sync(self, host: int, method: str, *args: Any) -> Any:
+        return getattr(self.hosts[host], method)(*args)
+
+    def map_unordered(self, fn: Callable[..., Any], jobs: Iterable[tuple[tuple, dict]]) -> Iterator[Any]:
+        """Run ``fn(host, *args, **kwargs)`` per job; yields results as they finish."""
+        for i, (args, kwargs) in enumerate(jobs):
+            yield self.hosts[i % len(self.hosts)].run_job(fn, args, kwargs)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [h.stats() for h in self.hosts]
+
+    def shutdown(self) -> None:
+        for h in self.hosts:
+            h.close()
+
+
+class RayPool:
+    """``workers`` Ray actors, each a :class:`NodeHost` with ``num_cpus`` / ``num_gpus`` resources.
+
+    Joins ``address`` (``auto`` or ``ray://…``) when given, uses an already initialised Ray, or
+    starts a local one sized to the machine (and shuts it down again in :meth:`shutdown`).
+    """
+
+    backend = "ray"
+
+    def __init__(self, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                 address: str | None = None, spill_dir: str | None = None,
+                 object_store_bytes: int = 256 << 20) -> None:
+        try:
+            import ray
+        except ImportError:  # pragma: no cover - ray is a dependency
+            raise EdgeganError("backend", "ray is not installed", "pip install 'ray>=2.9' or use --backend inproc")
+        self._ray = ray
+        self._started = False
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's CUDA env warning
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "configure_logging": True,
+                                  "logging_level": logging.WARNING, "log_to_driver": True}
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=object_store_bytes, **kw)
+            self._started = True
+        res = ray.cluster_resources()
+        gpus = float(res.get("GPU", 0.0))
+        if num_gpus > 0 and gpus == 0:
+            log.warning("nodes.resources.num_gpus=%s but the Ray cluster has no GPU: running on CPU", num_gpus)
+            num_gpus = 0.0
+        if workers <= 0:
+            by_cpu = int(float(res.get("CPU", 1.0)) // num_cpus)
+            workers = max(1, min(by_cpu, int(gpus // num_gpus) if num_gpus else by_cpu))
+        device = "cuda" if num_gpus > 0 else "cpu"
+        threads = max(1, int(num_cpus))
+        actor_cls = ray.remote(NodeHost)
+        self.actors = [actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
+            i, resident_cap, None if spill_dir is None else f"{spill_dir}/host{i}", device, threads)
+            for i in range(workers)]
+        self.device = device
+        self.resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        ray.get([a.stats.remote() for a in self.actors])  # wait until every actor is up
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    async def call(self, host: int, method: str, *args: Any) -> Any:
+        return await getattr(self.actors[host], method).remote(*args)
+
+    def call_sync(self, host: int, method: str, *args: Any) -> Any:
+        return self._ray.get(getattr(self.actors[host], method).remote(*args))
+
+    def map_unordered(self, fn: Callable[..., Any], jobs: Iterable[tuple[tuple, dict]]) -> Iterator[Any]:
+        """``ray.util.ActorPool.map_unordered``: each idle actor takes the next job."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        return pool.map_unordered(lambda a, job: a.run_job.remote(fn, job[0], job[1]), list(jobs))
+
+    def stats(self) -> list[dict[str, Any]]:
+        return self._ray.get([a.stats.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        try:
+            self._ray.get([a.close.remote() for a in self.actors])
+        except Exception:  # an actor that died has nothing to clean up
+            pass
+        for a in self.actors:
+            self._ray.kill(a)
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_pool(backend: str, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0,
+              num_gpus: float = 0.0, address: str | None = None, device: str = "cpu",
+              spill_dir: str | None = None) -> InprocPool | RayPool:
+    """The pool for ``backend`` (``inproc`` | ``ray``); ``workers`` 0 sizes it by the machine."""
+    if backend == "inproc":
+        return InprocPool(workers or 1, resident_cap, device, spill_dir)
+    if backend == "ray":
+        return RayPool(workers, resident_cap, num_cpus, num_gpus, address, spill_dir)
+    raise EdgeganError("backend", f"unknown backend {backend!r}", "choose inproc or ray")
+
+
+# ---------------------------------------------------------------------- the feedback link
+class SimLink:
+    """A :class:`~edgegan.runtime.roles.FeedbackLink` over a pool of virtual nodes that follows a
+    :class:`Schedule`.
+
+    Step (tick) ``t`` of the schedule is one generator step. Before step ``t`` the link applies
+    ``schedule.events_at(t)`` through ``server.connected`` / ``server.disconnected``; a tick where
+    nobody is online runs no generator step (recorded as idle, like a cloud waiting for nodes).
+    A node that fails during its step (crash, dead worker) is dropped like a closed stream.
+
+    ``on_step(row)`` receives one dict per tick (``kind`` ``step`` or ``idle``) once its
+    generator step is applied.
+    """
+
+    def __init__(self, server: CloudServer, pool: InprocPool | RayPool, host_of: dict[str, int],
+                 infos: dict[str, NodeInfo], schedule: Schedule, on_step: Callable[[dict[str, Any]], None]) -> None:
+        self.server = server
+        self.pool = pool
+        self.host_of = host_of
+        self.schedule = schedule
+        self.on_step = on_step
+        self.connected: set[str] = set()
+        self.dead: set[str] = set()
+        self.tick = 0
+        self.done: tuple[int, str] | None = None
+        self._row: dict[str, Any] | None = None
+        self._idle: list[dict[str, Any]] = []
+        self.exchange_s = 0.0
+        self.activations = 0
+        for info in infos.values():
+            server.register(info)
+        self._online_cache = [set(schedule.online_at(t)) for t in range(schedule.total_steps)]
+
+    def busy_ticks(self) -> int:
+        """Ticks with at least one node online: the generator steps of the run."""
+        return sum(1 for s in self._online_cache if s)
+
+    def start(self) -> None:
+        self._advance(0)
+
+    def _advance(self, t: int) -> None:
+        """Apply membership for tick ``t`` (and skip idle ticks after it)."""
+        total = self.schedule.total_steps
+        while t < total:
+            for ev in self.schedule.events_at(t):
+                if ev.kind == "leave" and ev.node_id in self.connected:
+                    self.connected.discard(ev.node_id)
+                    self.server.disconnected(ev.node_id)
+                elif ev.kind == "join" and ev.node_id not in self.dead and ev.node_id not in self.connected:
+                    self.connected.add(ev.node_id)
+                    self.server.connected(ev.node_id)
+            if self.connected:
+                break
+            self._idle.append({"kind": "idle", "tick": t, "step": self.server.tdgan.step, "online": []})
+            t += 1
+        self.tick = t
+
+    def _complete(self) -> None:
+        if self._row is not None:
+            stats = self.server.history[-1] if self.server.history else {}
+            self._row.update({k: v for k, v in stats.items() if k not in ("step",)})
+            row, self._row = self._row, None
+            self.on_step(row)
+        for row in self._idle:
+            self.on_step(row)
+        self._idle = []
+
+    async def exchange(self, requests: Sequence[FeedbackRequest],
+                       timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
+        self._complete()
+        t0 = time.perf_counter()
+        tick = self.tick
+        groups: dict[int, list[FeedbackRequest]] = {}
+        for req in requests:
+            groups.setdefault(self.host_of[req.node_id], []).append(req)
+        tasks = {h: asyncio.ensure_future(self.pool.call(h, "feedback", reqs)) for h, reqs in groups.items()}
+        done, _ = await asyncio.wait(tasks.values(), timeout=timeout_s)
+        out: dict[str, FeedbackReply | NodeFailure] = {}
+        for h, task in tasks.items():
+            reqs = groups[h]
+            if task in done and task.exception() is None:
+                for req, ans in zip(reqs, task.result()):
+                    out[req.node_id] = ans
+            else:
+                why = "worker timed out" if task not in done else f"worker failed: {task.exception()!r}"
+                if task not in done:
+                    task.cancel()
+                log.warning("worker %d %s; its %d node(s) leave", h, why, len(reqs))
+                for req in reqs:
+                    out[req.node_id] = NodeFailure("UNAVAILABLE", why)
+        failed = sorted(k for k, v in out.items() if isinstance(v, NodeFailure))
+        for node_id in failed:
+            if out[node_id].detail.startswith("worker"):
+                self.dead.add(node_id)
+            if node_id in self.connected:
+                self.connected.discard(node_id)
+                self.server.disconnected(node_id)
+        # a crashed node may rejoin in a later window; nodes of a dead or stuck worker stay away
+        m = self.server.metrics
+        sent = sum(r.fake.numel() * 4 + r.labels.numel() * 8 for r in requests)
+        got = sum(a.nbytes() for a in out.values() if isinstance(a, FeedbackReply))
+        m.bytes_sent.inc(sent)
+        m.bytes_received.inc(got)
+        dt = time.perf_counter() - t0
+        for _ in requests:
+            m.roundtrip.observe(dt)
+        self.exchange_s += dt
+        self.activations += len(requests)
+        losses = {kind: [a.stats[kind] for a in out.values() if isinstance(a, FeedbackReply) and kind in a.stats]
+                  for kind in ("d_loss", "g_loss")}
+        self._row = {"kind": "step", "tick": tick, "step": requests[0].step if requests else self.server.tdgan.step,
+                     "online": sorted(r.node_id for r in requests), "failed": failed,
+                     "exchange_s": dt,
+                     **{f"{k}_mean": (sum(v) / len(v) if v else None) for k, v in losses.items()}}
+        self._advance(tick + 1)
+        return out
+
+    def drop(self, node_id: str, failure: NodeFailure) -> None:
+        if node_id in self.connected:
+            self.connected.discard(node_id)
+            self.server.disconnected(node_id)
+
+    async def finish(self, step: int, reason: str) -> None:
+        self._complete()
+        self.done = (step, reason)
