@@ -23,12 +23,14 @@ TOKENS = {"e0": "t0", "mal": "tm"}
 def cloud(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secure")
     certs = make_certs(tmp / "certs", ("client",))
-    cfg = write_config(tmp / "cloud.yaml", tokens=TOKENS, steps=100000, max_message_bytes=1 << 20, chunk_bytes=256 << 10,
+    cfg = write_config(tmp / "cloud.yaml", tokens=TOKENS, steps=100000, max_message_bytes=1 << 20,
+                       chunk_bytes=256 << 10,
                        tls={"cert": str(certs["server.cert"]), "key": str(certs["server.key"]),
                             "client_ca": str(certs["ca"])})
     procs = Procs(tmp)
     try:
-        _, port, mport = start_cloud(procs, cfg, tls_ca=certs["ca"], tls_client=(certs["client.cert"], certs["client.key"]))
+        _, port, mport = start_cloud(procs, cfg, tls_ca=certs["ca"],
+                                     tls_client=(certs["client.cert"], certs["client.key"]))
         yield {"port": port, "metrics": mport, "certs": certs}
     finally:
         procs.kill_all()

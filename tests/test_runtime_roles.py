@@ -119,3 +119,13 @@ def test_metrics_live_in_their_own_registry_with_units_in_names() -> None:
         assert name in text, name
     labels = {k for fam in a.registry.collect() for smp in fam.samples for k in smp.labels}
     assert labels <= {"reason", "kind", "le"}  # small fixed label sets, no per-node values
+
+
+def test_cloud_evaluation_sets_feature_fid(tmp_path, nodes, digits_classifier) -> None:
+    server = CloudServer(_cfg(tmp_path, steps=6, eval_dataset="digits", eval_every=3, eval_samples_per_class=20))
+    asyncio.run(server.run(InprocLink(server, [EdgeNode("e0", nodes[0])]), asyncio.Event()))
+    server.close()
+    assert [e["step"] for e in server.evals] == [3, 6]
+    fid = server.evals[-1]["feature_fid"]
+    assert fid > 0 and server.metrics.feature_fid._value.get() == fid
+    assert server.report()["evals"] == server.evals

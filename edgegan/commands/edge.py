@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the local data subset and training")
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="coalesce: local GAN architecture")
     p.add_argument("--width", type=int, default=None, help="coalesce: hidden size / base channels")
-    p.add_argument("--pretrain-steps", type=int, default=500, help="coalesce: local WGAN-GP generator steps before the upload (0: target node only)")
+    p.add_argument("--pretrain-steps", type=int, default=500,
+                   help="coalesce: local WGAN-GP generator steps before the upload (0: target node only)")
     p.add_argument("--eta", type=float, default=1.0, help="coalesce: relevance radius η_k (λ_k = 1/η_k)")
     p.add_argument("--adapt-steps", type=int, default=0, help="coalesce: Stage II steps after download (0: none)")
     p.add_argument("--ternary", action="store_true", help="coalesce: ternary fast adaptation")

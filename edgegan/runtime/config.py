@@ -92,6 +92,11 @@ class CloudConfig:
     exit_when_done: bool = field(default=True, metadata={"unit": "exit once the run is finished"})
     linger_s: float = field(default=2.0, metadata={"unit": "seconds to keep serving after the run ends"})
     device: str = field(default="auto", metadata={"unit": "cpu, cuda, cuda:N or auto"})
+    eval_dataset: Optional[str] = field(default=None, metadata={
+        "unit": "data set the cloud may read to score G (feature-FID, class accuracy); none: no evaluation"})
+    data_root: Optional[str] = field(default=None, metadata={"unit": "folder of torchvision-format files"})
+    eval_every: int = field(default=500, metadata={"unit": "generator steps between evaluations"})
+    eval_samples_per_class: int = field(default=200, metadata={"unit": "conditional samples per class"})
     tdgan: TDGANConfig = field(default_factory=TDGANConfig)
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
 
@@ -117,6 +122,8 @@ class CloudConfig:
                 f"expected [C, H, W], got {self.image_shape}")
         require(self.num_classes >= 1, f"{p}num_classes", f"must be >= 1, got {self.num_classes}")
         require(self.steps >= 1, f"{p}steps", f"must be >= 1, got {self.steps}")
+        require(self.eval_every >= 1, f"{p}eval_every", f"must be >= 1, got {self.eval_every}")
+        require(self.eval_samples_per_class >= 1, f"{p}eval_samples_per_class", "must be >= 1")
         require(self.min_nodes >= 1, f"{p}min_nodes", f"must be >= 1, got {self.min_nodes}")
         require(self.start_nodes >= 1, f"{p}start_nodes", f"must be >= 1, got {self.start_nodes}")
         self.tls.validate(f"{p}tls")

@@ -23,7 +23,14 @@ from edgegan.runtime.grpc_server import channel_options
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import EdgeNode
-from edgegan.runtime.tensor_codec import ChunkAssembler, decode_bundle, decode_tensor, encode_tensor, iter_chunks
+from edgegan.runtime.tensor_codec import (
+    ChunkAssembler,
+    decode_bundle,
+    decode_tensor,
+    encode_bundle,
+    encode_tensor,
+    iter_chunks,
+)
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.messages import FeedbackRequest
 
@@ -141,6 +148,9 @@ async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cp
             stub = pb_grpc.EdgeGANStub(channel)
             reg = await register(stub, node, conn, device)
             joined = True
+            if reg.mode != "tdgan":
+                raise EdgeganError("mode", f"the cloud runs {reg.mode!r}, not tdgan",
+                                   f"start the edge with --mode {reg.mode}")
             node.configure_tdgan(from_dict(TDGANConfig, json.loads(reg.tdgan_config_json), "tdgan"), reg.image_shape)
             log.info("node %s joined run %s at step %d", node.node_id, reg.run_id, reg.step)
             backoff, last_ok = 0.2, time.monotonic()
@@ -167,8 +177,6 @@ async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cp
 async def upload_models(node: EdgeNode, conn: EdgeConnection, models: dict, scalars: dict[str, float],
                         chunk_bytes: int = 1 << 20) -> pb.UploadReply:
     """Stage I: stream this node's (G_k, D_k, η_k) bundle to the cloud."""
-    from edgegan.runtime.tensor_codec import encode_bundle
-
     blob = encode_bundle(models, scalars)
     async with conn.channel() as channel:
         stub = pb_grpc.EdgeGANStub(channel)

@@ -25,7 +25,6 @@ from typing import Any, AsyncIterator, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from edgegan import __version__
 from edgegan.errors import EdgeganError
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
@@ -78,7 +77,7 @@ class _Session:
                 fut.set_result(failure)
         self.pending.clear()
 
-    def on_reply(self, msg: pb.FeedbackReply, nbytes: int) -> None:
+    def on_reply(self, msg: pb.FeedbackReply) -> None:
         entry = self.pending.pop(msg.step, None)
         if entry is None:  # answered after its deadline, or a step never asked
             self.link.server.metrics.reject("stale")
@@ -212,7 +211,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             metrics.bytes_received.inc(msg.ByteSize())
             kind = msg.WhichOneof("kind")
             if kind == "reply":
-                session.on_reply(msg.reply, msg.ByteSize())
+                session.on_reply(msg.reply)
 
     async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
         metrics = self.server.metrics
@@ -227,6 +226,8 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
 
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         node_id = await self._authenticate(context)
+        if self.cfg.mode != "tdgan":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
         if node_id not in self.server.registered:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node '{node_id}' must Register first")
         old = self.link.sessions.get(node_id)
@@ -260,6 +261,8 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
     async def UploadModels(self, request_iterator: AsyncIterator[pb.ModelChunk],
                            context: grpc.aio.ServicerContext) -> pb.UploadReply:
         node_id = await self._authenticate(context)
+        if self.cfg.mode != "coalesce":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not coalesce")
         asm = ChunkAssembler(self.cfg.max_model_bytes)
         try:
             async for chunk in request_iterator:

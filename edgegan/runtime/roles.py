@@ -130,7 +130,32 @@ class CloudServer:
         self.uploads: dict[str, tuple[dict[str, nn.Module], dict[str, float]]] = {}
         self._barycenter: bytes | None = None
         self._ready = asyncio.Event()
+        self.evals: list[dict[str, Any]] = []
+        self._evaluator = self._make_evaluator() if cfg.eval_dataset else None
         self._resume()
+
+    # ------------------------------------------------------------------ evaluation
+    def _make_evaluator(self):
+        """Feature-FID and class accuracy of G(u, y) on the classes the nodes disclosed."""
+        from edgegan.data import load_dataset
+        from edgegan.eval import get_classifier
+        from edgegan.tdgan.harness import Evaluator
+
+        data = load_dataset(self.cfg.eval_dataset, self.cfg.data_root)  # type: ignore[arg-type]
+        require(data.image_shape == tuple(self.cfg.image_shape), "eval_dataset",
+                f"'{data.name}' has images {data.image_shape}, the generator makes {tuple(self.cfg.image_shape)}")
+        return Evaluator(get_classifier(data).to(self.device), data, self.cfg.eval_samples_per_class)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Score G now on every class some registered node holds; sets ``edgegan_feature_fid``."""
+        require(self._evaluator is not None, "eval_dataset", "no evaluation data set configured")
+        classes = sorted({c for i in self.registered.values() for c, n in enumerate(i.label_histogram) if n > 0})
+        res = self._evaluator(self.tdgan.G, [classes])
+        row = {"step": self.tdgan.step, "feature_fid": res["fid"], "class_acc": res["seen_class_acc"]}
+        self.evals.append(row)
+        self.metrics.feature_fid.set(res["fid"])
+        log.info("step %d: feature-FID %.2f, class accuracy %.3f", row["step"], row["feature_fid"], row["class_acc"])
+        return row
 
     # ------------------------------------------------------------------ persistence
     @property
@@ -146,6 +171,7 @@ class CloudServer:
             self.registered = {k: NodeInfo(k, int(v["n_samples"]), tuple(v["label_histogram"]))
                                for k, v in ckpt.get("registered", {}).items()}
             self.history = list(ckpt.get("history", []))
+            self.evals = list(ckpt.get("evals", []))
             self.resumed_step = self.tdgan.step
             log.info("resumed from %s at step %d (online then: %s)", self.checkpoint_path, self.tdgan.step,
                      ", ".join(self.tdgan.online) or "none")
@@ -165,7 +191,7 @@ class CloudServer:
             "model": _jsonable(model_spec(self.tdgan.G)), "tdgan": self.tdgan.state_dict(),
             "registered": {k: {"n_samples": i.n_samples, "label_histogram": list(i.label_histogram)}
                            for k, i in self.registered.items()},
-            "history": self.history, "config": cfg, "run_id": self.cfg.run_id})
+            "history": self.history, "evals": self.evals, "config": cfg, "run_id": self.cfg.run_id})
         self.metrics.checkpoints.inc()
 
     def report(self) -> dict[str, Any]:
@@ -174,7 +200,7 @@ class CloudServer:
                 "finished": self.finished, "resumed_step": self.resumed_step, "online": self.tdgan.online,
                 "seen": self.tdgan.seen, "totals": self.tdgan.totals,
                 "uploads": sorted(self.uploads), "barycenter_ready": self._barycenter is not None,
-                "last": self.history[-1] if self.history else None}
+                "last": self.history[-1] if self.history else None, "evals": self.evals}
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the compute thread (serialised with every generator step)."""
@@ -281,8 +307,13 @@ class CloudServer:
             answers = await link.exchange(requests, self.cfg.feedback_timeout_s)
             stats = await self.compute(self.tdgan.apply_feedback, self._screen(requests, answers, link))
             self._record(stats)
+            if self._evaluator is not None and self.tdgan.step % self.cfg.eval_every == 0:
+                await self.compute(self.evaluate)
             if self.tdgan.step % self.cfg.checkpoint_every == 0:
                 await self.compute(self.save)
+        if self._evaluator is not None and self.tdgan.step >= self.cfg.steps and (
+                not self.evals or self.evals[-1]["step"] != self.tdgan.step):
+            await self.compute(self.evaluate)
         await self.compute(self.save)
         if self.tdgan.step >= self.cfg.steps:
             self.finished = True
@@ -342,7 +373,8 @@ class CloudServer:
     async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
         """Serialized bundle ``name`` (``barycenter`` or ``generator``), or None if not ready in ``wait_s``."""
         if name == "generator":
-            return await self.compute(lambda: encode_bundle({"generator": self.tdgan.G}, {"step": float(self.tdgan.step)}))
+            return await self.compute(lambda: encode_bundle({"generator": self.tdgan.G},
+                                                            {"step": float(self.tdgan.step)}))
         require(name == "barycenter", "name", f"unknown bundle {name!r}", "ask for barycenter or generator")
         if not self._ready.is_set() and wait_s > 0:
             try:
