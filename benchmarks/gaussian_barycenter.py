@@ -150,7 +150,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dimension d")
     ax.set_ylabel("BW2-UVP, % (log)")
-    ax.set_title("W2 barycenter of 3 inputs, α=(¼,½,¼); solid: Gaussian, dashed: location-scatter")
+    ax.set_title("W2 barycenter of 3 inputs, α=(¼,½,¼)\nsolid: Gaussian, dashed: location-scatter (uniform cube)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
