@@ -120,3 +120,31 @@ def test_records_refuse_mismatched_arrays():
         models_from_records(other, specs, ["generator"])
     with pytest.raises(EdgeganError, match=r"^critic\.spec: missing"):
         models_from_records(arrays, specs, ["critic"])
+
+
+def test_pyproject_flower_config_is_the_task_config():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from edgegan.flower.task import FlowerTaskConfig, settings
+
+    app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "edgegan.flower.server_app:app",
+                                 "clientapp": "edgegan.flower.client_app:app"}
+    defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FlowerTaskConfig)}
+    assert app["config"] == defaults  # every key overridable with `flwr run --run-config`
+    cfg = settings(app["config"])
+    assert cfg.num_nodes == 3 and cfg.sources() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("aggregator", "nwb", r"^run_config\.aggregator: 'nwb' is not a Stage I barycenter"),
+    ("eta", "1.0", r"^run_config\.eta: 1 radii for 2 sources"),
+    ("no-such-key", 1, r"^run_config\.no-such-key: unknown key"),
+])
+def test_bad_run_config_is_one_line_error(key, value, message):
+    from edgegan.flower.task import settings
+
+    with pytest.raises(EdgeganError, match=message):
+        settings({}, {key: value})
