@@ -13,7 +13,7 @@ from edgegan import __version__
 from edgegan.errors import EdgeganError
 
 # subcommand modules under edgegan/commands, in the order --help lists them
-COMMANDS = ["train", "grid-barycenter", "cloud", "edge"]
+COMMANDS = ["train", "grid-barycenter", "cloud", "edge", "simulate", "scenarios"]
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
