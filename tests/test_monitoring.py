@@ -1,0 +1,146 @@
+"""Prometheus metrics: the dashboard only names exported, used metrics; a live /metrics scrape
+parses with prometheus-client's parser; promtool (where installed) accepts config and exposition."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgegan.monitor.metrics import ROUND_OUTCOMES, Metrics, metrics_server
+
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "edgegan.json"
+PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
+PROMETHEUS_BUILTINS = {"up"}  # series Prometheus itself adds to every target
+UPDATERS = {"rejected": ["reject"]}  # Metrics helper methods that update a collector
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def _dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [a["expr"] for a in dash.get("annotations", {}).get("list", []) if "expr" in a]
+    return exprs
+
+
+def _collectors(metrics: Metrics) -> dict[str, str]:
+    """Family name (as in the exposition) → attribute name on :class:`Metrics`."""
+    return {c.describe()[0].name: attr for attr, c in vars(metrics).items() if isinstance(c, MetricWrapperBase)}
+
+
+def _family(name: str, families: set[str]) -> str | None:
+    if name in families:
+        return name
+    for suffix in SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in families:
+            return name[: -len(suffix)]
+    return None
+
+
+def test_every_dashboard_metric_is_exported_and_updated_by_the_code():
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 14
+    names = {m for e in exprs for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", e)}
+    collectors = _collectors(Metrics())
+    source = "\n".join(p.read_text() for p in (REPO / "edgegan").rglob("*.py")
+                       if p != REPO / "edgegan" / "monitor" / "metrics.py")
+    used = set()
+    for name in sorted(names - PROMETHEUS_BUILTINS):
+        family = _family(name, set(collectors))
+        assert family is not None, f"dashboard queries {name}, which edgegan/monitor/metrics.py does not declare"
+        attr = collectors[family]
+        # some role, the simulator or the Flower strategy must update it (not only declare it)
+        alts = "|".join([attr] + UPDATERS.get(attr, []))
+        assert re.search(rf"\.(?:{alts})\b\s*[.(]", source), \
+            f"{family} (Metrics.{attr}) is declared but nothing in edgegan/ updates it"
+        used.add(family)
+    # the issue's panels: nodes online, joins/leaves, losses, FID, round trip, bytes, rejected, Flower rounds
+    for must in ("edgegan_nodes_online", "edgegan_joins", "edgegan_leaves", "edgegan_loss",
+                 "edgegan_feature_fid", "edgegan_feedback_roundtrip_seconds", "edgegan_bytes_sent",
+                 "edgegan_feedback_rejected", "edgegan_server_round", "edgegan_round_nodes",
+                 "edgegan_aggregation_seconds"):
+        assert must in used, f"no dashboard panel shows {must}"
+
+
+def test_dashboard_provisioning_points_at_the_dashboard_and_datasource():
+    import yaml
+
+    dash = json.loads(DASHBOARD.read_text())
+    ds = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {uid}
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    prov = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/edgegan.yml").read_text())
+    compose = yaml.safe_load((REPO / "deploy/docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{prov['providers'][0]['options']['path']}:ro" in mounts
+    jobs = {j["job_name"] for j in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
+    assert {"edgegan-cloud", "edgegan-sim", "edgegan-flower"} <= jobs
+
+
+def _metrics_after_a_flower_round() -> Metrics:
+    """Collectors updated by the real strategy code (mock replies, see test_flower_strategy)."""
+    metrics = Metrics()
+    metrics.nodes_online.set(3)
+    metrics.joins.inc(3)
+    metrics.roundtrip.observe(0.004)
+    metrics.bytes_sent.inc(1234)
+    metrics.reject("nonfinite")
+    metrics.loss.labels("g_loss").set(-0.5)
+    metrics.server_round.set(1)
+    for outcome, n in zip(ROUND_OUTCOMES, (3, 3, 0)):
+        metrics.round_nodes.labels(outcome).set(n)
+    metrics.aggregation_seconds.observe(2.5)
+    return metrics
+
+
+@pytest.fixture
+def live_exposition():
+    """(text scraped from a live /metrics endpoint, its port) — the endpoint is closed after."""
+    metrics = _metrics_after_a_flower_round()
+    with metrics_server(0, metrics.registry, "127.0.0.1") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+    return text, port
+
+
+def test_live_metrics_endpoint_parses(live_exposition):
+    text, port = live_exposition
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["edgegan_aggregation_seconds"].type == "histogram"
+    assert families["edgegan_feedback_roundtrip_seconds"].type == "histogram"
+    assert families["edgegan_nodes_online"].samples[0].value == 3
+    rounds = {s.labels["outcome"]: s.value for s in families["edgegan_round_nodes"].samples}
+    assert rounds == {"sampled": 3, "replied": 3, "failed": 0}
+    rejected = {s.labels["reason"]: s.value for s in families["edgegan_feedback_rejected"].samples
+                if s.name == "edgegan_feedback_rejected_total"}
+    assert rejected["nonfinite"] == 1 and rejected["stale"] == 0
+    agg = {s.name: s.value for s in families["edgegan_aggregation_seconds"].samples if not s.labels.get("le")}
+    assert agg["edgegan_aggregation_seconds_count"] == 1 and agg["edgegan_aggregation_seconds_sum"] == 2.5
+    with pytest.raises(OSError):  # metrics_server closed the endpoint when its block ended
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_promtool_accepts_live_exposition(live_exposition):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus'); CI installs it")
+    done = subprocess.run([promtool, "check", "metrics"], input=live_exposition[0], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr  # lint problems exit 1
+
+
+def test_promtool_accepts_prometheus_config():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus'); CI installs it")
+    done = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
