@@ -78,13 +78,16 @@ def write_config(path: Path, **cfg: Any) -> Path:
     return path
 
 
-def start_cloud(procs: Procs, config: Path, name: str = "cloud", timeout: float = 90.0,
-                tls_ca: Path | None = None, tls_client: tuple[Path, Path] | None = None
-                ) -> tuple[subprocess.Popen, int, int]:
-    """Start a cloud, wait for its ready file and a SERVING health check; (process, port, metrics port)."""
+def launch_cloud(procs: Procs, config: Path, name: str = "cloud") -> subprocess.Popen:
+    """Start a cloud process without waiting (edges may start beside it: they retry)."""
+    (procs.tmp / f"{name}.ready.json").unlink(missing_ok=True)
+    return procs.start(name, "cloud", "--config", str(config), "--ready-file", str(procs.tmp / f"{name}.ready.json"))
+
+
+def cloud_ready(procs: Procs, p: subprocess.Popen, name: str = "cloud", timeout: float = 90.0,
+                tls_ca: Path | None = None, tls_client: tuple[Path, Path] | None = None) -> tuple[int, int]:
+    """Wait for the cloud's ready file and a SERVING health check; (port, metrics port)."""
     ready = procs.tmp / f"{name}.ready.json"
-    ready.unlink(missing_ok=True)
-    p = procs.start(name, "cloud", "--config", str(config), "--ready-file", str(ready))
     deadline = time.monotonic() + timeout
     while not ready.is_file():
         assert p.poll() is None, f"cloud exited with {p.returncode}:\n{procs.log(p)[-3000:]}"
@@ -92,7 +95,20 @@ def start_cloud(procs: Procs, config: Path, name: str = "cloud", timeout: float 
         time.sleep(0.2)
     info = json.loads(ready.read_text())
     wait_serving(info["port"], tls_ca, tls_client, deadline - time.monotonic())
-    return p, info["port"], info["metrics_port"]
+    return info["port"], info["metrics_port"]
+
+
+def start_cloud(procs: Procs, config: Path, name: str = "cloud", timeout: float = 90.0,
+                tls_ca: Path | None = None, tls_client: tuple[Path, Path] | None = None
+                ) -> tuple[subprocess.Popen, int, int]:
+    """Start a cloud and wait until it serves; (process, port, metrics port)."""
+    p = launch_cloud(procs, config, name)
+    return (p, *cloud_ready(procs, p, name, timeout, tls_ca, tls_client))
+
+
+def config_port(config: Path) -> int:
+    """The port a config's ``listen`` names (known before the cloud is up)."""
+    return int(yaml.safe_load(config.read_text())["listen"].rpartition(":")[2])
 
 
 def wait_serving(port: int, tls_ca: Path | None, tls_client: tuple[Path, Path] | None, timeout: float) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpc_procs import Procs, free_port, start_cloud, start_edge, wait_metric, write_config
+from grpc_procs import Procs, cloud_ready, config_port, launch_cloud, start_edge, wait_metric, write_config
 
 CLASSES = {"e0": "0,1,2", "e1": "3,4,5", "e2": "6,7,8,9"}
 
@@ -28,8 +28,9 @@ def _report(tmp: Path) -> dict:
 
 def test_edge_killed_mid_run_leaves_and_the_run_completes(procs: Procs, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cloud.yaml", steps=300, start_nodes=3, checkpoint_every=100)
-    cloud, port, mport = start_cloud(procs, cfg)
-    edges = {k: start_edge(procs, port, k, f"t{k[1]}", CLASSES[k]) for k in CLASSES}
+    cloud = launch_cloud(procs, cfg)  # edges start beside it and retry until it serves
+    edges = {k: start_edge(procs, config_port(cfg), k, f"t{k[1]}", CLASSES[k]) for k in CLASSES}
+    _, mport = cloud_ready(procs, cloud)
     assert wait_metric(procs, cloud, mport, "edgegan_nodes_online", 3) == 3
     wait_metric(procs, cloud, mport, "edgegan_generator_step", 60)
     edges["e2"].send_signal(signal.SIGKILL)
@@ -48,10 +49,10 @@ def test_edge_killed_mid_run_leaves_and_the_run_completes(procs: Procs, tmp_path
 def test_cloud_killed_and_restarted_resumes_from_its_checkpoint(procs: Procs, tmp_path: Path) -> None:
     from edgegan.checkpoint import load_checkpoint
 
-    cfg = write_config(tmp_path / "cloud.yaml", steps=400, start_nodes=2, checkpoint_every=25,
-                       listen=f"127.0.0.1:{free_port()}")
-    cloud, port, mport = start_cloud(procs, cfg)
-    edges = [start_edge(procs, port, k, f"t{k[1]}", CLASSES[k], "--retry-s", "90") for k in ("e0", "e1")]
+    cfg = write_config(tmp_path / "cloud.yaml", steps=400, start_nodes=2, checkpoint_every=25)
+    cloud = launch_cloud(procs, cfg)
+    edges = [start_edge(procs, config_port(cfg), k, f"t{k[1]}", CLASSES[k], "--retry-s", "90") for k in ("e0", "e1")]
+    _, mport = cloud_ready(procs, cloud)
     wait_metric(procs, cloud, mport, "edgegan_checkpoints_total", 2)
     cloud.send_signal(signal.SIGKILL)
     cloud.wait(10)
@@ -60,7 +61,7 @@ def test_cloud_killed_and_restarted_resumes_from_its_checkpoint(procs: Procs, tm
     assert k >= 50 and k % 25 == 0 and k < 400
     assert saved["tdgan"]["online"].keys() == {"e0", "e1"}
 
-    cloud2, _, _ = start_cloud(procs, cfg, name="cloud2")
+    cloud2 = launch_cloud(procs, cfg, name="cloud2")  # same port: the edges are retrying it
     assert procs.wait(cloud2, 120) == 0, procs.log(cloud2)[-3000:]
     for e in edges:
         assert procs.wait(e, 30) == 0, procs.log(e)[-2000:]
@@ -82,8 +83,8 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     from edgegan.runtime.roles import CloudServer, EdgeNode
 
     cfg_path = write_config(tmp_path / "cloud.yaml", steps=40, checkpoint_every=40)
-    cloud, port, _ = start_cloud(procs, cfg_path)
-    edge = start_edge(procs, port, "e0", "t0", CLASSES["e0"])
+    cloud = launch_cloud(procs, cfg_path)
+    edge = start_edge(procs, config_port(cfg_path), "e0", "t0", CLASSES["e0"])
     assert procs.wait(cloud, 60) == 0 and procs.wait(edge, 30) == 0
     remote = load_checkpoint(tmp_path / "ckpt" / "cloud.pt")["tdgan"]["generator"]
 

@@ -171,7 +171,7 @@ async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cp
             raise EdgeganError("cloud", f"'{conn.target}' unreachable for {conn.retry_s:g} s",
                                "check the address, or raise --retry-s")
         await asyncio.sleep(backoff * (0.5 + random.random()))
-        backoff = min(backoff * 2, 5.0)
+        backoff = min(backoff * 2, 2.0)
 
 
 async def upload_models(node: EdgeNode, conn: EdgeConnection, models: dict, scalars: dict[str, float],
