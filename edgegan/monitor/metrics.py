@@ -29,7 +29,7 @@ from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-REJECT_REASONS = ("malformed", "dtype", "shape", "nonfinite", "norm", "stale", "size")
+REJECT_REASONS = ("malformed", "dtype", "shape", "nonfinite", "norm", "stale")
 LOSS_KINDS = ("reminding", "d_loss", "g_loss")
 ROUND_OUTCOMES = ("sampled", "replied", "failed")
 AGGREGATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
