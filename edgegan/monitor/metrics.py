@@ -58,6 +58,8 @@ class Metrics:
         self.generator_steps = Counter("edgegan_generator_steps_total", "Generator steps taken", registry=r)
         self.generator_step = Gauge("edgegan_generator_step", "Current generator step", registry=r)
         self.loss = Gauge("edgegan_loss", "Last loss values", ["kind"], registry=r)
+        for kind in LOSS_KINDS:
+            self.loss.labels(kind)
         self.feature_fid = Gauge("edgegan_feature_fid", "Last feature-FID of the generator", registry=r)
         self.uploads = Counter("edgegan_uploads_total", "Model bundles received", registry=r)
         self.checkpoints = Counter("edgegan_checkpoints_total", "Checkpoints written", registry=r)

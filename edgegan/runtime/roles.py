@@ -359,7 +359,8 @@ class CloudServer:
         while self._barycenter is None and not stop.is_set():
             if len(self.uploads) >= self.cfg.coalesce.expected_uploads:
                 log.info("stage I: barycenter of %s", ", ".join(sorted(self.uploads)))
-                self._barycenter = await self.compute(self._barycenter_now)
+                with self.metrics.aggregation_seconds.time():
+                    self._barycenter = await self.compute(self._barycenter_now)
                 self._ready.set()
                 break
             self._changed.clear()
