@@ -91,7 +91,7 @@ def random_shapes(rng: np.random.Generator, num: int, size: int = 64, max_ops: i
     bilinearly (smooth, dense inputs such as upsampled images)."""
     out = []
     for _ in range(num):
-        coarse = int(rng.choice([8, 16])) if rng.uniform() < smooth_fraction else size
+        coarse = int(rng.choice([8, 16])) if smooth_fraction > 0 and rng.uniform() < smooth_fraction else size
         h = csg_shape(rng, coarse, max_ops, contour=rng.uniform() >= filled_fraction)
         out.append(h if coarse == size else _upsample(torch.tensor(h)[None], size)[0].numpy())
     return np.stack(out)
@@ -123,7 +123,7 @@ class GridDataConfig:
     max_ops: int = field(default=50, metadata={"unit": "CSG operations, seed 002: 50"})
     filled_fraction: float = field(default=0.3, metadata={
         "unit": "share of filled (not contour) shapes; seed 002 uses 0, filled ones help dense inputs"})
-    smooth_fraction: float = field(default=0.3, metadata={
+    smooth_fraction: float = field(default=0.0, metadata={
         "unit": "share drawn on an 8×8/16×16 grid and upsampled; seed 002 uses 0"})
     seed: int = field(default=0, metadata={"unit": "rng seed"})
 
@@ -139,7 +139,10 @@ class GridDataConfig:
                 f"{self.smooth_fraction} is outside [0, 1]", "use e.g. 0.3")
 
     def key(self) -> str:
-        blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True).encode()
+        recipe = asdict(self)
+        if not self.smooth_fraction:  # added later: recipes without it keep their keys
+            del recipe["smooth_fraction"]
+        blob = json.dumps({"v": 1, **recipe}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

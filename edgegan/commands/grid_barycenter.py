@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--shapes", type=int, default=1500, help="distinct CSG shapes")
     t.add_argument("--pairs", type=int, default=4000, help="pair barycenters computed by POT")
     t.add_argument("--reg", type=float, default=0.004, help="entropic regularisation (unit square)")
+    t.add_argument("--filled-fraction", type=float, default=0.3, help="share of filled (not contour) shapes")
+    t.add_argument("--smooth-fraction", type=float, default=0.0,
+                   help="share of shapes drawn on an 8×8/16×16 grid and upsampled")
     t.add_argument("--epochs", type=int, default=15, help="1+2+4+8 = 15 closes an SGDR cycle")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pool", type=int, default=2, help="input pooling (1 = seed 002 full resolution)")
     t.add_argument("--prior-reg", type=float, default=0.004,
                    help="blurred-Euclidean-mean skip into the logits; 0 = seed 002's network")
+    t.add_argument("--init", default=None, help="start from this checkpoint's weights (its architecture wins)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/grid_dcnn.pt", help="checkpoint path (rewritten every epoch)")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: torch's choice]")
@@ -54,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from edgegan.barycenter.grid import GridBarycenterNet, GridTrainConfig, save_grid_model, train_grid_net
+    from edgegan.barycenter.grid import (GridBarycenterNet, GridTrainConfig, load_grid_model, save_grid_model,
+                                         train_grid_net)
     from edgegan.barycenter.grid_data import GridDataConfig, make_pair_dataset
     from edgegan.device import resolve_device
 
@@ -63,6 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise EdgeganError("channels", f"'{args.channels}' is not comma-separated integers", "e.g. 8,16,32,64") from None
     data_cfg = GridDataConfig(size=args.size, num_shapes=args.shapes, num_pairs=args.pairs, reg=args.reg,
+                              filled_fraction=args.filled_fraction, smooth_fraction=args.smooth_fraction,
                               seed=args.seed)
     train_cfg = GridTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 channels=channels, pool=args.pool, prior_reg=args.prior_reg,
@@ -72,13 +78,15 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    model = GridBarycenterNet(channels, args.pool, args.prior_reg)
+    model = load_grid_model(args.init) if args.init else GridBarycenterNet(channels, args.pool, args.prior_reg)
+    train_cfg.channels, train_cfg.pool, train_cfg.prior_reg = (tuple(model.model_args["channels"]),
+                                                               model.model_args["pool"], model.model_args["prior_reg"])
     require(args.size % model.multiple == 0, "size", f"{args.size} is not a multiple of {model.multiple}",
             "change --size, --pool or --channels")
     t0 = time.time()
     data = make_pair_dataset(data_cfg)
     print(f"data: {len(data['pairs'])} pairs of {args.size}×{args.size} ready in {time.time() - t0:.0f} s")
-    configs = {"data_config": vars(data_cfg),
+    configs = {"data_config": vars(data_cfg), "init": args.init,
                "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()}}
     history: list[dict[str, float]] = []
 
