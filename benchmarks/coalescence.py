@@ -75,6 +75,7 @@ def plot(out: Path, res: dict, grids: dict) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
 
     its = res["iterations"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -101,8 +102,8 @@ def plot(out: Path, res: dict, grids: dict) -> list[str]:
 
     fig, axes = plt.subplots(1, len(grids), figsize=(2.4 * len(grids), 2.8))
     for ax, (name, x) in zip(axes, grids.items()):
-        x = (x[:64].cpu().clamp(-1, 1) + 1) / 2  # (64, 1, 8, 8)
-        tile = x.view(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64)
+        x = (x[:64].cpu().clamp(-1, 1) + 1) / 2  # (64, C, H, W)
+        tile = make_grid(x, nrow=8, padding=1, pad_value=0.5)[0]
         ax.imshow(tile.numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -241,7 +242,10 @@ def main() -> int:
         "ternary_bytes": len(blob), "fp32_bytes": fp32_nbytes(tern), "ternary_roundtrip_bit_exact": exact,
         "eta_experiment": eta_exp, "claims": claims,
     }
-    res["pngs"] = plot(out_dir, res, {name: r.generator.eval().sample(64) for name, r in results.items()})
+    grids = {"real (all digits)": data.x[torch.randperm(len(data))[:64]],
+             f"target's {args.target_samples} samples": target.x}
+    grids.update({name: r.generator.eval().sample(64) for name, r in results.items()})
+    res["pngs"] = plot(out_dir, res, grids)
     res["wall_seconds"] = time.perf_counter() - t_start
 
     rows = []

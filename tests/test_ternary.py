@@ -40,8 +40,9 @@ def test_straight_through_gradient_and_threshold_gradient():
     (layer(x) * upstream).sum().backward()
     # ∂w'/∂w := I, so the full-precision weight gets the gradient of the ternary weight
     assert_allclose(layer.weight.grad.numpy(), (upstream.T @ x).numpy(), rtol=1e-5, atol=1e-5)
-    assert layer.delta_pos.grad is not None and float(layer.delta_pos.grad.abs()) > 0
-    assert layer.delta_neg.grad is not None and float(layer.delta_neg.grad.abs()) > 0
+    # thresholds (t± in units of the weights' std) get gradients through S(Δ±)
+    assert layer.threshold_pos.grad is not None and float(layer.threshold_pos.grad.abs()) > 0
+    assert layer.threshold_neg.grad is not None and float(layer.threshold_neg.grad.abs()) > 0
 
 def test_joint_weight_and_threshold_training_recovers_ternary_target():
     """Fitting y = W* x with ternary W* (entries in {−.5, 0, .5}): codes and scale are recovered."""
@@ -87,7 +88,7 @@ def test_pack_round_trip_is_bit_exact_and_at_least_12x_smaller(arch, width, devi
     # move thresholds off their init so the export must carry learned values
     with torch.no_grad():
         for layer in ternary_layers(Gt).values():
-            layer.delta_pos.mul_(1.3)
+            layer.threshold_pos.mul_(1.3)
     Gt.eval()
     blob = pack_ternary(Gt)
     back = unpack_ternary(blob, device).eval()

@@ -111,7 +111,8 @@ def fast_adapt(generator: Generator, critic_prev: nn.Module, critic_new: nn.Modu
     FastAdaptResult with G*_0 (ternary layers when ``ternary``), the critics and the history.
     """
     require(len(eta0) == 2, "eta0", f"needs 2 radii (barycenter, local data), got {len(eta0)}")
-    lambdas = relevance_weights(eta0)
+    require(isinstance(steps, int) and steps >= 0, "steps", f"must be an integer >= 0, got {steps!r}")
+    lambdas = relevance_weights(eta0, "eta0")
     local = _check_local(generator, local_data)
     replay = generator_sampler(generator)
     G, psi_tilde, psi = (copy.deepcopy(m) for m in (generator, critic_prev, critic_new))

@@ -11,7 +11,10 @@ magnitude of the kept weights under that model, a closed form in Δ±:
     a = (Δ+ − μ)/σ, b = (Δ− − μ)/σ, P+ = 1 − Φ(a), P− = Φ(b).
 
 So the loss reaches the thresholds through S, and the full-precision weights through the
-straight-through estimator ∂w'/∂w := I; one optimiser updates both (Alg. 2's step c).
+straight-through estimator ∂w'/∂w := I; one optimiser updates both (Alg. 2's step c). Layers
+learn the thresholds as multiples of σ (Δ+ = t+σ, Δ− = −t−σ; see :class:`TernaryLayer`).
+Alg. 2 updates thresholds by plain gradient steps in a separate pass; here they share the
+weights' Adam step, as the issue's three-step iteration (ternarize, forward, update) asks.
 """
 
 from __future__ import annotations
@@ -105,37 +108,64 @@ def ternarize(weight: torch.Tensor, delta_pos: torch.Tensor, delta_neg: torch.Te
 
 
 class TernaryLayer(nn.Module):
-    """Mixin for a weight layer with learned thresholds ``delta_pos`` (Δ+) and ``delta_neg`` (Δ−)."""
+    """Mixin for a weight layer with learned thresholds.
+
+    The learned parameters are t± ≥ 0 (``threshold_pos``, ``threshold_neg``) in units of the
+    layer's weight std σ: Δ+ = t+·σ, Δ− = −t−·σ. With Adam's roughly constant step size this keeps
+    a threshold's step relative to the weights it cuts (an absolute Δ moved by ~lr per step,
+    i.e. by 2σ in 500 steps for σ ≈ 0.05, and sparsified the generator in our runs); S then
+    scales with the weights and the loss reaches t± through S(Δ±).
+    """
 
     weight: torch.Tensor
 
     def init_thresholds(self) -> None:
-        t = TWN_RATIO * self.weight.detach().abs().mean()
-        self.delta_pos = nn.Parameter(t.clone())
-        self.delta_neg = nn.Parameter(-t.clone())
+        _, sigma = _gaussian_fit(self.weight)
+        t = TWN_RATIO * self.weight.detach().abs().mean() / sigma
+        self.threshold_pos = nn.Parameter(t.clone())
+        self.threshold_neg = nn.Parameter(t.clone())
+
+    def _stats(self) -> tuple[float, float, torch.Tensor]:
+        """(μ, σ, codes), recomputed only when the weight or a threshold changed (no gradient)."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, self.threshold_pos._version, self.threshold_neg._version)
+        if getattr(self, "_fit_key", None) != key:
+            mu, sigma = _gaussian_fit(w)
+            codes = ternary_codes(w, self.threshold_pos.detach() * sigma, -self.threshold_neg.detach() * sigma)
+            self._fit, self._fit_key = (mu, sigma, codes.to(w.dtype)), key
+        return self._fit
+
+    @property
+    def delta_pos(self) -> torch.Tensor:
+        """Δ+ = t+·σ."""
+        return self.threshold_pos * self._stats()[1]
+
+    @property
+    def delta_neg(self) -> torch.Tensor:
+        """Δ− = −t−·σ."""
+        return -self.threshold_neg * self._stats()[1]
 
     def ternary_weight(self) -> torch.Tensor:
-        """:func:`ternarize` of this layer; (μ, σ) and the codes are recomputed only when the
-        weight or a threshold has changed (they carry no gradient), S(Δ±) on every call."""
+        """S(Δ±)·Tern(w, Δ±) with the straight-through estimator (:func:`ternarize`)."""
         w = self.weight
-        key = (w.data_ptr(), w._version, self.delta_pos._version, self.delta_neg._version)
-        if getattr(self, "_fit_key", None) != key:
-            self._fit = (*_gaussian_fit(w), ternary_codes(w, self.delta_pos, self.delta_neg).to(w.dtype))
-            self._fit_key = key
-        mu, sigma, codes = self._fit
-        scale = _TernaryScale.apply(self.delta_pos, self.delta_neg, mu, sigma).to(w.dtype)
-        return scale * codes + (w - w.detach())
+        mu, sigma, codes = self._stats()
+        scale = _TernaryScale.apply(self.threshold_pos * sigma, -self.threshold_neg * sigma, mu, sigma)
+        return scale.to(w.dtype) * codes + (w - w.detach())
 
     def codes(self) -> torch.Tensor:
-        return ternary_codes(self.weight, self.delta_pos, self.delta_neg)
+        """Tern(w, Δ±) as int8."""
+        return self._stats()[2].to(torch.int8)
 
     def scale(self) -> torch.Tensor:
+        """S(Δ±), the value the forward pass multiplies the codes by."""
         with torch.no_grad():
-            return ternary_scale(self.weight, self.delta_pos, self.delta_neg).to(self.weight.dtype)
+            mu, sigma, _ = self._stats()
+            return _TernaryScale.apply(self.threshold_pos * sigma, -self.threshold_neg * sigma, mu,
+                                       sigma).to(self.weight.dtype)
 
     @classmethod
     def from_float(cls, layer: nn.Module) -> "TernaryLayer":
-        """A ternary copy of a full-precision layer (same weights; Δ± = ±0.7·E|w|)."""
+        """A ternary copy of a full-precision layer (same weights; initial Δ± = ±0.7·E|w|)."""
         new = copy.deepcopy(layer)
         new.__class__ = cls
         new.init_thresholds()
@@ -213,7 +243,7 @@ def fp32_nbytes(model: nn.Module) -> int:
     """Bytes of the model's full-precision state dict (float tensors at 4 bytes, thresholds excluded)."""
     total = 0
     for key, t in model.state_dict().items():
-        if key.rsplit(".", 1)[-1] in ("delta_pos", "delta_neg"):
+        if key.rsplit(".", 1)[-1] in ("threshold_pos", "threshold_neg"):
             continue
         total += t.numel() * (4 if torch.is_floating_point(t) else t.element_size())
     return total
@@ -243,7 +273,7 @@ def pack_ternary(model: nn.Module) -> bytes:
     """
     layers = ternary_layers(model)
     require(len(layers) > 0, "model", "has no ternary layers", "convert it with to_ternary(model) first")
-    skip = {f"{n}.{p}" if n else p for n in layers for p in ("weight", "delta_pos", "delta_neg")}
+    skip = {f"{n}.{p}" if n else p for n in layers for p in ("weight", "threshold_pos", "threshold_neg")}
     entries, chunks = [], []
     for name, layer in layers.items():
         key = f"{name}.weight" if name else "weight"

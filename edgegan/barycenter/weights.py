@@ -27,9 +27,9 @@ def _radii(eta: Sequence[float], field: str = "eta") -> list[float]:
     return radii
 
 
-def relevance_weights(eta: Sequence[float]) -> list[float]:
-    """λ_k = 1/η_k for every node (not normalised); seed 000 §5."""
-    return [1.0 / e for e in _radii(eta)]
+def relevance_weights(eta: Sequence[float], field: str = "eta") -> list[float]:
+    """λ_k = 1/η_k for every node (not normalised); seed 000 §5. ``field`` names η in errors."""
+    return [1.0 / e for e in _radii(eta, field)]
 
 
 def coalescence_order(eta: Sequence[float]) -> list[int]:

@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+
+from coalescence_setup import CFG, TARGET_CLASSES, two_source_barycenter, two_sources
+from edgegan.adapt import fast_adapt, ternary_layers, to_ternary
+from edgegan.baselines import CoalescenceTask, edge_only, evaluate_generator
+from edgegan.errors import EdgeganError
+from edgegan.eval import FeatureFID
+from edgegan.gan import WGANConfig
+from edgegan.nn import build_gan
+
+STEPS = 150
+
+
+def scorer(digits, classifier):
+    fid = FeatureFID(classifier, digits.x)
+    return lambda G: evaluate_generator(G, fid, classifier, TARGET_CLASSES)
+
+
+def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifier):
+    """Seed 000 fig. 5: barycentric fast adaptation reaches a far lower feature-FID than
+    Edge-Only with the same number of iterations on 20 local samples."""
+    _, _, target, gens, crits = two_sources()
+    bary = two_source_barycenter()
+    score = scorer(digits, digits_classifier)
+    torch.manual_seed(0)
+    fa = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
+    torch.manual_seed(0)
+    eo = edge_only(CoalescenceTask(gens, crits, [1.0, 1.0], target.x, digits.x), STEPS, CFG)
+    f_fa, f_eo = score(fa.generator)["fid"], score(eo.generator)["fid"]
+    assert f_fa < 0.5 * f_eo, (f_fa, f_eo)
+    assert fa.history[-1]["step"] == eo.history[-1]["step"] == STEPS
+
+
+def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_classifier):
+    _, _, target, _, _ = two_sources()
+    bary = two_source_barycenter()
+    score = scorer(digits, digits_classifier)
+    seen = {}
+    torch.manual_seed(0)
+    tern = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, ternary=True,
+                      cfg=CFG, callback=lambda s, G: seen.setdefault(s["step"], score(G)["fid"]), every=STEPS)
+    torch.manual_seed(0)
+    full = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
+    layers = ternary_layers(tern.generator)
+    assert tern.ternary and len(layers) == 4
+    assert all(len(ternary_layers(c)) == 4 for c in (tern.critic_prev, tern.critic_new))
+    assert not ternary_layers(bary.generator)  # the Stage I model itself stays full precision
+    start = ternary_layers(to_ternary(bary.generator))
+    moved = [abs(float(m.threshold_pos.detach()) - float(start[n].threshold_pos.detach())) > 1e-3
+             for n, m in layers.items()]
+    assert all(moved)  # the thresholds were optimised with the weights
+    f_tern, f_full = seen[STEPS], score(full.generator)["fid"]
+    assert f_tern < seen[0]  # training recovers from the ternarization of G*_K
+    assert f_tern < 1.5 * f_full, (f_tern, f_full)
+
+
+def test_callback_history_and_inputs_untouched():
+    torch.manual_seed(0)
+    G, D = build_gan("mlp", (1, 8, 8), 8, width=16)
+    before = [copy.deepcopy(m) for m in (G, D)]
+    calls = []
+    res = fast_adapt(G, D, D, torch.rand(5, 1, 8, 8) * 2 - 1, 6,
+                     cfg=WGANConfig(critic_steps=1, batch_size=8), every=2,
+                     callback=lambda s, g: calls.append((s["step"], g)))
+    assert [c[0] for c in calls] == [0, 2, 4, 6] and all(g is res.generator for _, g in calls)
+    assert [h["step"] for h in res.history] == [2, 4, 6] and res.seconds > 0
+    for a, b in zip((G, D), before):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert res.critic_prev is not res.critic_new
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"local_data": torch.zeros(0, 1, 8, 8)}, "local_data"),
+    ({"local_data": torch.zeros(4, 1, 7, 7)}, "local_data"),
+    ({"local_data": [[0.0]]}, "local_data"),
+    ({"eta0": (1.0, 0.0)}, "eta0[1]"),
+    ({"eta0": (-1.0, 1.0)}, "eta0[0]"),
+    ({"eta0": (1.0,)}, "eta0"),
+    ({"steps": -1}, "steps"),
+])
+def test_bad_input_is_one_line(kw, field):
+    G, D = build_gan("mlp", (1, 8, 8), 8, width=16)
+    args = {"generator": G, "critic_prev": D, "critic_new": D, "local_data": torch.zeros(4, 1, 8, 8),
+            "steps": 2, **kw}
+    with pytest.raises(EdgeganError) as e:
+        fast_adapt(**args)
+    assert str(e.value).startswith(field) and "\n" not in str(e.value), str(e.value)
