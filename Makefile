@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/edgegan train --dataset digits --steps 600 --eval-every 200 --out runs/demo
+	$(VENV)/bin/edgegan simulate --scenario quickstart --out runs/quickstart
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from edgegan.monitor.metrics import Metrics
 from edgegan.sim.availability import build_availability
 from edgegan.sim.report import read_metrics
 from edgegan.sim.run import simulate
@@ -68,7 +69,8 @@ def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
                                                          {"node": "node1", "join": 8}],
              "crashes": [{"node": "node2", "step": 5}]}
     sc = scenario_from_dict(tiny_tdgan(**sched))
-    s = simulate(sc, tmp_path / "run")
+    metrics = Metrics()
+    s = simulate(sc, tmp_path / "run", metrics=metrics)
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
     assert [r["tick"] for r in rows] == list(range(12)) and s["tdgan"]["status"] == "finished"
     crash = rows[5]
@@ -77,6 +79,10 @@ def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
     assert all("node2" not in r["online"] for r in rows[6:])
     assert all("node1" not in r["online"] for r in rows[4:8]) and all("node1" in r["online"] for r in rows[8:])
     assert s["tdgan"]["generator_steps"] == 12
+    value = metrics.registry.get_sample_value  # what the Prometheus endpoint serves during a run
+    assert value("edgegan_generator_steps_total") == 12
+    assert value("edgegan_leaves_total") == 2 and value("edgegan_joins_total") == 11
+    assert value("edgegan_feature_fid") == s["final_fid"]["tdgan"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_fid"]["tdgan"] > 0
 
 
