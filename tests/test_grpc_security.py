@@ -16,7 +16,7 @@ from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.tensor_codec import encode_tensor
 from grpc_procs import Procs, make_certs, scrape, start_cloud, write_config
 
-TOKENS = {"e0": "t0", "mal": "tm"}
+TOKENS = {"e0": "t0", "mal": "tm", **{f"n{i:03d}": f"s{i}" for i in range(200)}}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def cloud(tmp_path_factory):
                             "client_ca": str(certs["ca"])})
     procs = Procs(tmp)
     try:
-        _, port, mport = start_cloud(procs, cfg, tls_ca=certs["ca"],
+        p, port, mport = start_cloud(procs, cfg, tls_ca=certs["ca"],
                                      tls_client=(certs["client.cert"], certs["client.key"]))
-        yield {"port": port, "metrics": mport, "certs": certs}
+        yield {"port": port, "metrics": mport, "certs": certs, "pid": p.pid}
     finally:
         procs.kill_all()
 
@@ -185,3 +185,66 @@ def test_a_silent_node_is_dropped_after_missed_heartbeats(cloud) -> None:
             break
         time.sleep(0.1)
     assert scrape(cloud["metrics"])["edgegan_leaves_total"] == leaves + 1
+
+
+def test_hundreds_of_streams_share_one_event_loop(cloud) -> None:
+    """200 nodes online at once over 4 TLS channels: the cloud steps with all of them while its
+    thread count stays flat (grpc.aio: a stream is a coroutine, not a thread)."""
+    n = 200
+
+    def threads() -> int:
+        for line in open(f"/proc/{cloud['pid']}/status"):
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+        raise AssertionError("no Threads line")
+
+    idle_threads = threads()
+
+    async def main() -> tuple[int, float, float]:
+        stop = asyncio.Event()
+        conns = [_conn(cloud, "") for _ in range(4)]
+        channels = [c.channel() for c in conns]
+
+        async def node(i: int) -> None:
+            md = (("authorization", f"Bearer s{i}"),)
+            stub = pb_grpc.EdgeGANStub(channels[i % len(channels)])
+            await stub.Register(_register_req(f"n{i:03d}"), metadata=md, timeout=60)
+            call = stub.Session(metadata=md)
+            try:
+                while not stop.is_set():
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        return
+                    if msg.WhichOneof("kind") == "request":
+                        r = msg.request
+                        grad = encode_tensor(torch.full(tuple(r.fake.shape), 1e-4))
+                        await call.write(pb.EdgeMessage(reply=pb.FeedbackReply(step=r.step, grad=grad)))
+            finally:
+                call.cancel()
+
+        tasks = [asyncio.ensure_future(node(i)) for i in range(n)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while scrape(cloud["metrics"])["edgegan_nodes_online"] < n:
+            assert loop.time() < deadline, scrape(cloud["metrics"])["edgegan_nodes_online"]
+            await asyncio.sleep(0.2)
+        m0 = scrape(cloud["metrics"])
+        busy_threads = threads()
+        while scrape(cloud["metrics"])["edgegan_generator_step"] < m0["edgegan_generator_step"] + 3:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.1)
+        m1 = scrape(cloud["metrics"])
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ch in channels:
+            await ch.close()
+        count = "edgegan_feedback_roundtrip_seconds_count"
+        return busy_threads, m1[count] - m0[count], m1["edgegan_nodes_online"]
+
+    busy_threads, replies, online = asyncio.run(main())
+    assert online == n
+    assert replies >= 2 * n  # at least two full steps with every one of the 200 nodes answering
+    print(f"cloud threads: {idle_threads} idle, {busy_threads} with {n} streams; {replies:.0f} replies")
+    assert busy_threads <= idle_threads + 4, (idle_threads, busy_threads)
