@@ -72,6 +72,7 @@ def exclusive_share(share: list[float], classes: list[int]) -> float:
 
 
 def plot(out: Path, res: dict, grids: dict) -> list[str]:
+    """``<json stem>_curves.png`` (FID, source-only share, coverage) and ``<json stem>_samples.png``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,7 +96,7 @@ def plot(out: Path, res: dict, grids: dict) -> list[str]:
         ax.grid(alpha=.3)
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    curves = out / "coalescence_curves.png"
+    curves = out.with_name(out.stem + "_curves.png")
     fig.tight_layout()
     fig.savefig(curves, dpi=110)
     plt.close(fig)
@@ -107,7 +108,7 @@ def plot(out: Path, res: dict, grids: dict) -> list[str]:
         ax.imshow(tile.numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    samples = out / "coalescence_samples.png"
+    samples = out.with_name(out.stem + "_samples.png")
     fig.tight_layout()
     fig.savefig(samples, dpi=110)
     plt.close(fig)
@@ -245,7 +246,7 @@ def main() -> int:
     grids = {"real (all digits)": data.x[torch.randperm(len(data))[:64]],
              f"target's {args.target_samples} samples": target.x}
     grids.update({name: r.generator.eval().sample(64) for name, r in results.items()})
-    res["pngs"] = plot(out_dir, res, grids)
+    res["pngs"] = plot(out_json, res, grids)
     res["wall_seconds"] = time.perf_counter() - t_start
 
     rows = []
