@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
             euc, t_euc = timed(lambda: np.stack([euclidean_grid_barycenter(mu[i], lam[i]) for i in range(count)]))
             # the Euclidean mean with the reference's entropic blur: tells blurring from moving mass
             blur, t_blur = timed(lambda: gibbs_blur(torch.tensor(euc), DEFAULT_REG))
-            results = {"grid-sinkhorn": (ref_t, t_ref, "cpu", 1), "euclidean-mean": (torch.tensor(euc), t_euc, "cpu", 1),
+            results = {"grid-sinkhorn": (ref_t, t_ref, "cpu", 1),
+                       "euclidean-mean": (torch.tensor(euc), t_euc, "cpu", 1),
                        "euclidean-mean-blurred": (blur, t_euc + t_blur, "cpu", count)}
             mu_t, lam_t = torch.tensor(mu, dtype=torch.float32), torch.tensor(lam, dtype=torch.float32)
             for d in devices:

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = actions.add_parser("bench", help="run benchmarks/grid_barycenter.py's comparison")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--model", default=None)
-    b.add_argument("--json", default=None, help="write rows here")
+    b.add_argument("--json", default=None, help="write rows here (and the figure beside them as .png)")
     add_device_option(b)
     b.set_defaults(func=run_bench)
 
@@ -66,7 +66,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError:
-        raise EdgeganError("channels", f"'{args.channels}' is not comma-separated integers", "e.g. 8,16,32,64") from None
+        raise EdgeganError("channels", f"'{args.channels}' is not comma-separated integers",
+                           "e.g. 8,16,32,64") from None
     data_cfg = GridDataConfig(size=args.size, num_shapes=args.shapes, num_pairs=args.pairs, reg=args.reg,
                               filled_fraction=args.filled_fraction, smooth_fraction=args.smooth_fraction,
                               seed=args.seed)
@@ -109,7 +110,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             hists.append(np.load(f))
         except Exception as e:  # numpy raises several types for non-npy files
-            raise EdgeganError("inputs", f"'{f}' is not a .npy array ({type(e).__name__})", "save with np.save") from None
+            raise EdgeganError("inputs", f"'{f}' is not a .npy array ({type(e).__name__})",
+                               "save with np.save") from None
     weights = None
     if args.weights:
         try:
@@ -141,6 +143,7 @@ def run_bench(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("grid_barycenter_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    png = str(Path(args.json).with_suffix(".png")) if args.json else ""  # never overwrite committed results
     argv = (["--quick"] if args.quick else []) + (["--model", args.model] if args.model else []) \
-        + (["--json", args.json] if args.json else []) + ["--device", args.device]
+        + (["--json", args.json] if args.json else []) + ["--png", png, "--device", args.device]
     return mod.main(argv)
