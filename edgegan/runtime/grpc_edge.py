@@ -112,9 +112,10 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
             try:
                 msg = await call.read()
             except asyncio.CancelledError:
-                if call.cancelled() and not hb.cancelled():
-                    raise CloudGone("cloud missed heartbeats") from None
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled, not the call
+                raise CloudGone("stream cancelled (missed heartbeats)") from None
             if msg is grpc.aio.EOF:
                 raise CloudGone("stream ended")
             last_heard = time.monotonic()
