@@ -100,7 +100,10 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(reg.heartbeat_interval_s)
-            await send(pb.EdgeMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
+            try:
+                await send(pb.EdgeMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the call is over; the reading loop reports why
             if time.monotonic() - last_heard > reg.heartbeat_timeout_s:
                 log.warning("cloud silent for %.1f s: reconnecting", time.monotonic() - last_heard)
                 call.cancel()
