@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 import torch
@@ -14,6 +15,15 @@ from edgegan.nn import build_gan
 STEPS = 150
 
 
+@functools.lru_cache(maxsize=None)
+def full_precision_fa():
+    """Full-precision fast adaptation of the two-source barycenter (shared by two tests)."""
+    _, _, target, _, _ = two_sources()
+    bary = two_source_barycenter()
+    torch.manual_seed(0)
+    return fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
+
+
 def scorer(digits, classifier):
     fid = FeatureFID(classifier, digits.x)
     return lambda G: evaluate_generator(G, fid, classifier, TARGET_CLASSES)
@@ -23,10 +33,8 @@ def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifi
     """Seed 000 fig. 5: barycentric fast adaptation reaches a far lower feature-FID than
     Edge-Only with the same number of iterations on 20 local samples."""
     _, _, target, gens, crits = two_sources()
-    bary = two_source_barycenter()
     score = scorer(digits, digits_classifier)
-    torch.manual_seed(0)
-    fa = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
+    fa = full_precision_fa()
     torch.manual_seed(0)
     eo = edge_only(CoalescenceTask(gens, crits, [1.0, 1.0], target.x, digits.x), STEPS, CFG)
     f_fa, f_eo = score(fa.generator)["fid"], score(eo.generator)["fid"]
@@ -42,8 +50,7 @@ def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_cl
     torch.manual_seed(0)
     tern = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, ternary=True,
                       cfg=CFG, callback=lambda s, G: seen.setdefault(s["step"], score(G)["fid"]), every=STEPS)
-    torch.manual_seed(0)
-    full = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
+    full = full_precision_fa()
     layers = ternary_layers(tern.generator)
     assert tern.ternary and len(layers) == 4
     assert all(len(ternary_layers(c)) == 4 for c in (tern.critic_prev, tern.critic_new))
