@@ -55,6 +55,7 @@ from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequ
 
 log = logging.getLogger("edgegan.runtime")
 T = TypeVar("T")
+HISTORY_KEPT = 1000  # per-step stats kept (and checkpointed) by the cloud
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ class CloudServer:
 
     def _record(self, stats: dict[str, float]) -> None:
         self.history.append({k: v for k, v in stats.items() if "/" not in k})
+        del self.history[:-HISTORY_KEPT]  # checkpoints stay small on long runs
         self.metrics.generator_step.set(self.tdgan.step)
         if stats.get("g_stepped"):
             self.metrics.generator_steps.inc()
