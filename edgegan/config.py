@@ -111,3 +111,20 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 def to_dict(obj: Any) -> dict:
     """Dataclass → plain dict (for checkpoints and run reports)."""
     return dataclasses.asdict(obj)
+
+
+def check_fields(obj: Any, prefix: str, names: tuple[str, ...], low: float, high: float | None = None,
+                 strict_low: bool = False) -> None:
+    """One-line errors for fields of ``obj`` outside ``[low, high)`` (``(low, …`` when ``strict_low``).
+
+    The shared range check behind every config dataclass's ``validate``; the field is named
+    ``<prefix>.<name>``.
+    """
+    p = f"{prefix}." if prefix else ""
+    for name in names:
+        v = getattr(obj, name)
+        ok = (v > low if strict_low else v >= low) and (high is None or v < high)
+        if not ok:
+            lo = f"> {low:g}" if strict_low else f">= {low:g}"
+            rng = f"in [{low:g}, {high:g})" if high is not None else lo
+            raise EdgeganError(p + name, f"must be {rng}, got {v}")

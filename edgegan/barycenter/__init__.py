@@ -1,26 +1,32 @@
-"""edgegan.barycenter"""
+"""Barycenters of edge models.
 
-# amortized grid barycenters (seed 002, issue 10)
-from edgegan.barycenter.grid import (  # noqa: E402
+- Stage I recursive W1 barycenter, relevance weights λ = 1/η and ordering (seed 000, Alg. 1)
+- WIN (seed 004, Alg. 1) and NWB with ICNNs (seed 001) for W2, from samplers
+- exact Gaussian W2 barycenter and BW2-UVP (seed 001 eq. 11) as ground truth
+- amortized grid barycenters with a DCNN (seed 002)
+- ``aggregate(name, ...)``: the cloud's dispatch over ``recursive_w1 | win | nwb | weight_average``
+"""
+
+from edgegan.barycenter.aggregate import AGGREGATORS, AggregateResult, aggregate
+from edgegan.barycenter.continuous import W2BarycenterResult
+from edgegan.barycenter.gaussian import bw2_uvp, exact_gaussian_barycenter, gaussian_w2_squared
+from edgegan.barycenter.grid import (
     GridBarycenterNet,
     aggregate_grid,
     euclidean_grid_barycenter,
     grid_barycenter,
     sinkhorn_grid_barycenter,
 )
+from edgegan.barycenter.nwb import NWBConfig, nwb_barycenter
+from edgegan.barycenter.recursive import BarycenterResult, recursive_barycenter
+from edgegan.barycenter.weight_average import average_generators, average_models
+from edgegan.barycenter.weights import coalescence_order, relevance_weights
+from edgegan.barycenter.win import WINConfig, win_barycenter
 
-# continuous W2 barycenters: exact Gaussian ground truth, WIN (seed 004), NWB (seed 001), issue 5
-from edgegan.barycenter.aggregate import AGGREGATORS, AggregateResult, aggregate  # noqa: E402
-from edgegan.barycenter.continuous import W2BarycenterResult  # noqa: E402
-from edgegan.barycenter.gaussian import (  # noqa: E402
-    bw2_uvp,
-    exact_gaussian_barycenter,
-    gaussian_w2_squared,
-)
-from edgegan.barycenter.nwb import NWBConfig, nwb_barycenter  # noqa: E402
-from edgegan.barycenter.win import WINConfig, win_barycenter  # noqa: E402
-
-# recursive W1 barycenter (Stage I, seed 000 Alg. 1), relevance weights, weight average: issue 4
-from edgegan.barycenter.recursive import BarycenterResult, recursive_barycenter  # noqa: E402
-from edgegan.barycenter.weight_average import average_generators, average_models  # noqa: E402
-from edgegan.barycenter.weights import coalescence_order, relevance_weights  # noqa: E402
+__all__ = [
+    "AGGREGATORS", "AggregateResult", "BarycenterResult", "GridBarycenterNet", "NWBConfig",
+    "W2BarycenterResult", "WINConfig", "aggregate", "aggregate_grid", "average_generators",
+    "average_models", "bw2_uvp", "coalescence_order", "euclidean_grid_barycenter",
+    "exact_gaussian_barycenter", "gaussian_w2_squared", "grid_barycenter", "nwb_barycenter",
+    "recursive_barycenter", "relevance_weights", "sinkhorn_grid_barycenter", "win_barycenter",
+]

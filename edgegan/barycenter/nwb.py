@@ -24,8 +24,7 @@ from edgegan.barycenter.continuous import (Checkpointer, Sampler, W2BarycenterRe
                                            check_samplers, flat)
 from edgegan.barycenter.gaussian import check_weights
 from edgegan.barycenter.nets import ICNN, MapGenerator
-from edgegan.config import to_dict
-from edgegan.errors import require
+from edgegan.config import check_fields, to_dict
 from edgegan.nn.base import Generator
 
 
@@ -48,13 +47,9 @@ class NWBConfig:
     seed: int = field(default=0, metadata={"unit": "seed for network init and latent draws"})
 
     def validate(self, prefix: str = "") -> None:
-        p = f"{prefix}." if prefix else ""
-        for name in ("k1", "k2", "k3", "batch_size", "depth", "log_every", "checkpoint_every"):
-            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_h", "lr_f", "lr_g"):
-            require(getattr(self, name) > 0, p + name, f"must be > 0, got {getattr(self, name)}")
-        require(self.lambda_cvx >= 0, p + "lambda_cvx", f"must be >= 0, got {self.lambda_cvx}")
-        require(self.hidden >= 0, p + "hidden", f"must be >= 0, got {self.hidden}")
+        check_fields(self, prefix, ("k1", "k2", "k3", "batch_size", "depth", "log_every", "checkpoint_every"), 1)
+        check_fields(self, prefix, ("lr_h", "lr_f", "lr_g"), 0, strict_low=True)
+        check_fields(self, prefix, ("lambda_cvx", "hidden"), 0)
 
 
 def nwb_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor,

@@ -27,8 +27,7 @@ from edgegan.barycenter.continuous import (Checkpointer, Sampler, W2BarycenterRe
                                            check_samplers, flat)
 from edgegan.barycenter.gaussian import check_weights
 from edgegan.barycenter.nets import MapGenerator, Potential, ResidualMap
-from edgegan.config import to_dict
-from edgegan.errors import require
+from edgegan.config import check_fields, to_dict
 from edgegan.nn.base import Generator
 
 
@@ -50,12 +49,9 @@ class WINConfig:
     seed: int = field(default=0, metadata={"unit": "seed for network init and latent draws"})
 
     def validate(self, prefix: str = "") -> None:
-        p = f"{prefix}." if prefix else ""
-        for name in ("k_g", "k_t", "k_v", "outer_iters", "batch_size", "depth", "checkpoint_every"):
-            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_g", "lr_t", "lr_v"):
-            require(getattr(self, name) > 0, p + name, f"must be > 0, got {getattr(self, name)}")
-        require(self.hidden >= 0, p + "hidden", f"must be >= 0, got {self.hidden}")
+        check_fields(self, prefix, ("k_g", "k_t", "k_v", "outer_iters", "batch_size", "depth", "checkpoint_every"), 1)
+        check_fields(self, prefix, ("lr_g", "lr_t", "lr_v"), 0, strict_low=True)
+        check_fields(self, prefix, ("hidden",), 0)
 
 
 def win_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor,

@@ -1,7 +1,8 @@
-"""edgegan.baselines"""
+"""Seed 000 §5 baselines beside barycentric fast adaptation, in one equal-budget harness
+(Edge-Only, Transferring GANs, Ensemble, Weight-Average, Whole Data). TDGAN's baselines
+(fine-tuning, joint, local) live in :mod:`edgegan.tdgan.harness`."""
 
-# seed 000 §5 baselines beside barycentric fast adaptation (issue 4)
-from edgegan.baselines.coalescence import (  # noqa: E402
+from edgegan.baselines.coalescence import (
     METHODS,
     CoalescenceTask,
     MethodResult,
@@ -16,3 +17,9 @@ from edgegan.baselines.coalescence import (  # noqa: E402
     weight_average,
     whole_data,
 )
+
+__all__ = [
+    "METHODS", "CoalescenceTask", "MethodResult", "barycentric_fa", "compare_methods", "edge_only",
+    "ensemble", "evaluate_generator", "pretrain_sources", "run_method", "transfer",
+    "weight_average", "whole_data",
+]

@@ -4,7 +4,6 @@ process), join/leave schedules, a run folder with metrics, plots and a report.""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -1,1 +1,1 @@
-"""edgegan.monitor"""
+"""Prometheus metrics, all declared in :mod:`edgegan.monitor.metrics`."""

@@ -46,6 +46,27 @@ class Generator(EdgeganModule):
         return self(z, labels) if self.num_classes else self(z)
 
 
+class ProjectionCritic(EdgeganModule):
+    """A critic ψ(x[, y]) = w·h(x) + b [+ ⟨embed(y), h(x)⟩] over features h (Miyato & Koyama 2018).
+
+    Subclasses set ``self.out`` (Linear(feat, 1)), ``self.proj`` (Embedding or None) and
+    implement ``features``.
+    """
+
+    out: nn.Linear
+    proj: nn.Embedding | None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)  # (B, feat)
+        s = self.out(h).squeeze(1)
+        if self.proj is not None:
+            s = s + (self.proj(y) * h).sum(1)
+        return s  # (B,)
+
+
 def model_spec(model: EdgeganModule) -> dict[str, Any]:
     """``{"cls": name, "args": constructor kwargs}`` — enough to rebuild the model."""
     return {"cls": type(model).__name__, "args": dict(model.model_args)}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgegan.errors import EdgeganError
-from edgegan.nn.base import EdgeganModule, Generator
+from edgegan.nn.base import Generator, ProjectionCritic
 
 
 def _plan(h: int) -> tuple[int, int]:
@@ -55,7 +55,7 @@ class DCGANGenerator(Generator):
         return torch.tanh(self.up(h))  # (B, C, H, W)
 
 
-class DCGANCritic(EdgeganModule):
+class DCGANCritic(ProjectionCritic):
     """image (B, C, H, W) [+ label] → score (B,); conditional by projection."""
 
     def __init__(self, image_shape: Sequence[int], base_channels: int = 64,
@@ -79,10 +79,3 @@ class DCGANCritic(EdgeganModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).flatten(1)  # (B, feat)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)
-        s = self.out(h).squeeze(1)
-        if self.proj is not None:
-            s = s + (self.proj(y) * h).sum(1)
-        return s

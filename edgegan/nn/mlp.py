@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from edgegan.nn.base import EdgeganModule, Generator
+from edgegan.nn.base import Generator, ProjectionCritic
 
 
 def _mlp(sizes: Sequence[int], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -42,7 +42,7 @@ class MLPGenerator(Generator):
         return x.view(-1, *self.out_shape)
 
 
-class MLPCritic(EdgeganModule):
+class MLPCritic(ProjectionCritic):
     """x (B, *in_shape) [+ label] → score (B,). Conditional by projection (Miyato 2018)."""
 
     def __init__(self, in_shape: Sequence[int], hidden: int = 256, depth: int = 3,
@@ -57,10 +57,3 @@ class MLPCritic(EdgeganModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x.flatten(1)))  # (B, hidden)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)
-        s = self.out(h).squeeze(1)
-        if self.proj is not None:
-            s = s + (self.proj(y) * h).sum(1)
-        return s

@@ -23,7 +23,7 @@ import yaml
 
 from edgegan.barycenter.nwb import NWBConfig
 from edgegan.barycenter.win import WINConfig
-from edgegan.config import from_dict
+from edgegan.config import check_fields, from_dict
 from edgegan.errors import EdgeganError, require
 from edgegan.tdgan.config import TDGANConfig
 
@@ -193,14 +193,10 @@ class TrainingSpec:
     def validate(self, prefix: str = "training") -> None:
         require(self.arch in ("mlp", "dcgan"), f"{prefix}.arch", f"unknown architecture {self.arch!r}",
                 "choose mlp or dcgan")
-        for name in ("latent_dim", "generator_width", "critic_width", "critic_steps", "batch_size",
-                     "pretrain_steps", "stage1_steps", "adapt_steps", "steps"):
-            v = getattr(self, name)
-            require(v >= 1, f"{prefix}.{name}", f"must be >= 1, got {v}")
-        require(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"{prefix}.{name}", f"must be in [0, 1), got {v}")
+        check_fields(self, prefix, ("latent_dim", "generator_width", "critic_width", "critic_steps", "batch_size",
+                                    "pretrain_steps", "stage1_steps", "adapt_steps", "steps"), 1)
+        check_fields(self, prefix, ("lr",), 0, strict_low=True)
+        check_fields(self, prefix, ("beta1", "beta2"), 0, 1)
 
 
 @dataclass

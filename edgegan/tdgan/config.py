@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from edgegan.config import check_fields
 from edgegan.errors import require
 from edgegan.nn.factory import ARCHS
 
@@ -41,13 +42,9 @@ class TDGANConfig:
         p = f"{prefix}." if prefix else ""
         require(self.loss in LOSSES, f"{p}loss", f"unknown loss {self.loss!r}", "choose logloss or wgan-gp")
         require(self.reminding_weight >= 0, f"{p}reminding_weight", f"must be >= 0, got {self.reminding_weight}")
-        require(self.lr > 0, f"{p}lr", f"must be > 0, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"{p}{name}", f"must be in [0, 1), got {v}")
-        require(self.batch_size >= 1, f"{p}batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.remind_batch_size >= 1, f"{p}remind_batch_size", f"must be >= 1, got {self.remind_batch_size}")
-        require(self.d_steps >= 1, f"{p}d_steps", f"must be >= 1, got {self.d_steps}")
+        check_fields(self, prefix, ("lr",), 0, strict_low=True)
+        check_fields(self, prefix, ("beta1", "beta2"), 0, 1)
+        check_fields(self, prefix, ("batch_size", "remind_batch_size", "d_steps"), 1)
         require(self.gp_weight >= 0, f"{p}gp_weight", f"must be >= 0, got {self.gp_weight}")
         require(self.max_feedback_norm > 0, f"{p}max_feedback_norm", f"must be > 0, got {self.max_feedback_norm}")
         require(self.latent_dim >= 1, f"{p}latent_dim", f"must be >= 1, got {self.latent_dim}")
