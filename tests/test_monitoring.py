@@ -144,3 +144,26 @@ def test_promtool_accepts_prometheus_config():
         pytest.skip("promtool not installed (Debian package 'prometheus'); CI installs it")
     done = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_edge_role_exports_feedback_metrics(digits):
+    """An edge's feedback updates its own exposition: bytes both ways, losses, step."""
+    import torch
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgegan.runtime.roles import EdgeNode
+    from edgegan.tdgan.config import TDGANConfig
+    from edgegan.tdgan.messages import FeedbackRequest
+
+    node = EdgeNode("e0", digits.subset(list(range(200))))
+    cfg = TDGANConfig(batch_size=8)
+    node.configure_tdgan(cfg, digits.image_shape)
+    labels = node.data.y[:8].clone()
+    req = FeedbackRequest("e0", 3, torch.zeros(8, 1, 8, 8), labels)
+    reply = node.feedback(req)
+    samples = {s.name: s.value for f in text_string_to_metric_families(generate_latest(node.metrics.registry).decode())
+               for s in f.samples if not s.labels or s.labels.get("kind") in ("d_loss", "g_loss")}
+    assert samples["edgegan_bytes_sent_total"] == reply.nbytes() > 8 * 64 * 4
+    assert samples["edgegan_bytes_received_total"] == 8 * 64 * 4 + 8 * 8
+    assert samples["edgegan_generator_step"] == 3

@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", default=None, help="client private key (PEM)")
     p.add_argument("--tls-server-name", default=None, help="expected name in the cloud's certificate")
     p.add_argument("--max-message-mib", type=int, default=64, help="largest gRPC message, MiB")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus /metrics on this port (0: off)")
     p.add_argument("--retry-s", type=float, default=60.0, help="give up after the cloud is unreachable this long")
     add_device_option(p)
     p.set_defaults(func=run)
@@ -86,13 +88,17 @@ def run(args: argparse.Namespace) -> int:
     from edgegan.checkpoint import save_checkpoint
     from edgegan.device import resolve_device
     from edgegan.gan import WGANConfig
+    from edgegan.monitor.metrics import Metrics, start_metrics_server
     from edgegan.nn import model_spec
     from edgegan.runtime.grpc_edge import EdgeConnection, download_models, run_tdgan_edge, upload_models
     from edgegan.runtime.roles import EdgeNode
 
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    node = EdgeNode(args.node_id, _local_data(args), device)
+    metrics = Metrics()
+    if args.metrics_port:
+        start_metrics_server(args.metrics_port, metrics.registry)
+    node = EdgeNode(args.node_id, _local_data(args), device, metrics)
     conn = EdgeConnection(args.cloud, _token(args), args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name,
                           args.max_message_mib << 20, args.retry_s,
                           ("tdgan",) if args.mode == "tdgan" else ("coalesce", "adapt"))

@@ -47,7 +47,7 @@ from edgegan.monitor.metrics import Metrics
 from edgegan.nn import build_gan, model_spec, same_architecture
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.tensor_codec import decode_bundle, encode_bundle
-from edgegan.tdgan.cloud import TDGANCloud
+from edgegan.tdgan.cloud import TDGANCloud, request_nbytes
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.harness import build_generator
@@ -394,11 +394,13 @@ class EdgeNode:
     (Stage I) leaves the node; the data never does.
     """
 
-    def __init__(self, node_id: str, data: TensorData, device: torch.device | None = None) -> None:
+    def __init__(self, node_id: str, data: TensorData, device: torch.device | None = None,
+                 metrics: Metrics | None = None) -> None:
         require(bool(node_id), "node_id", "empty", "give every node a non-empty id")
         self.node_id = node_id
         self.data = data
         self.device = device or torch.device("cpu")
+        self.metrics = metrics or Metrics()
         self._tdgan: TDGANEdge | None = None
         self._tdgan_cfg: TDGANConfig | None = None
 
@@ -423,7 +425,15 @@ class EdgeNode:
         """Seed 003 Alg. 1 on the node: update D_k, reply ∂loss_G/∂fake."""
         require(self._tdgan is not None, "tdgan", "feedback before configure_tdgan")
         assert self._tdgan is not None
-        return self._tdgan.feedback(req)
+        reply = self._tdgan.feedback(req)
+        m = self.metrics
+        m.bytes_received.inc(request_nbytes(req))
+        m.bytes_sent.inc(reply.nbytes())
+        m.generator_step.set(req.step)
+        for kind in ("d_loss", "g_loss"):
+            if kind in reply.stats:
+                m.loss.labels(kind).set(reply.stats[kind])
+        return reply
 
     def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
         """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""
