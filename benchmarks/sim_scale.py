@@ -122,6 +122,55 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     }
 
 
+def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, resident: int, seed: int) -> dict:
+    """The same actor pool with trivial work: per round, ``per_round`` random nodes are activated
+    (their parked state restored) and echo one number, like the trivial Flower ClientApp."""
+    import asyncio
+    import random
+
+    import torch
+
+    from edgegan.data import load_digits
+    from edgegan.sim.engine import make_pool
+    from edgegan.tdgan.config import TDGANConfig
+
+    torch.set_num_threads(1)
+    digits = load_digits()
+    cfg = TDGANConfig(batch_size=8, remind_batch_size=8, width=32)
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        pool = make_pool("ray", workers, resident)
+        ids = [f"n{i}" for i in range(nodes)]
+        host_of = {k: i % pool.size for i, k in enumerate(ids)}
+        for h in range(pool.size):
+            pool.call_sync(h, "add_tdgan_nodes", cfg, [(k, digits.subset(list(range(i % 1700, i % 1700 + 20))))
+                                                       for i, k in enumerate(ids) if host_of[k] == h])
+        startup = time.perf_counter() - t0
+        rng = random.Random(seed)
+        times: list[float] = []
+
+        async def one_round(r: int) -> int:
+            pick = rng.sample(ids, min(per_round, nodes))
+            groups = [[k for k in pick if host_of[k] == h] for h in range(pool.size)]
+            got = await asyncio.gather(*(pool.call(h, "echo", g, r) for h, g in enumerate(groups) if g))
+            return sum(len(g) for g in got)
+
+        for r in range(rounds):
+            t1 = time.perf_counter()
+            replies = asyncio.run(one_round(r))
+            times.append(time.perf_counter() - t1)
+            assert replies == min(per_round, nodes)
+        stats = pool.stats()
+        pool.shutdown()
+    steady = sorted(times[1:]) or times
+    acts = sum(s["activations"] for s in stats)
+    return {"nodes": nodes, "rounds": rounds, "messages_per_round": per_round, "startup_seconds": startup,
+            "first_round_seconds": times[0], "steady_seconds_per_round": steady[len(steady) // 2],
+            "round_seconds": times, "activations": acts,
+            "host_overhead_per_activation_ms": 1000 * sum(s["activate_s"] + s["park_s"] for s in stats) / max(acts, 1),
+            "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30}
+
+
 def run_flower(nodes: int, rounds: int, per_round: int, workers: int) -> dict:
     """Trivial ClientApp (echo one number) on ``nodes`` supernodes; ``per_round`` messaged per round."""
     import random
@@ -211,8 +260,13 @@ def main() -> int:
     print_table([{k: e[k] for k in ("nodes", "steps", "mean_online", "activations", "startup_seconds",
                                     "seconds_per_step", "peak_rss_gib", "host_overhead_per_activation_ms",
                                     "end_to_end_per_activation_ms")}], "\nedgegan (Ray actor pool, TDGAN feedback)")
+    per_round = max(1, round(e["activations"] / e["steps"]))
+    t = run_edgegan_trivial(args.nodes, max(args.flower_rounds, 3), per_round, args.workers, args.resident, args.seed)
+    res["edgegan_trivial"] = t
+    print_table([{k: t[k] for k in ("nodes", "rounds", "messages_per_round", "startup_seconds",
+                                    "first_round_seconds", "steady_seconds_per_round", "peak_rss_gib")}],
+                "\nedgegan (same Ray actor pool, trivial work: activate + echo)")
     if not args.skip_flower:
-        per_round = max(1, round(e["activations"] / e["steps"]))
         f = run_flower(args.nodes, args.flower_rounds, per_round, args.workers)
         res["flower"] = f
         print_table([{k: f[k] for k in ("nodes", "rounds", "messages_per_round", "startup_seconds",
@@ -223,9 +277,13 @@ def main() -> int:
             "flower_steady_seconds_per_round": f["steady_seconds_per_round"],
             "flower_mean_seconds_per_round_incl_first": f["seconds_per_round"],
             "edgegan_faster_than_flower_steady": e["seconds_per_step"] < f["steady_seconds_per_round"],
+            "edgegan_trivial_seconds_per_round": t["steady_seconds_per_round"],
+            "edgegan_trivial_faster_than_flower_steady": t["steady_seconds_per_round"] < f["steady_seconds_per_round"],
+            "flower_over_edgegan_trivial": f["steady_seconds_per_round"] / t["steady_seconds_per_round"],
             "edgegan_under_4gib": e["peak_rss_gib"] < 4.0,
-            "note": "edgegan steps do real TDGAN work (D_k update + feedback per node, generator step in the "
-                    "cloud); Flower rounds do trivial work; Flower's first round includes its actor start-up"}
+            "note": "edgegan_seconds_per_step: real TDGAN work (D_k update + feedback per node, generator step in "
+                    "the cloud); edgegan_trivial and Flower: trivial work (echo) on the same number of nodes "
+                    "per round; Flower's first round includes its actor start-up"}
         print_table([{k: v for k, v in res["comparison"].items() if k != "note"}],
                     "\ncomparison (same node count, same nodes messaged per round)")
     write_json(args.json, res)

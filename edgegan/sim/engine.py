@@ -156,6 +156,21 @@ class NodeHost:
             out.append(reply)
         return out
 
+    def echo(self, node_ids: Sequence[str], x: int) -> list[int]:
+        """Activate each node's parked state and answer ``x + 1``: the engine's cost per activation
+        with no learning work (the like-for-like peer of a trivial Flower ClientApp)."""
+        out = []
+        for node_id in node_ids:
+            t0 = time.perf_counter()
+            self._activate(node_id)
+            t1 = time.perf_counter()
+            self._park()
+            self.counters["activations"] += 1
+            self.counters["activate_s"] += t1 - t0
+            self.counters["park_s"] += time.perf_counter() - t1
+            out.append(x + 1)
+        return out
+
     def _drop(self, node_id: str) -> None:
         """A crashed node loses its live state (it may rejoin later with a fresh D_k)."""
         self.counters["crashed"] += 1
