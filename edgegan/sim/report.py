@@ -60,6 +60,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Lay out, write a 100-dpi PNG and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _grid_image(x: torch.Tensor) -> torch.Tensor:
     """(n, C, H, W) in [-1, 1] → one (rows·H, 8·W[, C]) image in [0, 1]."""
     x = (x[:64].float().clamp(-1, 1) + 1) / 2
@@ -88,9 +95,7 @@ def plot_fid(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_yscale("log")
     ax.grid(alpha=.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -110,9 +115,7 @@ def plot_online(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("nodes online")
     ax.grid(alpha=.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -139,9 +142,7 @@ def plot_coverage(summary: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("share of samples (coalescence) / accuracy (TDGAN)")
     ax.legend(fontsize=7)
     ax.grid(alpha=.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -162,9 +163,7 @@ def save_grid(res: dict[str, Any], path: Path) -> None:
         ax.imshow(h, cmap="magma")
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_outputs(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]],
