@@ -36,13 +36,3 @@ class TensorData:
             return self.x[idx]
 
         return sample
-
-    def labelled_sampler(self, batch_size: int, generator: torch.Generator | None = None):
-        """A callable returning ``(images, labels)`` random batches."""
-        n = len(self)
-
-        def sample(m: int = batch_size) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = torch.randint(0, n, (m,), generator=generator)
-            return self.x[idx], self.y[idx]
-
-        return sample

@@ -61,7 +61,6 @@ class BarycenterStrategy(FedAvg):
         self.metrics = metrics or Metrics()
         self.target_nodes: list[int] = []
         self.barycenter_specs: ConfigRecord | None = None
-        self.last_log: dict = {}
 
     def summary(self) -> None:
         super().summary()
@@ -112,7 +111,6 @@ class BarycenterStrategy(FedAvg):
                         [u[1] for u in uploads], self.steps_per_stage, self.wgan, win=self.win)
         seconds = time.perf_counter() - t0
         self.metrics.aggregation_seconds.observe(seconds)
-        self.last_log = res.log
 
         arrays, self.barycenter_specs = models_to_records(
             {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new})

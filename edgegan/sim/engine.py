@@ -361,10 +361,6 @@ class SimLink:
             server.register(info)
         self._online_cache = [set(schedule.online_at(t)) for t in range(schedule.total_steps)]
 
-    def busy_ticks(self) -> int:
-        """Ticks with at least one node online: the generator steps of the run."""
-        return sum(1 for s in self._online_cache if s)
-
     def start(self) -> None:
         self._advance(0)
 
