@@ -1,7 +1,7 @@
 """Per-step TDGAN feedback round trip over gRPC loopback versus in-process (issue 7).
 
 For fake batches of 64 digits (1×8×8), 64 MNIST-sized (1×28×28) and 64 CIFAR-sized (3×32×32)
-images, one cloud role (:class:`edgegan.runtime.roles.CloudServer`) runs TDGAN steps for one
+images, one cloud role (:class:`edgegan.runtime.roles.TDGANServer`) runs TDGAN steps for one
 edge node whose feedback comes, in alternating blocks of steps, from
 
 * in-process: an :class:`edgegan.runtime.roles.EdgeNode` object in the cloud's process;
@@ -59,7 +59,8 @@ def cloud_config(shape: Sequence[int], steps: int, folder: str):
 
     return CloudConfig(allow_anonymous=True, steps=steps, image_shape=list(shape), checkpoint_dir=folder,
                        checkpoint_every=10**9, heartbeat_interval_s=1.0, heartbeat_timeout_s=60.0, device="cpu",
-                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH))
+                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH),
+                       eval_dataset=None)  # latency only: no scoring between steps
 
 
 def loopback_bytes(port: int) -> int:
@@ -157,11 +158,11 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
 
     from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink, channel_options
     from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
-    from edgegan.runtime.roles import CloudServer, EdgeNode
+    from edgegan.runtime.roles import EdgeNode, TDGANServer
 
     with tempfile.TemporaryDirectory() as d:
         cfg = cloud_config(shape, steps + warmup, d)
-        server = CloudServer(cfg)
+        server = TDGANServer(cfg)
         local = (EchoEdge if echo else EdgeNode)(NODE, synthetic_data(shape))
         local.configure_tdgan(cfg.tdgan, cfg.image_shape)
         grpc_server = grpc.aio.server(options=channel_options(cfg.max_message_bytes))

@@ -122,6 +122,23 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     }
 
 
+def echo(host, node_ids: list[str], x: int) -> list[int]:
+    """A job for :meth:`NodeHost.run_job`: activate each node's parked state and answer ``x + 1``,
+    the engine's cost per activation with no learning work (the like-for-like peer of a trivial
+    Flower ClientApp)."""
+    out = []
+    for node_id in node_ids:
+        t0 = time.perf_counter()
+        host._activate(node_id)
+        t1 = time.perf_counter()
+        host._park()
+        host.counters["activations"] += 1
+        host.counters["activate_s"] += t1 - t0
+        host.counters["park_s"] += time.perf_counter() - t1
+        out.append(x + 1)
+    return out
+
+
 def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, resident: int, seed: int) -> dict:
     """The same actor pool with trivial work: per round, ``per_round`` random nodes are activated
     (their parked state restored) and echo one number, like the trivial Flower ClientApp."""
@@ -152,7 +169,7 @@ def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, r
         async def one_round(r: int) -> int:
             pick = rng.sample(ids, min(per_round, nodes))
             groups = [[k for k in pick if host_of[k] == h] for h in range(pool.size)]
-            got = await asyncio.gather(*(pool.call(h, "echo", g, r) for h, g in enumerate(groups) if g))
+            got = await asyncio.gather(*(pool.call(h, "run_job", echo, (g, r), {}) for h, g in enumerate(groups) if g))
             return sum(len(g) for g in got)
 
         for r in range(rounds):

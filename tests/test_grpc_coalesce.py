@@ -13,7 +13,7 @@ import torch
 from edgegan.checkpoint import load_checkpoint
 from edgegan.config import load_yaml
 from edgegan.runtime.config import CloudConfig
-from edgegan.runtime.roles import CloudServer
+from edgegan.runtime.roles import CoalesceServer
 from edgegan.runtime.tensor_codec import decode_bundle
 from grpc_procs import Procs, cloud_ready, config_port, launch_cloud, start_edge, write_config
 
@@ -51,7 +51,7 @@ def test_coalescence_end_to_end_over_grpc(tmp_path: Path) -> None:
         procs.kill_all()
 
     # a cloud restarted on the same folder holds both uploads and serves the same barycenter at once
-    again = CloudServer(load_yaml(CloudConfig, cfg))
+    again = CoalesceServer(load_yaml(CloudConfig, cfg))
     assert sorted(again.uploads) == ["e0", "e1"] and again.uploads["e0"][1] == {"eta": 2.0}
     blob = asyncio.run(again.bundle("barycenter"))
     again.close()

@@ -11,7 +11,7 @@ import pytest
 from edgegan.runtime.grpc_edge import EdgeConnection, run_tdgan_edge
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
-from edgegan.runtime.roles import EdgeNode, tdgan_config_json
+from edgegan.runtime.roles import EdgeNode, config_json
 from edgegan.tdgan.config import TDGANConfig
 
 
@@ -26,7 +26,7 @@ class SilentCloud(pb_grpc.EdgeGANServicer):
         self.registrations += 1
         return pb.RegisterReply(run_id="silent", heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0,
                                 max_message_bytes=1 << 20, chunk_bytes=1 << 16, mode="tdgan",
-                                tdgan_config_json=tdgan_config_json(TDGANConfig(width=16)), image_shape=[1, 8, 8])
+                                tdgan_config_json=config_json(TDGANConfig(width=16)), image_shape=[1, 8, 8])
 
     async def Session(self, request_iterator, context):
         async for msg in request_iterator:

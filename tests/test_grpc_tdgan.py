@@ -80,7 +80,7 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     from edgegan.data import partition_by_classes
     from edgegan.runtime.config import CloudConfig
     from edgegan.runtime.inproc import run_inproc
-    from edgegan.runtime.roles import CloudServer, EdgeNode
+    from edgegan.runtime.roles import TDGANServer, EdgeNode
 
     cfg_path = write_config(tmp_path / "cloud.yaml", steps=40, checkpoint_every=40)
     cloud = launch_cloud(procs, cfg_path)
@@ -93,7 +93,7 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        server = CloudServer(cfg)
+        server = TDGANServer(cfg)
         node = EdgeNode("e0", partition_by_classes(digits, [[0, 1, 2]], seed=0)[0])
         assert asyncio.run(run_inproc(server, [node])) == "finished"
         server.close()

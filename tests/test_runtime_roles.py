@@ -4,6 +4,7 @@ resume and the Prometheus collectors (issue 7; no sockets)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ from prometheus_client import generate_latest
 
 from edgegan.config import from_dict
 from edgegan.data import partition_by_classes
-from edgegan.monitor.metrics import Metrics
+from edgegan.monitor.metrics import REJECT_REASONS, Metrics
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.inproc import InprocLink
-from edgegan.runtime.roles import CloudServer, EdgeNode, NodeFailure
+from edgegan.errors import FailureReason
+from edgegan.runtime.roles import EdgeNode, NodeFailure, TDGANServer
 
 
 def _cfg(tmp: Path, **kw) -> CloudConfig:
@@ -40,12 +42,12 @@ class DroppingLink(InprocLink):
     async def exchange(self, requests, timeout_s):
         self.pis.append(dict(self.server.tdgan.pi))
         if self.server.tdgan.step == self.at - 1:
-            self.drop(self.victim, NodeFailure("UNAVAILABLE", "stream closed"))
+            self.drop(self.victim, NodeFailure(FailureReason.DISCONNECTED, "stream closed"))
         return await super().exchange(requests, timeout_s)
 
 
 def test_a_dropped_node_leaves_pi_is_renormalised_and_the_run_goes_on(tmp_path, nodes) -> None:
-    server = CloudServer(_cfg(tmp_path, start_nodes=3))
+    server = TDGANServer(_cfg(tmp_path, start_nodes=3))
     edges = [EdgeNode(f"e{k}", d) for k, d in enumerate(nodes)]
     link = DroppingLink(server, edges, "e2", at=6)
     assert asyncio.run(server.run(link, asyncio.Event())) == "finished"
@@ -61,16 +63,16 @@ def test_a_dropped_node_leaves_pi_is_renormalised_and_the_run_goes_on(tmp_path, 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path, nodes) -> None:
     edges = [EdgeNode("e0", nodes[0])]
-    full = CloudServer(_cfg(tmp_path / "full", steps=8))
+    full = TDGANServer(_cfg(tmp_path / "full", steps=8))
     asyncio.run(full.run(InprocLink(full, edges), asyncio.Event()))
     full.close()
 
     # the same run stopped after step 4's checkpoint, then a fresh process on the same folder
-    first = CloudServer(_cfg(tmp_path / "split", steps=4))
+    first = TDGANServer(_cfg(tmp_path / "split", steps=4))
     edges2 = [EdgeNode("e0", nodes[0])]
     asyncio.run(first.run(InprocLink(first, edges2), asyncio.Event()))
     first.close()
-    second = CloudServer(_cfg(tmp_path / "split", steps=8, rejoin_grace_s=5.0))
+    second = TDGANServer(_cfg(tmp_path / "split", steps=8, rejoin_grace_s=5.0))
     assert second.resumed_step == 4 and second.tdgan.online == ["e0"]
     link = InprocLink(second, edges2)  # the same edge object: its D_k carried on, as a live edge's would
     asyncio.run(second.run(link, asyncio.Event()))
@@ -88,7 +90,7 @@ def test_bad_feedback_never_touches_the_generator(tmp_path, nodes) -> None:
                 r.grad[0, 0, 0, 0] = float("nan")
             return out
 
-    server = CloudServer(_cfg(tmp_path, steps=1))
+    server = TDGANServer(_cfg(tmp_path, steps=1))
     before = {k: v.clone() for k, v in server.tdgan.G.state_dict().items()}
     link = NaNLink(server, [EdgeNode("e0", nodes[0])])
     stop = asyncio.Event()
@@ -104,6 +106,31 @@ def test_bad_feedback_never_touches_the_generator(tmp_path, nodes) -> None:
     assert "e0" not in link.edges  # the node was dropped
     assert server.metrics.rejected.labels("nonfinite")._value.get() == 1
     server.close()
+
+
+def test_refusal_reason_is_typed_not_read_from_the_text(tmp_path, digits) -> None:
+    """A node whose id contains "norm" sending float64 is refused as ``dtype`` (issue 13)."""
+    class Float64Link(InprocLink):
+        async def exchange(self, requests, timeout_s):
+            out = await super().exchange(requests, timeout_s)
+            return {k: dataclasses.replace(r, grad=r.grad.double()) for k, r in out.items()}
+
+    server = TDGANServer(_cfg(tmp_path, steps=1, eval_dataset=None))
+    part = partition_by_classes(digits, [[0, 1]], [50], seed=0)[0]
+    link = Float64Link(server, [EdgeNode("normal-3", part)])
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        task = asyncio.ensure_future(server.run(link, stop))
+        while "normal-3" in link.edges:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    server.close()
+    counts = {r: server.metrics.rejected.labels(r)._value.get() for r in REJECT_REASONS}
+    assert counts == {r: float(r == "dtype") for r in REJECT_REASONS}
 
 
 def test_metrics_live_in_their_own_registry_with_units_in_names() -> None:
@@ -123,7 +150,7 @@ def test_metrics_live_in_their_own_registry_with_units_in_names() -> None:
 
 
 def test_cloud_evaluation_sets_feature_fid(tmp_path, nodes, digits_classifier) -> None:
-    server = CloudServer(_cfg(tmp_path, steps=6, eval_dataset="digits", eval_every=3, eval_samples_per_class=20))
+    server = TDGANServer(_cfg(tmp_path, steps=6, eval_dataset="digits", eval_every=3, eval_samples_per_class=20))
     asyncio.run(server.run(InprocLink(server, [EdgeNode("e0", nodes[0])]), asyncio.Event()))
     server.close()
     assert [e["step"] for e in server.evals] == [3, 6]

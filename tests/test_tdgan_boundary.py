@@ -163,5 +163,5 @@ def test_config_validation():
         from_dict(TDGANConfig, {"loss": "hinge"}, "tdgan")
     with pytest.raises(EdgeganError, match=r"^tdgan\.max_feedback_norm: "):
         from_dict(TDGANConfig, {"max_feedback_norm": 0.0}, "tdgan")
-    with pytest.raises(EdgeganError, match=r"^tdgan\.d_steps: "):
-        from_dict(TDGANConfig, {"d_steps": 0}, "tdgan")
+    with pytest.raises(EdgeganError, match=r"^tdgan\.critic_steps: "):
+        from_dict(TDGANConfig, {"critic_steps": 0}, "tdgan")

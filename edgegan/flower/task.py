@@ -40,7 +40,7 @@ def _ints(text: str, field_name: str) -> list[int]:
 
 
 @dataclass
-class FlowerTaskConfig:
+class FlowerTaskConfig(WGANConfig):
     """``[tool.flwr.app.config]`` of pyproject.toml (kebab-case keys there, snake_case here).
 
     Flower run-config values are scalars, so lists are strings: ``source-classes`` is
@@ -57,12 +57,6 @@ class FlowerTaskConfig:
     arch: str = field(default="mlp", metadata={"unit": "mlp or dcgan"})
     generator_width: int = field(default=64, metadata={"unit": "generator hidden size / base channels"})
     critic_width: int = field(default=64, metadata={"unit": "critic hidden size / base channels"})
-    latent_dim: int = field(default=32, metadata={"unit": "latent dimensions"})
-    lr: float = field(default=2e-4, metadata={"unit": "Adam step size"})
-    beta1: float = field(default=0.5, metadata={"unit": "Adam β1"})
-    beta2: float = field(default=0.9, metadata={"unit": "Adam β2"})
-    critic_steps: int = field(default=5, metadata={"unit": "critic updates per generator iteration"})
-    batch_size: int = field(default=64, metadata={"unit": "samples per batch"})
     pretrain_steps: int = field(default=300, metadata={"unit": "source WGAN-GP generator steps per round"})
     aggregator: str = field(default="recursive_w1", metadata={"unit": "recursive_w1 (seed 000) or win (seed 004)"})
     steps_per_stage: int = field(default=150, metadata={"unit": "recursive_w1: generator steps per stage"})
@@ -98,7 +92,7 @@ class FlowerTaskConfig:
             require(getattr(self, name) >= 1, p + name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
         require(self.adapt_steps >= 0 and self.eval_samples >= 0, f"{p}adapt-steps", "must be >= 0")
         require(self.metrics_port >= -1, f"{p}metrics-port", "use -1 (off), 0 (any free) or a TCP port")
-        self.wgan().validate(f"{p}wgan")
+        super().validate(prefix)
         self.win().validate(f"{p}win")
 
     def sources(self) -> list[list[int]]:
@@ -119,8 +113,8 @@ class FlowerTaskConfig:
         return len(self.sources()) + 1
 
     def wgan(self) -> WGANConfig:
-        return WGANConfig(lr=self.lr, beta1=self.beta1, beta2=self.beta2, critic_steps=self.critic_steps,
-                          batch_size=self.batch_size, latent_dim=self.latent_dim)
+        """The run's training settings (lr, betas, critic steps, batch, latent_dim, GP weight)."""
+        return self.settings()
 
     def win(self) -> WINConfig:
         return WINConfig(k_g=self.win_k_g, k_t=self.win_k_t, k_v=self.win_k_v, outer_iters=self.win_outer_iters,

@@ -2,17 +2,18 @@
 
 One generator iteration = ``critic_steps`` updates of every critic on
 Σ λ_k critic_loss(ψ_k, x∼μ_k, G(z)), then one generator update on −Σ λ_k E ψ_k(G(z)).
-Defaults from seed 000 table 1: Adam(β1=0.5, β2=0.999), lr 1e-4, 5 critic steps, GP 10, batch 64.
+:class:`WGANConfig` is the one training-settings type of the project (see its docstring).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from edgegan.config import check_fields
 from edgegan.errors import require
 from edgegan.gan.losses import critic_loss, generator_loss, normalize_weights
 
@@ -22,25 +23,40 @@ BatchSampler = Callable[[int], Batch]
 
 @dataclass
 class WGANConfig:
-    """WGAN-GP knobs; defaults are seed 000 table 1."""
+    """The training settings every path uses (simulator, gRPC cloud/edges, Flower, TDGAN, CLI).
 
-    lr: float = field(default=1e-4, metadata={"unit": "Adam step size"})
+    Scenario ``training``, the cloud's ``training`` and the Flower run config are this class
+    (subclasses add budgets); :class:`~edgegan.tdgan.config.TDGANConfig` is a subclass too.
+
+    Defaults: β1 0.5, 5 critic steps, GP 10, batch 64 and 32 latent dimensions are seed 000
+    table 1. The step size and β2 are the measured digits setting, lr 2e-4 / β2 0.9, not the
+    table's 1e-4 / 0.999 (given for its 28×28+ images): on the 8×8 digits it reaches
+    feature-FID ~30 in 500 steps (noise ≈ 700), and every stochastic test and benchmark
+    threshold was measured with it. ``lr: 1e-4, beta2: 0.999`` gives the paper's setting.
+    """
+
+    lr: float = field(default=2e-4, metadata={"unit": "Adam step size"})
     beta1: float = field(default=0.5, metadata={"unit": "Adam β1"})
-    beta2: float = field(default=0.999, metadata={"unit": "Adam β2"})
+    beta2: float = field(default=0.9, metadata={"unit": "Adam β2"})
     critic_steps: int = field(default=5, metadata={"unit": "critic updates per generator iteration"})
     gp_weight: float = field(default=10.0, metadata={"unit": "gradient-penalty coefficient"})
     batch_size: int = field(default=64, metadata={"unit": "samples per batch"})
     latent_dim: int = field(default=32, metadata={"unit": "latent dimensions"})
 
     def validate(self, prefix: str = "") -> None:
-        p = f"{prefix}." if prefix else ""
-        require(self.lr > 0, f"{p}lr", f"must be > 0, got {self.lr}")
-        require(self.critic_steps >= 1, f"{p}critic_steps", f"must be >= 1, got {self.critic_steps}")
-        require(self.gp_weight >= 0, f"{p}gp_weight", f"must be >= 0, got {self.gp_weight}")
-        require(self.batch_size >= 2, f"{p}batch_size", f"must be >= 2, got {self.batch_size}")
+        check_fields(self, prefix, ("lr",), 0, strict_low=True)
+        check_fields(self, prefix, ("beta1", "beta2"), 0, 1)
+        check_fields(self, prefix, ("critic_steps", "latent_dim"), 1)
+        check_fields(self, prefix, ("gp_weight",), 0)
+        check_fields(self, prefix, ("batch_size",), 2)
+
+    def settings(self) -> "WGANConfig":
+        """The plain :class:`WGANConfig` part of this object (drops a subclass's extra fields)."""
+        return WGANConfig(**{f.name: getattr(self, f.name) for f in fields(WGANConfig)})
 
 
 def adam(params, cfg: WGANConfig) -> torch.optim.Adam:
+    """Adam(lr, (β1, β2)) of ``cfg``: the only place a trainer's optimiser is built."""
     return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 

@@ -29,7 +29,9 @@ from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-REJECT_REASONS = ("malformed", "dtype", "shape", "nonfinite", "norm", "stale")
+from edgegan.errors import FailureReason
+
+REJECT_REASONS = tuple(r.value for r in FailureReason if r.is_refusal)
 LOSS_KINDS = ("reminding", "d_loss", "g_loss")
 ROUND_OUTCOMES = ("sampled", "replied", "failed")
 AGGREGATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -72,9 +74,11 @@ class Metrics:
         self.aggregation_seconds = Histogram("edgegan_aggregation_seconds", "Wall time of one Stage I aggregation",
                                              buckets=AGGREGATION_BUCKETS, registry=r)
 
-    def reject(self, reason: str) -> None:
-        """Count one refused feedback; unknown reasons count as ``malformed`` (bounded labels)."""
-        self.rejected.labels(reason if reason in REJECT_REASONS else "malformed").inc()
+    def reject(self, reason: FailureReason) -> None:
+        """Count one refused feedback under its typed reason; anything that is not a refusal
+        reason counts as ``malformed`` (bounded labels)."""
+        ok = isinstance(reason, FailureReason) and reason.is_refusal
+        self.rejected.labels(reason.value if ok else FailureReason.MALFORMED.value).inc()
 
 
 def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> int:

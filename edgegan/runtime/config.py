@@ -9,7 +9,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from edgegan.config import check_fields
+from edgegan.data.registry import DATASETS
 from edgegan.errors import EdgeganError, require
+from edgegan.gan.train import WGANConfig
 from edgegan.tdgan.config import TDGANConfig
 
 MiB = 1 << 20
@@ -54,8 +57,7 @@ class CoalesceConfig:
             self.aggregator = aggregator_name(self.aggregator)
         except EdgeganError as e:
             raise EdgeganError(f"{prefix}.aggregator", e.problem, e.fix) from None
-        require(self.expected_uploads >= 1, f"{prefix}.expected_uploads", f"must be >= 1, got {self.expected_uploads}")
-        require(self.steps_per_stage >= 1, f"{prefix}.steps_per_stage", f"must be >= 1, got {self.steps_per_stage}")
+        check_fields(self, prefix, ("expected_uploads", "steps_per_stage"), 1)
 
 
 @dataclass
@@ -92,11 +94,15 @@ class CloudConfig:
     exit_when_done: bool = field(default=True, metadata={"unit": "exit once the run is finished"})
     linger_s: float = field(default=2.0, metadata={"unit": "seconds to keep serving after the run ends"})
     device: str = field(default="auto", metadata={"unit": "cpu, cuda, cuda:N or auto"})
-    eval_dataset: Optional[str] = field(default=None, metadata={
-        "unit": "data set the cloud may read to score G (feature-FID, class accuracy); none: no evaluation"})
+    eval_dataset: Optional[str] = field(default="auto", metadata={
+        "unit": "data set the cloud reads to score G (feature-FID, class accuracy); auto: digits for 1x8x8 "
+                "images of 10 classes; none: no evaluation"})
     data_root: Optional[str] = field(default=None, metadata={"unit": "folder of torchvision-format files"})
     eval_every: int = field(default=500, metadata={"unit": "generator steps between evaluations"})
+    log_every: int = field(default=50, metadata={"unit": "generator steps between progress lines in the log"})
     eval_samples_per_class: int = field(default=200, metadata={"unit": "conditional samples per class"})
+    training: WGANConfig = field(default_factory=WGANConfig, metadata={
+        "unit": "coalesce: settings of the edges' Stage I pre-training / Stage II adaptation and of the barycenter"})
     tdgan: TDGANConfig = field(default_factory=TDGANConfig)
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
 
@@ -114,19 +120,17 @@ class CloudConfig:
         require(self.max_model_bytes > 0, f"{p}max_model_bytes", f"must be > 0, got {self.max_model_bytes}")
         require(0 < self.heartbeat_interval_s < self.heartbeat_timeout_s, f"{p}heartbeat_interval_s",
                 "need 0 < heartbeat_interval_s < heartbeat_timeout_s")
-        require(self.feedback_timeout_s > 0, f"{p}feedback_timeout_s", "must be > 0")
-        require(self.rejoin_grace_s >= 0, f"{p}rejoin_grace_s", "must be >= 0")
-        require(self.checkpoint_every >= 1, f"{p}checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        check_fields(self, prefix, ("feedback_timeout_s",), 0, strict_low=True)
+        check_fields(self, prefix, ("rejoin_grace_s",), 0)
         require(self.metrics_port is None or 0 <= self.metrics_port < 65536, f"{p}metrics_port", "not a TCP port")
         require(len(self.image_shape) == 3 and all(d >= 1 for d in self.image_shape), f"{p}image_shape",
                 f"expected [C, H, W], got {self.image_shape}")
-        require(self.num_classes >= 1, f"{p}num_classes", f"must be >= 1, got {self.num_classes}")
-        require(self.steps >= 1, f"{p}steps", f"must be >= 1, got {self.steps}")
-        require(self.eval_every >= 1, f"{p}eval_every", f"must be >= 1, got {self.eval_every}")
-        require(self.eval_samples_per_class >= 1, f"{p}eval_samples_per_class", "must be >= 1")
-        require(self.min_nodes >= 1, f"{p}min_nodes", f"must be >= 1, got {self.min_nodes}")
-        require(self.start_nodes >= 1, f"{p}start_nodes", f"must be >= 1, got {self.start_nodes}")
+        check_fields(self, prefix, ("checkpoint_every", "num_classes", "steps", "eval_every", "log_every",
+                                    "eval_samples_per_class", "min_nodes", "start_nodes"), 1)
+        require(self.eval_dataset in (None, "auto", *DATASETS), f"{p}eval_dataset",
+                f"unknown data set {self.eval_dataset!r}", "choose auto, null or one of " + ", ".join(DATASETS))
         self.tls.validate(f"{p}tls")
+        self.training.validate(f"{p}training")
         self.tdgan.validate(f"{p}tdgan")
         self.coalesce.validate(f"{p}coalesce")
 

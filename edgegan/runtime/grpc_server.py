@@ -1,4 +1,4 @@
-"""The cloud over gRPC: a thin servicer around :class:`~edgegan.runtime.roles.CloudServer` and
+"""The cloud over gRPC: a thin servicer around a :class:`~edgegan.runtime.roles.CloudServer` and
 ``async serve()`` owning ports, TLS, health, metrics and graceful stop (route_guide style).
 
 Everything runs on one asyncio event loop (``grpc.aio``): hundreds of open node streams cost
@@ -25,12 +25,12 @@ from typing import Any, AsyncIterator, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from edgegan.errors import EdgeganError
+from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
-from edgegan.runtime.roles import CloudServer, NodeFailure, tdgan_config_json
+from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
 from edgegan.runtime.tensor_codec import ChunkAssembler, WireError, decode_tensor, encode_tensor, iter_chunks
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
@@ -42,17 +42,6 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Explicit message size limits (the 4 MiB default is too small for CIFAR batches and models)."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)]
-
-
-def _wire_reason(e: WireError) -> str:
-    """Metrics label of a refused wire tensor."""
-    if e.field.endswith(".dtype"):
-        return "dtype"
-    if e.field.endswith(".shape"):
-        return "shape"
-    if "non-finite" in e.problem:
-        return "nonfinite"
-    return "malformed"
 
 
 class _Session:
@@ -80,7 +69,7 @@ class _Session:
     def on_reply(self, msg: pb.FeedbackReply) -> None:
         entry = self.pending.pop(msg.step, None)
         if entry is None:  # answered after its deadline, or a step never asked
-            self.link.server.metrics.reject("stale")
+            self.link.server.metrics.reject(FailureReason.STALE)
             return
         req, fut, t_sent = entry
         self.link.server.metrics.roundtrip.observe(time.perf_counter() - t_sent)
@@ -88,7 +77,7 @@ class _Session:
             grad = decode_tensor(msg.grad, "feedback.grad", dtype="float32", shape=tuple(req.fake.shape),
                                  finite=True)
         except WireError as e:
-            failure = NodeFailure("INVALID_ARGUMENT", str(e), _wire_reason(e))
+            failure = NodeFailure(e.reason, str(e))
             if not fut.done():
                 fut.set_result(failure)
             self.close(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -113,7 +102,7 @@ class GrpcLink:
         for req in requests:
             s = self.sessions.get(req.node_id)
             if s is None or s.closed.done():
-                out[req.node_id] = NodeFailure("UNAVAILABLE", "no open stream")
+                out[req.node_id] = NodeFailure(FailureReason.DISCONNECTED, "no open stream")
                 continue
             msg = pb.CloudMessage(request=pb.FeedbackRequest(step=req.step, fake=encode_tensor(req.fake),
                                                              labels=encode_tensor(req.labels)))
@@ -128,7 +117,7 @@ class GrpcLink:
                 out[node_id] = fut.result()
             else:
                 fut.cancel()
-                failure = NodeFailure("DEADLINE_EXCEEDED", f"no feedback within {timeout_s:g} s")
+                failure = NodeFailure(FailureReason.TIMEOUT, f"no feedback within {timeout_s:g} s")
                 out[node_id] = failure
                 self.drop(node_id, failure)
         return out
@@ -136,12 +125,21 @@ class GrpcLink:
     def drop(self, node_id: str, failure: NodeFailure) -> None:
         s = self.sessions.get(node_id)
         if s is not None:
-            s.close(getattr(grpc.StatusCode, failure.code, grpc.StatusCode.ABORTED), failure.detail)
+            s.close(grpc.StatusCode[failure.code], failure.detail)
 
     async def finish(self, step: int, reason: str) -> None:
         self.done = pb.Done(step=step, reason=reason)
         for s in list(self.sessions.values()):
             s.outbox.put_nowait(pb.CloudMessage(done=self.done))
+
+    async def close_all(self, grace_s: float) -> None:
+        """End every open Session with UNAVAILABLE (the cloud is stopping) and give the handlers
+        ``grace_s`` to return, so stopping the server cancels no stream mid-flight."""
+        for s in list(self.sessions.values()):
+            s.close(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
+        deadline = time.monotonic() + grace_s
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def watchdog(self, interval_s: float, timeout_s: float) -> None:
         """Drop nodes silent for longer than ``timeout_s`` (missed heartbeats)."""
@@ -192,11 +190,12 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         except EdgeganError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.server.metrics.bytes_received.inc(request.ByteSize())
-        reply = pb.RegisterReply(run_id=self.cfg.run_id, step=self.server.tdgan.step,
+        reply = pb.RegisterReply(run_id=self.cfg.run_id, step=self.server.step,
                                  heartbeat_interval_s=self.cfg.heartbeat_interval_s,
                                  heartbeat_timeout_s=self.cfg.heartbeat_timeout_s,
                                  max_message_bytes=self.cfg.max_message_bytes, chunk_bytes=self.cfg.chunk_bytes,
-                                 mode=self.cfg.mode, tdgan_config_json=tdgan_config_json(self.cfg.tdgan),
+                                 mode=self.cfg.mode, tdgan_config_json=config_json(self.cfg.tdgan),
+                                 training_config_json=config_json(self.cfg.training),
                                  image_shape=list(self.cfg.image_shape))
         self.server.metrics.bytes_sent.inc(reply.ByteSize())
         return reply
@@ -226,7 +225,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
 
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         node_id = await self._authenticate(context)
-        if self.cfg.mode != "tdgan":
+        if not isinstance(self.server, TDGANServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
         if node_id not in self.server.registered:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node '{node_id}' must Register first")
@@ -249,7 +248,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         finally:
             for t in tasks:
                 t.cancel()
-            session.fail_pending(NodeFailure("UNAVAILABLE", "stream closed"))
+            session.fail_pending(NodeFailure(FailureReason.DISCONNECTED, "stream closed"))
             if self.link.sessions.get(node_id) is session:
                 del self.link.sessions[node_id]
                 if self.link.done is None:
@@ -261,7 +260,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
     async def UploadModels(self, request_iterator: AsyncIterator[pb.ModelChunk],
                            context: grpc.aio.ServicerContext) -> pb.UploadReply:
         node_id = await self._authenticate(context)
-        if self.cfg.mode != "coalesce":
+        if not isinstance(self.server, CoalesceServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not coalesce")
         asm = ChunkAssembler(self.cfg.max_model_bytes)
         try:
@@ -281,8 +280,9 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
     async def DownloadModels(self, request: pb.DownloadRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
         node_id = await self._authenticate(context)
-        if request.name not in ("barycenter", "generator"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: unknown bundle {request.name!r}")
+        if request.name not in self.server.BUNDLES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: this {self.cfg.mode} cloud holds no "
+                                f"bundle {request.name!r}; ask for {' or '.join(self.server.BUNDLES)}")
         wait = min(max(request.wait_s, 0.0), 3600.0)
         blob = await self.server.bundle(request.name, wait)
         if blob is None:
@@ -307,7 +307,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     the server gracefully. ``ready_file`` receives ``{"port", "metrics_port"}`` once serving.
     Returns the process exit code (0).
     """
-    server = server or CloudServer(cfg)
+    server = server or cloud_server(cfg)
     metrics_port = None
     if cfg.metrics_port is not None:
         metrics_port = start_metrics_server(cfg.metrics_port, server.metrics.registry, cfg.metrics_addr)
@@ -337,7 +337,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     try:
         outcome = await server.run(link, stop)
         (server.dir / "report.json").write_text(json.dumps(server.report(), indent=2))
-        log.info("run %s: %s at step %d", cfg.run_id, outcome, server.tdgan.step)
+        log.info("run %s: %s at step %d", cfg.run_id, outcome, server.step)
         if outcome == "finished" and not cfg.exit_when_done:
             await stop.wait()
         elif outcome == "finished":
@@ -345,6 +345,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     finally:
         watchdog.cancel()
         await health_servicer.enter_graceful_shutdown()
+        await link.close_all(grace_s=1.0)
         await grpc_server.stop(grace=1.0)
         server.close()
     return 0

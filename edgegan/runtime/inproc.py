@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Sequence
 
-from edgegan.runtime.roles import CloudServer, EdgeNode, NodeFailure
+from edgegan.errors import FailureReason
+from edgegan.runtime.roles import EdgeNode, NodeFailure, TDGANServer
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest
 
 
 class InprocLink:
     """A :class:`~edgegan.runtime.roles.FeedbackLink` over edge objects in this process."""
 
-    def __init__(self, server: CloudServer, edges: Sequence[EdgeNode]) -> None:
+    def __init__(self, server: TDGANServer, edges: Sequence[EdgeNode]) -> None:
         self.server = server
         self.edges = {e.node_id: e for e in edges}
         self.done: tuple[int, str] | None = None
@@ -30,7 +31,7 @@ class InprocLink:
         out: dict[str, FeedbackReply | NodeFailure] = {}
         for req in requests:
             edge = self.edges.get(req.node_id)
-            out[req.node_id] = edge.feedback(req) if edge else NodeFailure("UNAVAILABLE", "not connected")
+            out[req.node_id] = edge.feedback(req) if edge else NodeFailure(FailureReason.DISCONNECTED, "not connected")
         return out
 
     def drop(self, node_id: str, failure: NodeFailure) -> None:
@@ -41,7 +42,7 @@ class InprocLink:
         self.done = (step, reason)
 
 
-async def run_inproc(server: CloudServer, edges: Sequence[EdgeNode]) -> str:
+async def run_inproc(server: TDGANServer, edges: Sequence[EdgeNode]) -> str:
     """Run ``server``'s configured pipeline with ``edges`` in this process until it finishes."""
     link = InprocLink(server, edges)
     return await server.run(link, asyncio.Event())

@@ -1,12 +1,16 @@
 """Cloud and edge roles as state machines with no transport inside (DESIGN.md, Runtime).
 
-A transport (``inproc``, ``grpc``, later ``ray``) moves the roles' messages. The whole
-role ↔ transport interface is:
+A transport moves the roles' messages: ``inproc`` (edges as objects in this process),
+``grpc`` (real edge processes) and the simulator's :class:`~edgegan.sim.engine.SimLink`
+(virtual nodes on a worker pool). The cloud role is split by pipeline:
+:class:`TDGANServer` (seed 003) and :class:`CoalesceServer` (seed 000 Stage I), both
+:class:`CloudServer` s; :func:`cloud_server` builds the one a :class:`CloudConfig` names.
+The whole role ↔ transport interface is:
 
 cloud side
   * the transport calls :meth:`CloudServer.register` (a node announces itself),
-    :meth:`CloudServer.connected` / :meth:`CloudServer.disconnected` (its feedback channel
-    opened / closed), :meth:`CloudServer.add_upload` and :meth:`CloudServer.bundle`;
+    :meth:`TDGANServer.connected` / :meth:`TDGANServer.disconnected` (its feedback channel
+    opened / closed), :meth:`CoalesceServer.add_upload` and :meth:`CloudServer.bundle`;
   * the role drives the run with :meth:`CloudServer.run` and needs from the transport one
     object implementing :class:`FeedbackLink` (send this step's fake batches, get replies;
     drop a node; announce the end).
@@ -22,6 +26,7 @@ streams while the generator steps.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import json
@@ -41,7 +46,7 @@ from edgegan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpo
 from edgegan.config import to_dict
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
-from edgegan.errors import EdgeganError, require
+from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.gan import WGANConfig, train_wgan_gp
 from edgegan.monitor.metrics import Metrics
 from edgegan.nn import build_gan, model_spec, same_architecture
@@ -51,33 +56,38 @@ from edgegan.tdgan.cloud import TDGANCloud, request_nbytes
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.harness import build_generator
-from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo, validate_feedback
+from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo
 
 log = logging.getLogger("edgegan.runtime")
 T = TypeVar("T")
 HISTORY_KEPT = 1000  # per-step stats kept (and checkpointed) by the cloud
 
+_STATUS = {FailureReason.TIMEOUT: "DEADLINE_EXCEEDED", FailureReason.DISCONNECTED: "UNAVAILABLE",
+           FailureReason.WORKER_LOST: "UNAVAILABLE"}
+
 
 @dataclass(frozen=True)
 class NodeFailure:
-    """Why a node gave no usable reply: ``code`` is a gRPC-style status name
-    (``INVALID_ARGUMENT``, ``DEADLINE_EXCEEDED``, ``UNAVAILABLE``), ``reason`` a metrics
-    label (see :data:`edgegan.monitor.metrics.REJECT_REASONS`) for refused feedback."""
+    """Why a node gave no usable reply: a typed ``reason`` and a human ``detail`` (for logs only)."""
 
-    code: str
+    reason: FailureReason
     detail: str
-    reason: str = ""
+
+    @property
+    def code(self) -> str:
+        """The gRPC status name a transport ends the node's stream with."""
+        return "INVALID_ARGUMENT" if self.reason.is_refusal else _STATUS[self.reason]
 
 
 class FeedbackLink(Protocol):
-    """What a transport gives :meth:`CloudServer.run`."""
+    """What a transport gives :meth:`TDGANServer.run`."""
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
         """Send every request to its node; return each node's reply or failure within ``timeout_s``.
 
-        Replies must already be decoded and checked for dtype, shape and finiteness against
-        their request (a violation is a :class:`NodeFailure` with ``INVALID_ARGUMENT``)."""
+        A reply that could not be decoded from the wire is a :class:`NodeFailure` with its
+        refusal reason; everything else is validated by the TDGAN core."""
         ...
 
     def drop(self, node_id: str, failure: NodeFailure) -> None:
@@ -89,24 +99,22 @@ class FeedbackLink(Protocol):
         ...
 
 
-def _reason(e: FeedbackRejected) -> str:
-    """Metrics label of a refusal by :func:`validate_feedback`."""
-    text = str(e)
-    for key, reason in (("norm", "norm"), ("non-finite", "nonfinite"), ("dtype", "dtype"), ("shape", "shape"),
-                        ("step", "stale")):
-        if key in text:
-            return reason
-    return "malformed"
+def resolve_eval_dataset(cfg: CloudConfig) -> str | None:
+    """The data set the cloud scores its generator on: ``eval_dataset``, or for ``auto`` the
+    embedded digits when the generator makes 1×8×8 images of 10 classes (else none)."""
+    if cfg.eval_dataset != "auto":
+        return cfg.eval_dataset
+    return "digits" if list(cfg.image_shape) == [1, 8, 8] and cfg.num_classes == 10 else None
 
 
-class CloudServer:
-    """The cloud role: TDGAN central generator (seed 003) or Stage I coalescence (seed 000).
+class CloudServer(abc.ABC):
+    """What every cloud role shares: configuration, registrations, the compute thread, the
+    evaluator and the run report. Subclasses implement :meth:`run` and :meth:`bundle`.
 
-    State lives in ``cfg.checkpoint_dir``: ``cloud.pt`` (TDGAN, written atomically every
-    ``cfg.checkpoint_every`` steps, on shutdown and at the end), ``uploads/<node>.bundle``
-    (each Stage I upload, verified bytes, written atomically as it arrives) and
-    ``barycenter.bundle``. A new process on the same folder resumes from them.
+    State lives in ``cfg.checkpoint_dir``; a new process on the same folder resumes from it.
     """
+
+    BUNDLES: tuple[str, ...] = ()
 
     def __init__(self, cfg: CloudConfig, metrics: Metrics | None = None, device: torch.device | None = None) -> None:
         from edgegan.device import resolve_device
@@ -117,46 +125,103 @@ class CloudServer:
         self.device = device or resolve_device(cfg.device)
         self.dir = Path(cfg.checkpoint_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        shape = tuple(cfg.image_shape)
-        self.tdgan = TDGANCloud(build_generator(cfg.tdgan, shape, cfg.num_classes).to(self.device), cfg.tdgan)
         self.registered: dict[str, NodeInfo] = {}
         self.capabilities: dict[str, dict[str, Any]] = {}
-        self._connected: set[str] = set()
-        self._events: list[tuple[str, str]] = []
         self._changed = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgegan-compute")
         self.finished = False
+        self.evals: list[dict[str, Any]] = []
+        self.eval_dataset = resolve_eval_dataset(cfg)
+        if self.eval_dataset is None:
+            log.info("no evaluation data set for images %s: set eval_dataset to score the generator",
+                     list(cfg.image_shape))
+
+    @property
+    def step(self) -> int:
+        """How far the run is (generator steps; 0 for Stage I)."""
+        return 0
+
+    def _score(self, G: nn.Module) -> dict[str, Any]:
+        """Score ``G`` (``edgegan.eval``) on every class some registered node holds; sets
+        ``edgegan_feature_fid`` and appends the row to ``evals``."""
+        from edgegan.eval import evaluator_for
+
+        require(self.eval_dataset is not None, "eval_dataset", "no evaluation data set configured")
+        ev = evaluator_for(self.eval_dataset, self.cfg.data_root, self.device)  # type: ignore[arg-type]
+        require(ev.data.image_shape == tuple(self.cfg.image_shape), "eval_dataset",
+                f"'{ev.data.name}' has images {ev.data.image_shape}, the generator makes {tuple(self.cfg.image_shape)}")
+        classes = sorted({c for i in self.registered.values() for c, n in enumerate(i.label_histogram) if n > 0})
+        s = ev.score(G, classes or None, n=self.cfg.eval_samples_per_class * self.cfg.num_classes,
+                     samples_per_class=self.cfg.eval_samples_per_class)
+        fid = s.fid_target if s.fid_target is not None else s.fid_whole
+        row = {"step": self.step, "feature_fid": fid, "fid_whole": s.fid_whole, "class_acc": s.class_acc,
+               "classes": classes}
+        self.evals.append(row)
+        self.metrics.feature_fid.set(fid)
+        log.info("step %d: feature-FID %.2f on classes %s (whole set %.2f)%s", self.step, fid, classes,
+                 s.fid_whole, "" if s.class_acc is None else f", class accuracy {s.class_acc:.3f}")
+        return row
+
+    def report(self) -> dict[str, Any]:
+        """Summary of the run (written to ``report.json`` at the end)."""
+        return {"run_id": self.cfg.run_id, "mode": self.cfg.mode, "finished": self.finished,
+                "eval_dataset": self.eval_dataset, "evals": self.evals}
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the compute thread (serialised with every generator step)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def register(self, info: NodeInfo, capabilities: dict[str, Any] | None = None) -> None:
+        """Record a node's disclosure (label histogram, n_k); checked against the generator."""
+        require(len(info.label_histogram) == self.cfg.num_classes, "label_histogram",
+                f"node '{info.node_id}' sent {len(info.label_histogram)} classes, the cloud has "
+                f"{self.cfg.num_classes}", "use the cloud's class set")
+        self.registered[info.node_id] = info
+        self.capabilities[info.node_id] = dict(capabilities or {})
+        log.info("registered %s (n=%d, %s)", info.node_id, info.n_samples, capabilities or {})
+
+    @abc.abstractmethod
+    async def run(self, link: "FeedbackLink | None", stop: asyncio.Event) -> str:
+        """Drive the pipeline until it is done (``"finished"``) or ``stop`` is set (``"shutdown"``)."""
+
+    @abc.abstractmethod
+    async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
+        """Serialized bundle ``name`` (one of :attr:`BUNDLES`), or None if not ready in ``wait_s``."""
+
+    def _check_bundle(self, name: str) -> None:
+        require(name in self.BUNDLES, "name", f"this {self.cfg.mode} cloud holds no bundle {name!r}",
+                "ask for " + " or ".join(self.BUNDLES))
+
+
+class TDGANServer(CloudServer):
+    """The TDGAN cloud (seed 003): the central conditional generator fed by the nodes' feedback.
+
+    ``cloud.pt`` (TDGAN state, registrations, history, evaluations) is written atomically
+    every ``cfg.checkpoint_every`` steps, on shutdown and at the end.
+    """
+
+    BUNDLES = ("generator",)
+
+    def __init__(self, cfg: CloudConfig, metrics: Metrics | None = None, device: torch.device | None = None) -> None:
+        super().__init__(cfg, metrics, device)
+        shape = tuple(cfg.image_shape)
+        self.tdgan = TDGANCloud(build_generator(cfg.tdgan, shape, cfg.num_classes).to(self.device), cfg.tdgan)
+        self._connected: set[str] = set()
+        self._events: list[tuple[str, str]] = []
         self.resumed_step: int | None = None
         self.history: list[dict[str, float]] = []
-        self.uploads: dict[str, tuple[dict[str, nn.Module], dict[str, float]]] = {}
-        self._barycenter: bytes | None = None
-        self._ready = asyncio.Event()
-        self.evals: list[dict[str, Any]] = []
-        self._evaluator = self._make_evaluator() if cfg.eval_dataset else None
         self._resume()
 
-    # ------------------------------------------------------------------ evaluation
-    def _make_evaluator(self):
-        """Feature-FID and class accuracy of G(u, y) on the classes the nodes disclosed."""
-        from edgegan.data import load_dataset
-        from edgegan.eval import get_classifier
-        from edgegan.tdgan.harness import Evaluator
-
-        data = load_dataset(self.cfg.eval_dataset, self.cfg.data_root)  # type: ignore[arg-type]
-        require(data.image_shape == tuple(self.cfg.image_shape), "eval_dataset",
-                f"'{data.name}' has images {data.image_shape}, the generator makes {tuple(self.cfg.image_shape)}")
-        return Evaluator(get_classifier(data).to(self.device), data, self.cfg.eval_samples_per_class)
+    @property
+    def step(self) -> int:
+        return self.tdgan.step
 
     def evaluate(self) -> dict[str, Any]:
-        """Score G now on every class some registered node holds; sets ``edgegan_feature_fid``."""
-        require(self._evaluator is not None, "eval_dataset", "no evaluation data set configured")
-        classes = sorted({c for i in self.registered.values() for c, n in enumerate(i.label_histogram) if n > 0})
-        res = self._evaluator(self.tdgan.G, [classes])
-        row = {"step": self.tdgan.step, "feature_fid": res["fid"], "class_acc": res["seen_class_acc"]}
-        self.evals.append(row)
-        self.metrics.feature_fid.set(res["fid"])
-        log.info("step %d: feature-FID %.2f, class accuracy %.3f", row["step"], row["feature_fid"], row["class_acc"])
-        return row
+        """Score G now (feature-FID and class accuracy on the classes the nodes disclosed)."""
+        return self._score(self.tdgan.G)
 
     # ------------------------------------------------------------------ persistence
     @property
@@ -164,7 +229,7 @@ class CloudServer:
         return self.dir / "cloud.pt"
 
     def _resume(self) -> None:
-        if self.cfg.mode == "tdgan" and self.checkpoint_path.is_file():
+        if self.checkpoint_path.is_file():
             ckpt = load_checkpoint(self.checkpoint_path, self.device)
             require(ckpt.get("model") == _jsonable(model_spec(self.tdgan.G)), "checkpoint_dir",
                     f"'{self.checkpoint_path}' holds a different generator", "use a fresh checkpoint_dir")
@@ -176,12 +241,6 @@ class CloudServer:
             self.resumed_step = self.tdgan.step
             log.info("resumed from %s at step %d (online then: %s)", self.checkpoint_path, self.tdgan.step,
                      ", ".join(self.tdgan.online) or "none")
-        for path in sorted((self.dir / "uploads").glob("*.bundle")):
-            self.uploads[path.stem] = decode_bundle(path.read_bytes(), self.device)
-        bary = self.dir / "barycenter.bundle"
-        if bary.is_file():
-            self._barycenter = bary.read_bytes()
-            self._ready.set()
         self.metrics.nodes_online.set(0)
         self.metrics.generator_step.set(self.tdgan.step)
 
@@ -196,30 +255,11 @@ class CloudServer:
         self.metrics.checkpoints.inc()
 
     def report(self) -> dict[str, Any]:
-        """Summary of the run (written to ``report.json`` at the end)."""
-        return {"run_id": self.cfg.run_id, "mode": self.cfg.mode, "step": self.tdgan.step, "steps": self.cfg.steps,
-                "finished": self.finished, "resumed_step": self.resumed_step, "online": self.tdgan.online,
-                "seen": self.tdgan.seen, "totals": self.tdgan.totals,
-                "uploads": sorted(self.uploads), "barycenter_ready": self._barycenter is not None,
-                "last": self.history[-1] if self.history else None, "evals": self.evals}
-
-    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the compute thread (serialised with every generator step)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        return {**super().report(), "step": self.tdgan.step, "steps": self.cfg.steps,
+                "resumed_step": self.resumed_step, "online": self.tdgan.online, "seen": self.tdgan.seen,
+                "totals": self.tdgan.totals, "last": self.history[-1] if self.history else None}
 
     # ------------------------------------------------------------------ membership (called by transports)
-    def register(self, info: NodeInfo, capabilities: dict[str, Any] | None = None) -> None:
-        """Record a node's disclosure (label histogram, n_k); checked against the generator."""
-        require(len(info.label_histogram) == self.cfg.num_classes, "label_histogram",
-                f"node '{info.node_id}' sent {len(info.label_histogram)} classes, the cloud has "
-                f"{self.cfg.num_classes}", "use the cloud's class set")
-        self.registered[info.node_id] = info
-        self.capabilities[info.node_id] = dict(capabilities or {})
-        log.info("registered %s (n=%d, %s)", info.node_id, info.n_samples, capabilities or {})
-
     def connected(self, node_id: str) -> None:
         """``node_id``'s feedback channel is open: it (re)joins before the next step."""
         require(node_id in self.registered, "node_id", f"node '{node_id}' has not registered", "call Register first")
@@ -257,27 +297,25 @@ class CloudServer:
             log.info("node %s did not come back after the restart: it leaves", node_id)
             self._events.append(("leave", node_id))
 
-    # ------------------------------------------------------------------ TDGAN run
-    def _screen(self, requests: Sequence[FeedbackRequest], answers: dict[str, FeedbackReply | NodeFailure],
-                link: FeedbackLink) -> list[FeedbackReply]:
-        """Keep replies that pass :func:`validate_feedback`; drop nodes whose feedback is refused."""
-        good = []
+    # ------------------------------------------------------------------ the run
+    def _step(self, requests: Sequence[FeedbackRequest],
+              answers: dict[str, FeedbackReply | NodeFailure]) -> tuple[dict[str, float], list[tuple[str, NodeFailure]]]:
+        """One generator step on the compute thread: the core validates every reply
+        (:meth:`TDGANCloud.apply_feedback`); returns its stats and the refused nodes."""
+        refused: list[tuple[str, NodeFailure]] = []
+        replies = []
         for req in requests:
             ans = answers.get(req.node_id)
             if isinstance(ans, NodeFailure):
-                if ans.reason:
+                if ans.reason.is_refusal:  # refused while decoding from the wire
                     self.metrics.reject(ans.reason)
-                continue
-            if ans is None:
-                continue
-            try:
-                validate_feedback(ans, req, self.cfg.tdgan.max_feedback_norm)
-            except FeedbackRejected as e:
-                self.metrics.reject(_reason(e))
-                link.drop(req.node_id, NodeFailure("INVALID_ARGUMENT", str(e), _reason(e)))
-                continue
-            good.append(ans)
-        return good
+            elif ans is not None:
+                replies.append(ans)
+
+        def on_reject(node_id: str, e: FeedbackRejected) -> None:
+            refused.append((node_id, NodeFailure(e.reason, str(e))))
+
+        return self.tdgan.apply_feedback(replies, on_reject), refused
 
     def _record(self, stats: dict[str, float]) -> None:
         self.history.append({k: v for k, v in stats.items() if "/" not in k})
@@ -292,12 +330,24 @@ class CloudServer:
             if vals:
                 self.metrics.loss.labels(kind).set(sum(vals) / len(vals))
 
+    def progress_line(self) -> str:
+        """One line on how the run goes: step, online nodes, accepted / rejected feedback (last
+        step and total), the last losses and the last feature-FID."""
+        last = self.history[-1] if self.history else {}
+        t = self.tdgan.totals
+        losses = " ".join(f"{k} {self.metrics.loss.labels(k)._value.get():.3g}" for k in ("d_loss", "g_loss",
+                                                                                         "reminding"))
+        fid = f", feature-FID {self.evals[-1]['feature_fid']:.2f} at step {self.evals[-1]['step']}" if self.evals \
+            else ""
+        return (f"step {self.tdgan.step}/{self.cfg.steps}: online {len(self.tdgan.online)}, "
+                f"accepted {int(last.get('accepted', 0))} rejected {int(last.get('rejected', 0))} "
+                f"(total {t['accepted']}/{t['rejected']}), {losses}{fid}")
+
     async def run(self, link: FeedbackLink, stop: asyncio.Event) -> str:
-        """Drive the configured pipeline until it is done (``"finished"``) or ``stop`` is set
-        (``"shutdown"``); the state is checkpointed either way."""
-        if self.cfg.mode == "coalesce":
-            return await self._run_coalesce(stop)
+        """Run TDGAN until ``cfg.steps`` (``"finished"``) or ``stop`` (``"shutdown"``); the state
+        is checkpointed either way. A progress line is logged every ``cfg.log_every`` steps."""
         await self._wait_for_restored(stop)
+        evaluate = self.eval_dataset is not None
         while self.tdgan.step < self.cfg.steps and not stop.is_set():
             self._changed.clear()
             await self.compute(self._apply_membership)
@@ -307,13 +357,18 @@ class CloudServer:
                 continue
             requests = await self.compute(self.tdgan.make_requests, None)
             answers = await link.exchange(requests, self.cfg.feedback_timeout_s)
-            stats = await self.compute(self.tdgan.apply_feedback, self._screen(requests, answers, link))
+            stats, refused = await self.compute(self._step, requests, answers)
+            for node_id, failure in refused:
+                self.metrics.reject(failure.reason)
+                link.drop(node_id, failure)
             self._record(stats)
-            if self._evaluator is not None and self.tdgan.step % self.cfg.eval_every == 0:
+            if evaluate and self.tdgan.step % self.cfg.eval_every == 0:
                 await self.compute(self.evaluate)
             if self.tdgan.step % self.cfg.checkpoint_every == 0:
                 await self.compute(self.save)
-        if self._evaluator is not None and self.tdgan.step >= self.cfg.steps and (
+            if self.tdgan.step % self.cfg.log_every == 0:
+                log.info("%s", self.progress_line())
+        if evaluate and self.tdgan.step >= self.cfg.steps and (
                 not self.evals or self.evals[-1]["step"] != self.tdgan.step):
             await self.compute(self.evaluate)
         await self.compute(self.save)
@@ -323,7 +378,36 @@ class CloudServer:
             return "finished"
         return "shutdown"
 
-    # ------------------------------------------------------------------ coalescence (Stage I)
+    async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
+        self._check_bundle(name)
+        return await self.compute(lambda: encode_bundle({"generator": self.tdgan.G}, {"step": float(self.tdgan.step)}))
+
+
+class CoalesceServer(CloudServer):
+    """Stage I in the cloud (seed 000, Alg. 1): collect the nodes' (G_k, D_k, η_k), compute
+    their barycenter with ``cfg.training``, serve it for Stage II.
+
+    ``uploads/<node>.bundle`` (each upload, verified bytes, written atomically as it arrives)
+    and ``barycenter.bundle`` live in ``cfg.checkpoint_dir``; a restarted cloud serves them.
+    """
+
+    BUNDLES = ("barycenter",)
+
+    def __init__(self, cfg: CloudConfig, metrics: Metrics | None = None, device: torch.device | None = None) -> None:
+        super().__init__(cfg, metrics, device)
+        self.uploads: dict[str, tuple[dict[str, nn.Module], dict[str, float]]] = {}
+        self._barycenter: bytes | None = None
+        self._ready = asyncio.Event()
+        for path in sorted((self.dir / "uploads").glob("*.bundle")):
+            self.uploads[path.stem] = decode_bundle(path.read_bytes(), self.device)
+        bary = self.dir / "barycenter.bundle"
+        if bary.is_file():
+            self._barycenter = bary.read_bytes()
+            self._ready.set()
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "uploads": sorted(self.uploads), "barycenter_ready": self._barycenter is not None}
+
     def add_upload(self, node_id: str, blob: bytes) -> tuple[int, int]:
         """Accept node ``node_id``'s verified bundle (``generator``, ``critic``, scalar ``eta``),
         persist it atomically; returns (uploads held, uploads expected)."""
@@ -351,13 +435,18 @@ class CloudServer:
         crits = [self.uploads[k][0]["critic"] for k in ids]
         eta = [self.uploads[k][1]["eta"] for k in ids]
         c = self.cfg.coalesce
-        res = aggregate(c.aggregator, gens, crits, eta, c.steps_per_stage, checkpoint_dir=self.dir / "stage1")
+        res = aggregate(c.aggregator, gens, crits, eta, c.steps_per_stage, wgan=self.cfg.training,
+                        checkpoint_dir=self.dir / "stage1")
         models = {"generator": res.generator, "critic_prev": res.critic_prev, "critic_new": res.critic_new}
         blob = encode_bundle(models, {"nodes": float(len(ids))})
         atomic_write_bytes(self.dir / "barycenter.bundle", blob)
+        if self.eval_dataset is not None:
+            self._score(res.generator)
         return blob
 
-    async def _run_coalesce(self, stop: asyncio.Event) -> str:
+    async def run(self, link: FeedbackLink | None, stop: asyncio.Event) -> str:
+        """Wait for ``coalesce.expected_uploads`` uploads, compute the barycenter, then serve it
+        until ``stop`` (``"finished"``); ``"shutdown"`` when stopped before."""
         while self._barycenter is None and not stop.is_set():
             if len(self.uploads) >= self.cfg.coalesce.expected_uploads:
                 log.info("stage I: barycenter of %s", ", ".join(sorted(self.uploads)))
@@ -374,17 +463,19 @@ class CloudServer:
         return "finished"
 
     async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
-        """Serialized bundle ``name`` (``barycenter`` or ``generator``), or None if not ready in ``wait_s``."""
-        if name == "generator":
-            return await self.compute(lambda: encode_bundle({"generator": self.tdgan.G},
-                                                            {"step": float(self.tdgan.step)}))
-        require(name == "barycenter", "name", f"unknown bundle {name!r}", "ask for barycenter or generator")
+        self._check_bundle(name)
         if not self._ready.is_set() and wait_s > 0:
             try:
                 await asyncio.wait_for(self._ready.wait(), wait_s)
             except asyncio.TimeoutError:
                 pass
         return self._barycenter
+
+
+def cloud_server(cfg: CloudConfig, metrics: Metrics | None = None,
+                 device: torch.device | None = None) -> TDGANServer | CoalesceServer:
+    """The cloud role of ``cfg.mode``: :class:`TDGANServer` or :class:`CoalesceServer`."""
+    return (TDGANServer if cfg.mode == "tdgan" else CoalesceServer)(cfg, metrics, device)
 
 
 class EdgeNode:
@@ -470,6 +561,6 @@ async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float | 
             t.cancel()
 
 
-def tdgan_config_json(cfg: TDGANConfig) -> str:
-    """The cloud's TDGAN settings for the wire (plain JSON)."""
+def config_json(cfg: Any) -> str:
+    """A settings dataclass (the cloud's ``tdgan`` or ``training``) for the wire (plain JSON)."""
     return json.dumps(dataclasses.asdict(cfg))

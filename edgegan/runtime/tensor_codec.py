@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgegan.errors import EdgeganError
+from edgegan.errors import EdgeganError, FailureReason, Refused
 from edgegan.nn import build_from_spec, model_spec
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 
@@ -41,8 +41,9 @@ _NAME = {t: name for name, (t, _) in DTYPES.items()}
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-class WireError(EdgeganError):
-    """A message from the wire that fails validation (shape, dtype, size, finiteness, checksum)."""
+class WireError(Refused):
+    """A message from the wire that fails validation (shape, dtype, size, finiteness, checksum);
+    ``reason`` is its typed :class:`~edgegan.errors.FailureReason` (``malformed`` unless given)."""
 
 
 def encode_tensor(t: torch.Tensor) -> pb.Tensor:
@@ -68,17 +69,19 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
     before anything is allocated; ``finite`` rejects NaN/Inf.
     """
     if msg.dtype not in DTYPES:
-        raise WireError(f"{field}.dtype", f"unknown dtype {msg.dtype!r}", "use one of " + ", ".join(DTYPES))
+        raise WireError(f"{field}.dtype", f"unknown dtype {msg.dtype!r}", "use one of " + ", ".join(DTYPES),
+                        reason=FailureReason.DTYPE)
     if dtype is not None and msg.dtype != dtype:
-        raise WireError(f"{field}.dtype", f"got {msg.dtype}, expected {dtype}")
+        raise WireError(f"{field}.dtype", f"got {msg.dtype}, expected {dtype}", reason=FailureReason.DTYPE)
     dims = tuple(int(d) for d in msg.shape)
     if any(d < 0 for d in dims) or len(dims) > 8:
-        raise WireError(f"{field}.shape", f"bad shape {dims}")
+        raise WireError(f"{field}.shape", f"bad shape {dims}", reason=FailureReason.SHAPE)
     if shape is not None and dims != tuple(shape):
-        raise WireError(f"{field}.shape", f"got {dims}, expected {tuple(shape)}")
+        raise WireError(f"{field}.shape", f"got {dims}, expected {tuple(shape)}", reason=FailureReason.SHAPE)
     n = math.prod(dims)
     if max_elements is not None and n > max_elements:
-        raise WireError(f"{field}.shape", f"{n} elements exceed the bound {max_elements}")
+        raise WireError(f"{field}.shape", f"{n} elements exceed the bound {max_elements}",
+                        reason=FailureReason.SHAPE)
     tdtype, ndtype = DTYPES[msg.dtype]
     if len(msg.data) != n * ndtype.itemsize:
         raise WireError(f"{field}.data", f"{len(msg.data)} bytes for shape {dims} of {msg.dtype} "
@@ -89,7 +92,7 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
         t = t.view(torch.bfloat16)
     t = t.reshape(dims)
     if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise WireError(f"{field}.data", "non-finite values")
+        raise WireError(f"{field}.data", "non-finite values", reason=FailureReason.NONFINITE)
     return t
 
 

@@ -10,7 +10,7 @@ virtual nodes whose state is parked between activations, driven by the runtime's
   each host as a Ray actor (``ray.util.ActorPool.map_unordered`` for stateless jobs, direct
   calls to the owning actor for a node's feedback) with per-actor resources, fractional GPUs
   included.
-* :class:`SimLink` is a :class:`~edgegan.runtime.roles.FeedbackLink`: :class:`CloudServer`
+* :class:`SimLink` is a :class:`~edgegan.runtime.roles.FeedbackLink`: :class:`~edgegan.runtime.roles.TDGANServer`
   drives TDGAN over it exactly as over gRPC, while the link applies the availability schedule's
   join/leave events (``Schedule.events_at``) between steps through ``connected`` /
   ``disconnected``, as a transport reports streams opening and closing.
@@ -34,8 +34,8 @@ import torch
 
 from edgegan.checkpoint import load_checkpoint, save_checkpoint
 from edgegan.data.tensordata import TensorData
-from edgegan.errors import EdgeganError, require
-from edgegan.runtime.roles import CloudServer, NodeFailure
+from edgegan.errors import EdgeganError, FailureReason, require
+from edgegan.runtime.roles import NodeFailure, TDGANServer
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -132,12 +132,12 @@ class NodeHost:
 
     def feedback(self, requests: Sequence[FeedbackRequest]) -> list[FeedbackReply | NodeFailure]:
         """Answer each request with its node's :meth:`TDGANEdge.feedback`; a node scheduled to crash
-        at this step answers :class:`NodeFailure` ``UNAVAILABLE`` and its state is dropped."""
+        at this step answers :class:`NodeFailure` ``disconnected`` and its state is dropped."""
         out: list[FeedbackReply | NodeFailure] = []
         for req in requests:
             if self._crash.get(req.node_id) == req.step:
                 self._drop(req.node_id)
-                out.append(NodeFailure("UNAVAILABLE", f"node '{req.node_id}' left during step {req.step}"))
+                out.append(NodeFailure(FailureReason.DISCONNECTED, f"node '{req.node_id}' left during step {req.step}"))
                 continue
             t0 = time.perf_counter()
             edge = self._activate(req.node_id)
@@ -154,21 +154,6 @@ class NodeHost:
             c["compute_s"] += t2 - t1
             c["park_s"] += t3 - t2
             out.append(reply)
-        return out
-
-    def echo(self, node_ids: Sequence[str], x: int) -> list[int]:
-        """Activate each node's parked state and answer ``x + 1``: the engine's cost per activation
-        with no learning work (the like-for-like peer of a trivial Flower ClientApp)."""
-        out = []
-        for node_id in node_ids:
-            t0 = time.perf_counter()
-            self._activate(node_id)
-            t1 = time.perf_counter()
-            self._park()
-            self.counters["activations"] += 1
-            self.counters["activate_s"] += t1 - t0
-            self.counters["park_s"] += time.perf_counter() - t1
-            out.append(x + 1)
         return out
 
     def _drop(self, node_id: str) -> None:
@@ -342,7 +327,7 @@ class SimLink:
     generator step is applied.
     """
 
-    def __init__(self, server: CloudServer, pool: InprocPool | RayPool, host_of: dict[str, int],
+    def __init__(self, server: TDGANServer, pool: InprocPool | RayPool, host_of: dict[str, int],
                  infos: dict[str, NodeInfo], schedule: Schedule, on_step: Callable[[dict[str, Any]], None]) -> None:
         self.server = server
         self.pool = pool
@@ -359,7 +344,6 @@ class SimLink:
         self.activations = 0
         for info in infos.values():
             server.register(info)
-        self._online_cache = [set(schedule.online_at(t)) for t in range(schedule.total_steps)]
 
     def start(self) -> None:
         self._advance(0)
@@ -413,10 +397,10 @@ class SimLink:
                     task.cancel()
                 log.warning("worker %d %s; its %d node(s) leave", h, why, len(reqs))
                 for req in reqs:
-                    out[req.node_id] = NodeFailure("UNAVAILABLE", why)
+                    out[req.node_id] = NodeFailure(FailureReason.WORKER_LOST, why)
         failed = sorted(k for k, v in out.items() if isinstance(v, NodeFailure))
         for node_id in failed:
-            if out[node_id].detail.startswith("worker"):
+            if out[node_id].reason is FailureReason.WORKER_LOST:
                 self.dead.add(node_id)
             if node_id in self.connected:
                 self.connected.discard(node_id)

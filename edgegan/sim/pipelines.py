@@ -286,7 +286,7 @@ def run_tdgan(sc: Scenario, pool: Pool, record: Record, progress: Progress, devi
               work_dir: Path, evaluate: bool = True) -> dict[str, Any]:
     """TDGAN (seed 003) with :class:`CloudServer` over a :class:`SimLink`."""
     from edgegan.runtime.config import CloudConfig
-    from edgegan.runtime.roles import CloudServer
+    from edgegan.runtime.roles import TDGANServer
     from edgegan.tdgan.harness import Evaluator
 
     data = load_images(sc)
@@ -308,8 +308,9 @@ def run_tdgan(sc: Scenario, pool: Pool, record: Record, progress: Progress, devi
     require(busy > 0, "schedule", "no node is ever online", "check the windows / churn / trace")
     ccfg = CloudConfig(mode="tdgan", allow_anonymous=True, checkpoint_dir=str(ckpt), checkpoint_every=busy + 1,
                        image_shape=list(data.image_shape), num_classes=data.num_classes, steps=busy,
-                       feedback_timeout_s=sc.engine.feedback_timeout_s, device=str(device), tdgan=cfg)
-    server = CloudServer(ccfg, metrics, device)
+                       feedback_timeout_s=sc.engine.feedback_timeout_s, device=str(device), tdgan=cfg,
+                       eval_dataset=None)  # the pipeline scores G itself
+    server = TDGANServer(ccfg, metrics, device)
     evaluator = None
     if evaluate:
         from edgegan.eval import get_classifier

@@ -25,6 +25,7 @@ from edgegan.barycenter.nwb import NWBConfig
 from edgegan.barycenter.win import WINConfig
 from edgegan.config import check_fields, from_dict
 from edgegan.errors import EdgeganError, require
+from edgegan.gan.train import WGANConfig
 from edgegan.tdgan.config import TDGANConfig
 
 PIPELINES = ("coalescence", "tdgan", "grid")
@@ -170,18 +171,13 @@ class ScheduleSpec:
 
 
 @dataclass
-class TrainingSpec:
-    """Budgets and optimiser settings (WGAN-GP for coalescence, ``tdgan`` for TDGAN)."""
+class TrainingSpec(WGANConfig):
+    """The run's :class:`~edgegan.gan.WGANConfig` (lr, betas, critic steps, batch, the one
+    ``latent_dim``) plus architecture and budgets; ``tdgan`` holds TDGAN's own settings."""
 
     arch: str = field(default="mlp", metadata={"unit": "mlp or dcgan"})
-    latent_dim: int = field(default=32, metadata={"unit": "latent dimensions"})
     generator_width: int = field(default=128, metadata={"unit": "hidden size / base channels of G_k"})
     critic_width: int = field(default=64, metadata={"unit": "hidden size / base channels of D_k"})
-    lr: float = field(default=2e-4, metadata={"unit": "Adam step size (WGAN-GP)"})
-    beta1: float = field(default=0.5, metadata={"unit": "Adam β1"})
-    beta2: float = field(default=0.9, metadata={"unit": "Adam β2"})
-    critic_steps: int = field(default=5, metadata={"unit": "critic updates per generator iteration"})
-    batch_size: int = field(default=64, metadata={"unit": "samples per batch"})
     pretrain_steps: int = field(default=300, metadata={"unit": "WGAN-GP iterations per source node"})
     stage1_steps: int = field(default=150, metadata={"unit": "generator iterations per recursive stage (Alg. 1)"})
     adapt_steps: int = field(default=300, metadata={"unit": "generator iterations per Stage II method"})
@@ -193,10 +189,9 @@ class TrainingSpec:
     def validate(self, prefix: str = "training") -> None:
         require(self.arch in ("mlp", "dcgan"), f"{prefix}.arch", f"unknown architecture {self.arch!r}",
                 "choose mlp or dcgan")
-        check_fields(self, prefix, ("latent_dim", "generator_width", "critic_width", "critic_steps", "batch_size",
-                                    "pretrain_steps", "stage1_steps", "adapt_steps", "steps"), 1)
-        check_fields(self, prefix, ("lr",), 0, strict_low=True)
-        check_fields(self, prefix, ("beta1", "beta2"), 0, 1)
+        super().validate(prefix)
+        check_fields(self, prefix, ("generator_width", "critic_width", "pretrain_steps", "stage1_steps",
+                                    "adapt_steps", "steps"), 1)
 
 
 @dataclass
@@ -357,12 +352,17 @@ def builtin_scenarios() -> dict[str, Path]:
 
 
 def scenario_from_dict(data: dict, source: str = "") -> Scenario:
-    """Validate a mapping into a :class:`Scenario` (the seed also seeds ``training.tdgan``)."""
+    """Validate a mapping into a :class:`Scenario` (the seed also seeds ``training.tdgan``, and
+    ``training.latent_dim`` is the TDGAN generator's too: one latent space per scenario)."""
     require(isinstance(data, dict), "scenario", f"expected a mapping, got {type(data).__name__}")
     require("source" not in data, "source", "unknown key", "remove it (it is set by load_scenario)")
+    tdgan = (data.get("training") or {}).get("tdgan") if isinstance(data.get("training"), dict) else None
+    require(not (isinstance(tdgan, dict) and "latent_dim" in tdgan), "training.tdgan.latent_dim",
+            "a scenario has one latent_dim", "set training.latent_dim instead")
     sc = from_dict(Scenario, data)
     sc.source = source
     sc.training.tdgan.seed = sc.seed
+    sc.training.tdgan.latent_dim = sc.training.latent_dim
     return sc
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from edgegan.errors import EdgeganError, require
+from edgegan.errors import EdgeganError, FailureReason, require
+from edgegan.gan.train import adam
 from edgegan.nn.base import Generator
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo, validate_feedback
@@ -55,7 +56,7 @@ class TDGANCloud:
         self.G = generator
         self.num_classes = int(generator.num_classes)
         self.device = next(generator.parameters()).device
-        self.opt = torch.optim.Adam(self.G.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        self.opt = adam(self.G.parameters(), self.cfg)
         self.G_prev: Generator | None = None          # G_{t−1}, frozen at the last membership change
         self.remind_hist: torch.Tensor | None = None  # s_{t−1}: label counts of nodes seen before
         self._online: dict[str, NodeInfo] = {}
@@ -152,11 +153,13 @@ class TDGANCloud:
             target = self.G_prev(u, y)
         return (self.G(u, y) - target).flatten(1).pow(2).sum(1).mean()
 
-    def apply_feedback(self, replies: list[FeedbackReply]) -> dict[str, float]:
+    def apply_feedback(self, replies: list[FeedbackReply],
+                       on_reject: Callable[[str, FeedbackRejected], Any] | None = None) -> dict[str, float]:
         """Validate replies against this step's requests and take one generator step.
 
         A reply that fails :func:`validate_feedback`, answers no pending request, or repeats one
-        is skipped for that node, counted in ``stats['rejected']`` and logged; it never touches G.
+        is skipped for that node, counted in ``stats['rejected']``, logged and passed to
+        ``on_reject(node_id, error)`` (``error.reason`` is typed); it never touches G.
         With no accepted reply the generator does not step (``stats['g_stepped'] = 0``).
         Unknown node ids raise :class:`EdgeganError`.
         """
@@ -170,12 +173,14 @@ class TDGANCloud:
             try:
                 if pending is None:
                     raise FeedbackRejected("feedback.node_id", f"node '{reply.node_id}' has no pending request "
-                                           f"(left, duplicate or stale reply)")
+                                           f"(left, duplicate or stale reply)", reason=FailureReason.STALE)
                 grad = validate_feedback(reply, pending.request, self.cfg.max_feedback_norm)
                 bytes_in += reply.nbytes()
             except FeedbackRejected as e:
                 rejected += 1
                 log.warning("tdgan: rejected feedback at step %d: %s", self.step, e)
+                if on_reject is not None:
+                    on_reject(reply.node_id, e)
                 continue
             accepted.append((pending, grad))
             for k, v in reply.stats.items():

@@ -2,7 +2,7 @@
 discriminator D_k on private data that answers a fake batch with generator feedback only.
 
 Per :class:`FeedbackRequest` (fakes x̂ = G(u, y), labels y):
-  1. ``d_steps`` updates of D_k on real x ∼ p_k(x | y) (same labels) versus x̂;
+  1. ``critic_steps`` updates of D_k on real x ∼ p_k(x | y) (same labels) versus x̂;
   2. reply ∂ loss_G / ∂ x̂ with loss_G = −(1/m) Σ_i log D_k(x̂_i, y_i) (logloss, non-saturating)
      or −(1/m) Σ_i D_k(x̂_i, y_i) (wgan-gp), evaluated with the updated D_k.
 Alg. 1 draws separate fake batches for lines 3–8 and 10–15; one round trip serves both here.
@@ -22,6 +22,7 @@ from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, require
 from edgegan.gan.losses import critic_loss, generator_loss
+from edgegan.gan.train import adam
 from edgegan.nn.factory import build_gan
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -75,7 +76,7 @@ class TDGANEdge:
                 f"has {getattr(discriminator, 'num_classes', None)} classes, data has {data.num_classes}",
                 "build D with num_classes = the data set's class count")
         self.D = discriminator
-        self.opt = torch.optim.Adam(self.D.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        self.opt = adam(self.D.parameters(), self.cfg)
         self._hist = label_histogram(data.y, data.num_classes)
         self._by_class = {c: torch.nonzero(data.y == c).flatten() for c in range(data.num_classes)
                           if self._hist[c] > 0}
@@ -120,7 +121,7 @@ class TDGANEdge:
         y = y_cpu.to(dev)
         fake = req.fake.detach().to(dev)
         stats: dict[str, float] = {}
-        for _ in range(self.cfg.d_steps):
+        for _ in range(self.cfg.critic_steps):
             real = self._real_like(y_cpu).to(dev)
             if self.cfg.loss == "logloss":
                 d_loss = d_loss_logloss(self.D, real, fake, y)

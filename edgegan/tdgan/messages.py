@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edgegan.errors import EdgeganError
+from edgegan.errors import EdgeganError, FailureReason, Refused
 
 
-class FeedbackRejected(EdgeganError):
-    """A feedback tensor that must not reach the generator (shape, dtype, NaN, norm)."""
+class FeedbackRejected(Refused):
+    """A feedback tensor that must not reach the generator; ``reason`` says why (shape, dtype,
+    NaN, norm, stale)."""
 
 
 @dataclass(frozen=True)
@@ -68,27 +69,30 @@ def validate_feedback(reply: FeedbackReply, request: FeedbackRequest, max_norm: 
     """Return the checked gradient or raise :class:`FeedbackRejected` naming what is wrong.
 
     Checks: same node and step, a float32 tensor of the fake batch's shape, every value
-    finite, and the per-sample L2 norm at most ``max_norm``.
+    finite, and the per-sample L2 norm at most ``max_norm``. This is the one place feedback is
+    validated (:meth:`~edgegan.tdgan.cloud.TDGANCloud.apply_feedback` calls it for every reply).
     """
+    R = FailureReason
     g = reply.grad
     who = f"node '{reply.node_id}'"
     if reply.node_id != request.node_id or reply.step != request.step:
-        raise FeedbackRejected("feedback.step", f"{who} answered step {reply.step} of "
-                               f"'{reply.node_id}', expected step {request.step} of '{request.node_id}'")
+        raise FeedbackRejected("feedback.step", f"{who} answered step {reply.step} of '{reply.node_id}', "
+                               f"expected step {request.step} of '{request.node_id}'", reason=R.STALE)
     if not isinstance(g, torch.Tensor):
-        raise FeedbackRejected("feedback.grad", f"{who} sent {type(g).__name__}, not a tensor")
+        raise FeedbackRejected("feedback.grad", f"{who} sent {type(g).__name__}, not a tensor", reason=R.MALFORMED)
     if g.dtype != torch.float32:
-        raise FeedbackRejected("feedback.grad", f"{who} sent dtype {g.dtype}", "send float32")
+        raise FeedbackRejected("feedback.grad", f"{who} sent dtype {g.dtype}", "send float32", reason=R.DTYPE)
     if tuple(g.shape) != tuple(request.fake.shape):
         raise FeedbackRejected("feedback.grad", f"{who} sent shape {tuple(g.shape)}",
-                               f"expected the fake batch's shape {tuple(request.fake.shape)}")
+                               f"expected the fake batch's shape {tuple(request.fake.shape)}", reason=R.SHAPE)
     if not torch.isfinite(g).all():
-        raise FeedbackRejected("feedback.grad", f"{who} sent non-finite values")
+        raise FeedbackRejected("feedback.grad", f"{who} sent non-finite values", reason=R.NONFINITE)
     norm = float(g.flatten(1).norm(dim=1).max()) if g.numel() else 0.0
     if not math.isfinite(norm) or norm > max_norm:
         raise FeedbackRejected("feedback.grad", f"{who} sent per-sample norm {norm:.3g} > bound {max_norm:g}",
-                               "raise tdgan.max_feedback_norm if this is legitimate")
+                               "raise tdgan.max_feedback_norm if this is legitimate", reason=R.NORM)
     for k, v in reply.stats.items():
         if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise FeedbackRejected(f"feedback.stats.{k}", f"{who} sent a non-finite or non-scalar statistic")
+            raise FeedbackRejected(f"feedback.stats.{k}", f"{who} sent a non-finite or non-scalar statistic",
+                                   reason=R.MALFORMED)
     return g

@@ -39,7 +39,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., n_samples: _Optional[int] = ..., label_histogram: _Optional[_Iterable[int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("run_id", "step", "heartbeat_interval_s", "heartbeat_timeout_s", "max_message_bytes", "chunk_bytes", "mode", "tdgan_config_json", "image_shape")
+    __slots__ = ("run_id", "step", "heartbeat_interval_s", "heartbeat_timeout_s", "max_message_bytes", "chunk_bytes", "mode", "tdgan_config_json", "image_shape", "training_config_json")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class RegisterReply(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     TDGAN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     heartbeat_interval_s: float
@@ -58,7 +59,8 @@ class RegisterReply(_message.Message):
     mode: str
     tdgan_config_json: str
     image_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., mode: _Optional[str] = ..., tdgan_config_json: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    training_config_json: str
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., mode: _Optional[str] = ..., tdgan_config_json: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., training_config_json: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time_s",)
