@@ -25,11 +25,11 @@ from _common import machine, parser, print_table, write_json  # noqa: E402
 from edgegan.adapt.ternary import fp32_nbytes, pack_ternary, unpack_ternary  # noqa: E402
 from edgegan.barycenter.recursive import recursive_barycenter  # noqa: E402
 from edgegan.baselines.coalescence import (  # noqa: E402
-    METHODS, CoalescenceTask, compare_methods, digits_split, evaluate_generator, pretrain_sources)
+    METHODS, CoalescenceTask, compare_methods, digits_split, pretrain_sources)
 from edgegan.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from edgegan.data import load_digits  # noqa: E402
 from edgegan.device import resolve_device  # noqa: E402
-from edgegan.eval import FeatureFID, get_classifier  # noqa: E402
+from edgegan.eval import Evaluator, get_classifier  # noqa: E402
 from edgegan.eval.classifier import cache_dir  # noqa: E402
 from edgegan.gan import WGANConfig  # noqa: E402
 from edgegan.nn import build_from_spec, model_spec  # noqa: E402
@@ -133,8 +133,11 @@ def main() -> int:
     data = load_digits()
     sources, target = digits_split(data, SOURCE_CLASSES, TARGET_CLASSES, args.target_samples, args.seed)
     classifier = get_classifier(data).to(device)
-    fid = FeatureFID(classifier, data.x)
-    evaluate = lambda G: evaluate_generator(G, fid, classifier, TARGET_CLASSES)  # noqa: E731
+    evaluator = Evaluator(data, classifier)
+
+    def evaluate(G):
+        s = evaluator.score(G, TARGET_CLASSES)
+        return {"fid": s.fid_whole, "coverage": s.classes_covered, "source_only_share": 1.0 - s.target_share}
 
     gens, crits, pre_sec, cached = cached_sources(
         sources, st, cfg, args.seed, device, Path(args.cache_dir) if args.cache_dir else cache_dir() / "benchmarks")

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from edgegan.data import load_digits, partition_by_classes
-from edgegan.eval import get_classifier
+from edgegan.eval import Evaluator, get_classifier
 from edgegan.tdgan import Schedule, TDGANConfig
-from edgegan.tdgan.harness import METHODS, Evaluator, run_method
+from edgegan.tdgan.harness import METHODS, run_method
 
 CLASS_GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = partition_by_classes(data, CLASS_GROUPS, seed=0)
     nodes = {f"node{i + 1}": p for i, p in enumerate(parts)}
     schedule = Schedule.single_entity(list(nodes), steps)
-    evaluator = Evaluator(clf, data)
+    evaluator = Evaluator(data, clf)
 
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in seeds:

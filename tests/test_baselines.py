@@ -3,10 +3,10 @@ import torch
 
 from coalescence_setup import CFG, SOURCE_CLASSES, TARGET_CLASSES, two_source_barycenter, two_sources
 from edgegan.barycenter import average_generators, recursive_barycenter
-from edgegan.baselines import METHODS, CoalescenceTask, compare_methods, evaluate_generator, run_method
+from edgegan.baselines import METHODS, CoalescenceTask, compare_methods, run_method
 from edgegan.baselines.coalescence import digits_split
 from edgegan.errors import EdgeganError
-from edgegan.eval import FeatureFID
+from edgegan.eval import Evaluator
 from edgegan.gan import WGANConfig
 from edgegan.nn import build_gan
 
@@ -79,12 +79,12 @@ def test_transfer_forgets_source_only_classes_while_fast_adaptation_keeps_them(d
     the sources held; barycentric fast adaptation replays the barycenter and keeps them."""
     data, _, target, gens, crits = two_sources()
     task = CoalescenceTask(gens, crits, [1.0, 1.0], target.x, data.x)
-    fid = FeatureFID(digits_classifier, digits.x)
+    evaluator = Evaluator(digits, digits_classifier)
     share = {}
 
     def track(name):
         return lambda s, G: share.setdefault(name, {}).update(
-            {s["step"]: evaluate_generator(G, fid, digits_classifier, TARGET_CLASSES)["source_only_share"]})
+            {s["step"]: 1 - evaluator.score(G, TARGET_CLASSES).target_share})
 
     compare_methods(task, 300, ["transfer", "barycentric_fa"], CFG, two_source_barycenter(), track, every=300)
     tr, bf = share["transfer"], share["barycentric_fa"]

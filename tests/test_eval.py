@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgegan.eval import class_coverage, exact_w1, frechet_distance, get_classifier
+from edgegan.errors import EdgeganError
+from edgegan.eval import (Evaluator, class_shares, class_tv, classes_covered, evaluator_for, exact_w1,
+                          frechet_distance, get_classifier, target_share)
 from edgegan.eval.fid import fid_from_features
+from edgegan.nn import Generator
 
 
 def test_frechet_closed_form_diagonal():
@@ -34,7 +37,7 @@ def test_fid_of_same_features_is_zero():
 
 def test_classifier_is_accurate_and_cached(digits, digits_classifier, tmp_path, monkeypatch):
     assert digits_classifier.val_accuracy > 0.95
-    cov = class_coverage(digits_classifier, digits.x[digits.y == 3])
+    cov = class_shares(digits_classifier, digits.x[digits.y == 3])
     assert cov["share"][3] > 0.9 and cov["confidence"][3] > 0.8
     again = get_classifier(digits)  # same content hash → loaded from cache, same weights
     for a, b in zip(again.state_dict().values(), digits_classifier.state_dict().values()):
@@ -44,3 +47,63 @@ def test_classifier_is_accurate_and_cached(digits, digits_classifier, tmp_path, 
 def test_exact_w1_translation():
     x = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
     assert exact_w1(x, x + torch.tensor([3.0, 4.0])) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_class_metrics_closed_form():
+    share = [0.5, 0.5, 0.0, 0.0]
+    assert target_share(share, [0, 2]) == pytest.approx(0.5)
+    assert classes_covered(share) == pytest.approx(0.5)  # classes 0, 1 hold >= 1/8 each
+    assert class_tv(share, [10, 10, 10, 10]) == pytest.approx(0.5)  # ½(¼ + ¼ + ¼ + ¼)
+    assert class_tv([0.25] * 4, [3, 3, 3, 3]) == pytest.approx(0.0)
+    with pytest.raises(EdgeganError, match="^population"):
+        class_tv(share, [1, 1, 1])
+
+
+def test_evaluator_scores_real_images_and_class_subsets(digits, digits_classifier):
+    ev = Evaluator(digits, digits_classifier)
+    half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
+    real = ev.score_samples(digits.x[half], classes=[3])
+    assert real.fid_whole < 5 and real.class_tv < 0.05 and real.classes_covered == 1.0
+    assert real.target_share == pytest.approx(real.class_share[3]) and 0.05 < real.target_share < 0.15
+    threes = ev.score_samples(digits.x[digits.y == 3], classes=[3])
+    # only class 3: near the class-3 reference, far from the whole set; TV = 1 − p_3 ≈ 0.9
+    assert threes.fid_target < 0.1 * threes.fid_whole
+    p3 = float((digits.y == 3).float().mean())
+    assert threes.target_share > 0.9 and threes.class_tv == pytest.approx(1 - p3, abs=0.01)
+    assert ev.score_samples(digits.x[half]).fid_target is None
+
+
+class RealImages(Generator):
+    """A conditional 'generator' that returns a real image of the asked class (or of class 0)."""
+
+    def __init__(self, data, wrong: int | None = None) -> None:
+        super().__init__()
+        self._remember({})
+        self.latent_dim, self.num_classes = 2, data.num_classes
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.x, self.y, self.wrong = data.x, data.y, wrong
+
+    def forward(self, z, y):
+        idx = torch.stack([torch.nonzero(self.y == (c if c != self.wrong else 0))[i % 10, 0]
+                           for i, c in enumerate(y.tolist())])
+        return self.x[idx] + 0 * self.w
+
+
+def test_evaluator_conditional_class_accuracy(digits, digits_classifier):
+    ev = Evaluator(digits, digits_classifier)
+    good = ev.score(RealImages(digits), [1, 2], samples_per_class=20)
+    assert good.per_class_acc[1] > 0.9 and good.per_class_acc[2] > 0.9 and good.class_acc > 0.9
+    bad = ev.score(RealImages(digits, wrong=2), [1, 2], samples_per_class=20)
+    assert bad.per_class_acc[2] < 0.1 and bad.class_acc == pytest.approx(bad.mean_class_acc([1, 2]))
+    assert bad.fid_target > good.fid_target
+    with pytest.raises(EdgeganError, match="^classes"):
+        ev.score(RealImages(digits), None)
+
+
+def test_evaluator_for_is_cached_and_keeps_the_rng():
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    a = evaluator_for("digits")
+    assert torch.equal(torch.rand(3), want)  # building (and maybe training) the classifier forked the RNG
+    assert evaluator_for("digits", None, "cpu") is a

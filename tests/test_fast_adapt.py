@@ -4,11 +4,11 @@ import functools
 import pytest
 import torch
 
-from coalescence_setup import CFG, TARGET_CLASSES, two_source_barycenter, two_sources
+from coalescence_setup import CFG, two_source_barycenter, two_sources
 from edgegan.adapt import fast_adapt, ternary_layers, to_ternary
-from edgegan.baselines import CoalescenceTask, edge_only, evaluate_generator
+from edgegan.baselines import CoalescenceTask, edge_only
 from edgegan.errors import EdgeganError
-from edgegan.eval import FeatureFID
+from edgegan.eval import Evaluator
 from edgegan.gan import WGANConfig
 from edgegan.nn import build_gan
 
@@ -25,8 +25,8 @@ def full_precision_fa():
 
 
 def scorer(digits, classifier):
-    fid = FeatureFID(classifier, digits.x)
-    return lambda G: evaluate_generator(G, fid, classifier, TARGET_CLASSES)
+    evaluator = Evaluator(digits, classifier)
+    return lambda G: evaluator.score(G)
 
 
 def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifier):
@@ -37,7 +37,7 @@ def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifi
     fa = full_precision_fa()
     torch.manual_seed(0)
     eo = edge_only(CoalescenceTask(gens, crits, [1.0, 1.0], target.x, digits.x), STEPS, CFG)
-    f_fa, f_eo = score(fa.generator)["fid"], score(eo.generator)["fid"]
+    f_fa, f_eo = score(fa.generator).fid_whole, score(eo.generator).fid_whole
     assert f_fa < 0.5 * f_eo, (f_fa, f_eo)
     assert fa.history[-1]["step"] == eo.history[-1]["step"] == STEPS
 
@@ -49,7 +49,7 @@ def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_cl
     seen = {}
     torch.manual_seed(0)
     tern = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, ternary=True,
-                      cfg=CFG, callback=lambda s, G: seen.setdefault(s["step"], score(G)["fid"]), every=STEPS)
+                      cfg=CFG, callback=lambda s, G: seen.setdefault(s["step"], score(G).fid_whole), every=STEPS)
     full = full_precision_fa()
     layers = ternary_layers(tern.generator)
     assert tern.ternary and len(layers) == 4
@@ -59,7 +59,7 @@ def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_cl
     moved = [abs(float(m.threshold_pos.detach()) - float(start[n].threshold_pos.detach())) > 1e-3
              for n, m in layers.items()]
     assert all(moved)  # the thresholds were optimised with the weights
-    f_tern, f_full = seen[STEPS], score(full.generator)["fid"]
+    f_tern, f_full = seen[STEPS], score(full.generator).fid_whole
     assert f_tern < seen[0]  # training recovers from the ternarization of G*_K
     assert f_tern < 1.5 * f_full, (f_tern, f_full)
 

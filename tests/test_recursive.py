@@ -7,7 +7,7 @@ import torch
 from coalescence_setup import CFG, SOURCE_CLASSES, two_sources
 from edgegan.barycenter import average_generators, coalescence_order, recursive_barycenter, relevance_weights
 from edgegan.errors import EdgeganError
-from edgegan.eval import class_coverage, coverage_of
+from edgegan.eval import class_shares, target_share
 from edgegan.gan import WGANConfig
 from edgegan.nn import build_gan
 
@@ -142,5 +142,5 @@ def test_unequal_eta_barycenter_leans_toward_more_relevant_node(digits_classifie
         torch.manual_seed(0)
         res = recursive_barycenter(gens, crits, eta, 200, CFG)
         x = res.generator.sample(1000, generator=torch.Generator().manual_seed(0))
-        share0[label] = coverage_of(SOURCE_CLASSES[0], class_coverage(digits_classifier, x))
+        share0[label] = target_share(class_shares(digits_classifier, x)["share"], SOURCE_CLASSES[0])
     assert share0["favour0"] > 0.6 and share0["favour1"] < 0.4, share0

@@ -5,20 +5,21 @@ import pytest
 from edgegan.data import partition_by_classes
 from edgegan.errors import EdgeganError
 from edgegan.tdgan import Schedule, TDGANConfig
-from edgegan.tdgan.harness import Evaluator, run_method
+from edgegan.eval import Evaluator
+from edgegan.tdgan.harness import run_method
 
 
 @pytest.fixture(scope="module")
 def setup(digits, digits_classifier):
     parts = partition_by_classes(digits, [[0, 1, 2], [3, 4, 5]], seed=0)
     nodes = {"a": parts[0], "b": parts[1]}
-    return nodes, Schedule.single_entity(["a", "b"], 300), Evaluator(digits_classifier, digits, samples_per_class=100)
+    return nodes, Schedule.single_entity(["a", "b"], 300), Evaluator(digits, digits_classifier)
 
 
 def test_tdgan_keeps_old_classes_and_finetuning_forgets_them(setup):
     nodes, sched, ev = setup
     cfg = TDGANConfig(seed=0)
-    res = {m: run_method(m, nodes, sched, cfg, ev).summary() for m in ("tdgan", "finetune")}
+    res = {m: run_method(m, nodes, sched, cfg, ev, samples_per_class=100).summary() for m in ("tdgan", "finetune")}
     td, ft = res["tdgan"], res["finetune"]
     # task 1 is identical for both (λ only acts after the first membership change)
     assert td["task_acc"][0] == ft["task_acc"][0]

@@ -10,7 +10,6 @@ from edgegan.baselines.coalescence import (
     compare_methods,
     edge_only,
     ensemble,
-    evaluate_generator,
     pretrain_sources,
     run_method,
     transfer,
@@ -20,6 +19,6 @@ from edgegan.baselines.coalescence import (
 
 __all__ = [
     "METHODS", "CoalescenceTask", "MethodResult", "barycentric_fa", "compare_methods", "edge_only",
-    "ensemble", "evaluate_generator", "pretrain_sources", "run_method", "transfer",
+    "ensemble", "pretrain_sources", "run_method", "transfer",
     "weight_average", "whole_data",
 ]

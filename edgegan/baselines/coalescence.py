@@ -28,8 +28,6 @@ from edgegan.barycenter.weight_average import average_generators, average_models
 from edgegan.barycenter.weights import relevance_weights
 from edgegan.data import TensorData, partition_by_classes
 from edgegan.errors import EdgeganError, require
-from edgegan.eval import FeatureFID, class_coverage, coverage_of
-from edgegan.eval.classifier import FeatureClassifier
 from edgegan.gan import WGANConfig, train_wgan_gp
 from edgegan.nn import Generator, build_from_spec, build_gan, model_spec
 
@@ -219,21 +217,3 @@ def digits_split(data: TensorData, source_classes: Sequence[Sequence[int]], targ
     sources = partition_by_classes(data.subset(torch.nonzero(rest).flatten()), source_classes, seed=seed,
                                    disjoint=True)
     return sources, target
-
-
-@torch.no_grad()
-def evaluate_generator(generator: Generator, fid: FeatureFID, classifier: FeatureClassifier,
-                       target_classes: Sequence[int], n: int = 1000, seed: int = 1234) -> dict[str, float]:
-    """Feature-FID, class coverage (share of classes holding ≥ half a uniform share of samples)
-    and the share of samples outside the target's classes, on ``n`` samples from a fixed latent
-    (its own RNG, so evaluating does not change training)."""
-    was = generator.training
-    generator.eval()
-    x = generator.sample(n, generator=torch.Generator(next(generator.parameters()).device).manual_seed(seed))
-    generator.train(was)
-    cov = class_coverage(classifier, x)
-    k = len(cov["share"])
-    covered = sum(s >= 0.5 / k for s in cov["share"]) / k
-    return {"fid": fid(x.cpu()), "coverage": covered,
-            "source_only_share": 1.0 - coverage_of(set(target_classes), cov), "share": cov["share"]}
-

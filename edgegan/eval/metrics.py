@@ -1,6 +1,9 @@
-"""Feature-FID and class coverage from a data set's classifier; exact W1 via POT."""
+"""Feature-FID, class share, class coverage and class-histogram TV from a data set's classifier;
+exact W1 via POT."""
 
 from __future__ import annotations
+
+from typing import Iterable, Sequence
 
 import numpy as np
 import ot
@@ -36,8 +39,9 @@ def feature_fid(classifier: FeatureClassifier, real: torch.Tensor, fake: torch.T
 
 
 @torch.no_grad()
-def class_coverage(classifier: FeatureClassifier, samples: torch.Tensor) -> dict[str, list[float]]:
-    """Share of samples per predicted class and the mean confidence of those predictions."""
+def class_shares(classifier: FeatureClassifier, samples: torch.Tensor) -> dict[str, list[float]]:
+    """``share``: fraction of samples per predicted class (the *class share*); ``confidence``: the
+    mean softmax probability of those predictions."""
     dev = next(classifier.parameters()).device
     probs = torch.cat([classifier(b.to(dev)).softmax(1).cpu() for b in samples.float().split(512)])
     k = probs.shape[1]
@@ -50,9 +54,26 @@ def class_coverage(classifier: FeatureClassifier, samples: torch.Tensor) -> dict
     return {"share": share.tolist(), "confidence": conf.tolist()}
 
 
-def coverage_of(classes: list[int] | set[int], coverage: dict[str, list[float]]) -> float:
-    """Total share of samples predicted in ``classes``."""
-    return float(sum(coverage["share"][c] for c in classes))
+def target_share(share: Sequence[float], classes: Iterable[int]) -> float:
+    """Share of samples predicted in ``classes``: Σ_{c ∈ classes} share_c (seed 000 §5: does the
+    target's generator make the target's classes?)."""
+    return float(sum(share[c] for c in set(classes)))
+
+
+def classes_covered(share: Sequence[float]) -> float:
+    """Class coverage, a fraction: |{c : share_c ≥ ½ · 1/K}| / K (mode collapse lowers it)."""
+    k = len(share)
+    return sum(s >= 0.5 / k for s in share) / k
+
+
+def class_tv(share: Sequence[float], population: Sequence[float] | torch.Tensor) -> float:
+    """Total-variation distance ½ Σ_c |share_c − p_c| between the generated class share and the
+    population's label histogram ``population`` (counts or frequencies; normalised here)."""
+    p = torch.as_tensor(population, dtype=torch.float64)
+    q = torch.as_tensor(list(share), dtype=torch.float64)
+    require(p.shape == q.shape, "population", f"{len(p)} classes vs {len(q)} in the share")
+    require(float(p.sum()) > 0, "population", "is empty")
+    return float(0.5 * (q / q.sum().clamp_min(1e-12) - p / p.sum()).abs().sum())
 
 
 @torch.no_grad()

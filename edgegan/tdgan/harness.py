@@ -7,7 +7,8 @@ Methods (seed 003 §4.2):
   tasks (the centralised upper bound).
 - ``local``: a fresh generator per task trained only on that task's node(s).
 Every method gets ``task.steps`` generator steps per task and is evaluated after each task on
-every class seen so far (class accuracy of conditional samples, feature-FID).
+every class seen so far by :class:`edgegan.eval.Evaluator` (class accuracy of conditional samples,
+feature-FID against the seen classes and the whole data set, class-histogram TV).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import require
-from edgegan.eval import FeatureFID, class_accuracy
+from edgegan.eval import Evaluator
 from edgegan.nn.base import Generator
 from edgegan.nn.factory import build_gan
 from edgegan.tdgan.cloud import TDGANCloud
@@ -65,39 +65,18 @@ def run_schedule(cloud: TDGANCloud, edges: dict[str, TDGANEdge], schedule: Sched
     return history
 
 
-@dataclass
-class Evaluator:
-    """Class accuracy of conditional samples and feature-FID against the real data of seen classes."""
-
-    classifier: nn.Module
-    data: TensorData
-    samples_per_class: int = 200
-    seed: int = 1234
-
-    @torch.no_grad()
-    def __call__(self, G: Generator, task_classes: list[list[int]]) -> dict[str, Any]:
-        """``task_classes[j]``: classes of task j, for the tasks done so far (the last is current)."""
-        was_training = G.training
-        G.eval()
-        dev = next(G.parameters()).device
-        rng = torch.Generator(device=dev).manual_seed(self.seed)
-        seen = sorted({c for cl in task_classes for c in cl})
-        per_class = {}
-        for c in seen:
-            y = torch.full((self.samples_per_class,), c, dtype=torch.long, device=dev)
-            x = G(G.sample_latent(len(y), dev, generator=rng), y)
-            per_class[c] = class_accuracy(self.classifier, x, y)
-        mean = lambda cl: sum(per_class[c] for c in cl) / len(cl) if cl else None  # noqa: E731
-        old = sorted({c for cl in task_classes[:-1] for c in cl})
-        mask = torch.isin(self.data.y, torch.tensor(seen))
-        real_y = self.data.y[mask].to(dev)
-        fake = G(G.sample_latent(len(real_y), dev, generator=rng), real_y)
-        fid = FeatureFID(self.classifier, self.data.x[mask])(fake)
-        G.train(was_training)
-        return {"per_class_acc": {str(c): a for c, a in per_class.items()},
-                "task_acc": [mean(cl) for cl in task_classes],
-                "old_class_acc": mean(old), "new_class_acc": mean(task_classes[-1]),
-                "seen_class_acc": mean(seen), "fid": fid}
+def task_scores(evaluator: Evaluator, G: Generator, task_classes: list[list[int]], samples_per_class: int = 200,
+                seed: int = 1234) -> dict[str, Any]:
+    """Seed 003 §4's per-task view of :meth:`Evaluator.score` after a task: ``task_classes[j]`` are
+    task j's classes for the tasks done so far (the last is current). Class accuracy per task,
+    on old / new / all seen classes; ``fid`` against the real images of the seen classes."""
+    seen = sorted({c for cl in task_classes for c in cl})
+    old = sorted({c for cl in task_classes[:-1] for c in cl})
+    s = evaluator.score(G, seen, seed=seed, samples_per_class=samples_per_class)
+    return {"per_class_acc": {str(c): a for c, a in s.per_class_acc.items()},
+            "task_acc": [s.mean_class_acc(cl) for cl in task_classes],
+            "old_class_acc": s.mean_class_acc(old), "new_class_acc": s.mean_class_acc(task_classes[-1]),
+            "seen_class_acc": s.class_acc, "fid": s.fid_target, "fid_whole": s.fid_whole, "class_tv": s.class_tv}
 
 
 @dataclass
@@ -112,7 +91,8 @@ class MethodResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        keys = ("old_class_acc", "new_class_acc", "seen_class_acc", "fid", "task_acc", "per_class_acc")
+        keys = ("old_class_acc", "new_class_acc", "seen_class_acc", "fid", "fid_whole", "class_tv", "task_acc",
+                "per_class_acc")
         out: dict[str, Any] = {k: [e[k] for e in self.evals] for k in keys}
         out.update(rejected=self.rejected, bytes_in=self.bytes_in, bytes_out=self.bytes_out, seconds=self.seconds)
         return out
@@ -123,8 +103,8 @@ def _classes(nodes: dict[str, TensorData], ids: tuple[str, ...]) -> list[int]:
 
 
 def run_method(method: str, nodes: dict[str, TensorData], schedule: Schedule, cfg: TDGANConfig,
-               evaluator: Evaluator) -> MethodResult:
-    """Train ``method`` over ``schedule`` and evaluate after every task."""
+               evaluator: Evaluator, samples_per_class: int = 200) -> MethodResult:
+    """Train ``method`` over ``schedule`` and score it with :func:`task_scores` after every task."""
     require(method in METHODS, "method", f"unknown method {method!r}", "choose one of " + ", ".join(METHODS))
     some = next(iter(nodes.values()))
     shape, k = some.image_shape, some.num_classes
@@ -133,7 +113,7 @@ def run_method(method: str, nodes: dict[str, TensorData], schedule: Schedule, cf
     t0 = time.perf_counter()
 
     def record(cloud: TDGANCloud, G: Generator, t: int) -> None:
-        res.evals.append(evaluator(G, task_classes[:t + 1]))
+        res.evals.append(task_scores(evaluator, G, task_classes[:t + 1], samples_per_class))
         log.info("%s task %d: %s", method, t, {kk: res.evals[-1][kk] for kk in ("old_class_acc", "new_class_acc")})
 
     def tally(cloud: TDGANCloud) -> None:
