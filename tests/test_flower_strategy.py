@@ -56,8 +56,7 @@ def test_aggregate_train_is_stage_one_barycenter(aggregator):
     replies = [_source_reply(30 + p, p, gens[p], crits[p], eta[p]) for p in (2, 0, 1)]
     replies.append(_reply(99, RecordDict({"node": ConfigRecord({"role": "target", "partition-id": 3}),
                                           "metrics": MetricRecord({"num-examples": 5})})))
-    replies.append(Message(Error(code=1, reason="out of memory"),
-                           reply_to=Message(RecordDict(), dst_node_id=77, message_type=MessageType.TRAIN)))
+    replies.append(_error_reply(77, "out of memory"))
     metrics = Metrics()
     strategy = BarycenterStrategy(aggregator, 2, CFG, WIN, seed=5, metrics=metrics)
 
@@ -110,6 +109,74 @@ def test_undecodable_upload_counts_as_failed_and_evaluate_goes_to_targets_only()
     assert config["adapt-steps"] == 3 and "generator.spec" in config
     models = models_from_records(messages[0].content.array_records["arrays"], config, BARYCENTER_MODELS)
     assert set(models) == set(BARYCENTER_MODELS)
+
+
+def _target_reply(node_id: int, pid: int) -> Message:
+    return _reply(node_id, RecordDict({"node": ConfigRecord({"role": "target", "partition-id": pid}),
+                                       "metrics": MetricRecord({"num-examples": 5})}))
+
+
+def _error_reply(node_id: int, reason: str, kind: str = MessageType.TRAIN) -> Message:
+    return Message(Error(code=1, reason=reason), reply_to=Message(RecordDict(), dst_node_id=node_id, message_type=kind))
+
+
+def test_round_fails_when_fewer_sources_upload_than_min_sources():
+    # Prepare: 2 of 3 sources; the third ClientApp raised (Flower's reason text, with a newline)
+    gens, crits = _uploads(2)
+    replies = [_source_reply(40, 0, gens[0], crits[0], 1.0), _source_reply(41, 1, gens[1], crits[1], 1.0),
+               _error_reply(42, "<class 'ClientAppException'>:<'\nException occurred. Message: device: "
+                                "'cuda:64' asked for but no CUDA GPU is visible'>"),
+               _target_reply(50, 3)]
+    metrics = Metrics()
+    strategy = BarycenterStrategy("recursive_w1", 1, CFG, seed=0, metrics=metrics, min_sources=3)
+
+    # Execute / Assert: one line naming the rule, the counts and the failed node's reason
+    with pytest.raises(EdgeganError) as err:
+        strategy.aggregate_train(1, replies)
+    msg = str(err.value)
+    assert msg.startswith("min-sources: round 1: 2 source(s) uploaded a model, 3 required (node 42: ")
+    assert "'cuda:64' asked for but no CUDA GPU is visible" in msg and "\n" not in msg
+    assert metrics.registry.get_sample_value("edgegan_round_nodes", {"outcome": "failed"}) == 1
+    assert metrics.registry.get_sample_value("edgegan_aggregation_seconds_count") == 0  # nothing aggregated
+
+    # the same replies pass when the run asks for 2 sources only
+    lenient = BarycenterStrategy("recursive_w1", 1, CFG, seed=0, metrics=Metrics(), min_sources=2)
+    arrays, train_metrics = lenient.aggregate_train(1, replies)
+    assert arrays is not None and train_metrics["sources"] == 2 and lenient.target_nodes == [50]
+
+
+def test_failed_stage_two_fails_the_round():
+    gens, crits = _uploads(2)
+    strategy = BarycenterStrategy("recursive_w1", 1, CFG, seed=0, metrics=Metrics(), min_sources=2)
+    arrays, _ = strategy.aggregate_train(1, [_source_reply(40, 0, gens[0], crits[0], 1.0),
+                                             _source_reply(41, 1, gens[1], crits[1], 1.0),
+                                             _target_reply(50, 2), _target_reply(51, 3)])
+    sent = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), None))
+    assert sorted(m.metadata.dst_node_id for m in sent) == [50, 51]
+
+    def fid_reply(node_id: int, fid: float) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "fid-adapted": fid})}),
+                       reply_to=Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.EVALUATE))
+
+    with pytest.raises(EdgeganError, match=r"^target: round 1: Stage II failed \(node 51: out of memory\)"):
+        strategy.aggregate_evaluate(1, [fid_reply(50, 30.0), _error_reply(51, "out of memory", MessageType.EVALUATE)])
+    with pytest.raises(EdgeganError, match=r"node 51: no reply before the round timeout"):
+        strategy.aggregate_evaluate(1, [fid_reply(50, 30.0)])
+    metrics = strategy.aggregate_evaluate(1, [fid_reply(50, 30.0), fid_reply(51, 10.0)])
+    assert metrics["fid-adapted"] == pytest.approx(20.0)
+    assert strategy.metrics.registry.get_sample_value("edgegan_feature_fid") == pytest.approx(20.0)
+
+
+def test_strategy_uses_no_private_flower_attribute():
+    """Issue 13: only public Strategy/FedAvg/Message APIs, so a Flower upgrade cannot break it."""
+    import ast
+    import inspect
+
+    import edgegan.flower.strategy as module
+
+    private = [node.attr for node in ast.walk(ast.parse(inspect.getsource(module)))
+               if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("__")]
+    assert private == []
 
 
 def test_records_refuse_mismatched_arrays():
