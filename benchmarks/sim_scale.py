@@ -98,27 +98,27 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     with PeakMemory() as mem:
         s = simulate(sc, out, evaluate=False)
     wall = time.perf_counter() - t0
-    td = s["tdgan"]
-    hosts = s["engine"]["workers_stats"]
+    td = s.tdgan
+    hosts = s.engine.workers_stats
     acts = sum(h["activations"] for h in hosts)
     host_overhead = sum(h["activate_s"] + h["park_s"] for h in hosts)
     compute = sum(h["compute_s"] for h in hosts)
     return {
-        "nodes": nodes, "steps": td["ticks"], "generator_steps": td["generator_steps"], "workers": len(hosts),
-        "resident_nodes_per_worker": resident, "mean_online": td["mean_online"], "activations": acts,
-        "membership_changes": td["totals"]["membership_changes"],
-        "wall_seconds_total": wall, "wall_seconds_steps": td["wall_seconds"],
-        "startup_seconds": wall - td["wall_seconds"],
-        "seconds_per_step": td["wall_seconds"] / td["ticks"],
+        "nodes": nodes, "steps": td.ticks, "generator_steps": td.generator_steps, "workers": len(hosts),
+        "resident_nodes_per_worker": resident, "mean_online": td.mean_online, "activations": acts,
+        "membership_changes": td.totals["membership_changes"],
+        "wall_seconds_total": wall, "wall_seconds_steps": td.wall_seconds,
+        "startup_seconds": wall - td.wall_seconds,
+        "seconds_per_step": td.wall_seconds / td.ticks,
         "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30, "processes_at_peak": mem.peak_procs,
         "host_overhead_per_activation_ms": 1000 * host_overhead / max(acts, 1),
         "feedback_compute_per_activation_ms": 1000 * compute / max(acts, 1),
-        "exchange_per_activation_ms": 1000 * td["exchange_seconds"] / max(acts, 1),
-        "end_to_end_per_activation_ms": 1000 * td["wall_seconds"] / max(acts, 1),
+        "exchange_per_activation_ms": 1000 * td.exchange_seconds / max(acts, 1),
+        "end_to_end_per_activation_ms": 1000 * td.wall_seconds / max(acts, 1),
         "spilled": sum(h["spilled"] for h in hosts), "restored": sum(h["restored"] for h in hosts),
         "created": sum(h["created"] for h in hosts),
         "worker_peak_rss_bytes": [h["rss_peak_bytes"] for h in hosts],
-        "accepted": td["totals"]["accepted"], "rejected": td["totals"]["rejected"],
+        "accepted": td.totals["accepted"], "rejected": td.totals["rejected"],
     }
 
 

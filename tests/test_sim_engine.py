@@ -46,12 +46,12 @@ def test_churn_schedule_is_honoured_and_seeded_runs_repeat(tmp_path):
     assert any(r["kind"] == "idle" for r in ticks) or all(av.online_at(t) for t in range(24))
     steps = [r for r in ticks if r["kind"] == "step"]
     assert all(r["accepted"] == len(r["online"]) for r in steps)
-    assert s1["tdgan"]["generator_steps"] == len(steps)
+    assert s1.tdgan.generator_steps == len(steps)
     # virtual nodes were parked on disk and restored (2 resident per worker, 5 nodes each)
-    hosts = s1["engine"]["workers_stats"]
+    hosts = s1.engine.workers_stats
     assert sum(h["spilled"] for h in hosts) > 0 and sum(h["restored"] for h in hosts) > 0
     assert sum(h["activations"] for h in hosts) == sum(len(r["online"]) for r in steps)
-    assert any(r["kind"] == "eval" and r["fid"] > 0 for r in rows)
+    assert any(r["kind"] == "eval" and r["fid_target"] > 0 for r in rows)
 
     sc2 = scenario_from_dict(tiny_tdgan())
     sc2.engine.resident_nodes = 100  # no spilling: state parked in memory must give the same numbers
@@ -61,7 +61,7 @@ def test_churn_schedule_is_honoured_and_seeded_runs_repeat(tmp_path):
     other = simulate(scenario_from_dict(tiny_tdgan(seed=4)), tmp_path / "c")
     rows_c = read_metrics(tmp_path / "c" / "metrics.jsonl")
     assert [r["online"] for r in rows_c if "online" in r] != [r["online"] for r in rows if "online" in r]
-    assert other["final_fid"] != s1["final_fid"]
+    assert other.final_fid != s1.final_fid
 
 
 def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
@@ -72,17 +72,17 @@ def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
     metrics = Metrics()
     s = simulate(sc, tmp_path / "run", metrics=metrics)
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
-    assert [r["tick"] for r in rows] == list(range(12)) and s["tdgan"]["status"] == "finished"
+    assert [r["tick"] for r in rows] == list(range(12)) and s.tdgan.status == "finished"
     crash = rows[5]
     assert "node2" in crash["online"] and crash["failed"] == ["node2"]
     assert crash["accepted"] == len(crash["online"]) - 1 and crash["missing"] == 1
     assert all("node2" not in r["online"] for r in rows[6:])
     assert all("node1" not in r["online"] for r in rows[4:8]) and all("node1" in r["online"] for r in rows[8:])
-    assert s["tdgan"]["generator_steps"] == 12
+    assert s.tdgan.generator_steps == 12
     value = metrics.registry.get_sample_value  # what the Prometheus endpoint serves during a run
     assert value("edgegan_generator_steps_total") == 12
     assert value("edgegan_leaves_total") == 2 and value("edgegan_joins_total") == 11
-    assert value("edgegan_feature_fid") == s["final_fid"]["tdgan"]
+    assert value("edgegan_feature_fid") == s.final_fid["tdgan"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_fid"]["tdgan"] > 0
 
 
@@ -99,9 +99,9 @@ def test_coalescence_source_leaving_mid_pretraining(tmp_path):
         "engine": {"backend": "inproc", "workers": 2},
     })
     s = simulate(sc, tmp_path / "run")
-    co = s["coalescence"]
-    assert co["uploaded"] == ["node0", "node2"] and co["left"] == ["node1"]
-    assert set(s["final_fid"]) == {"barycentric_fa", "edge_only"}
+    co = s.coalescence
+    assert co.uploaded == ["node0", "node2"] and co.left == ["node1"]
+    assert set(s.final_fid) == {"barycentric_fa", "edge_only"}
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     pre = {r["node"]: r for r in rows if r["kind"] == "pretrain"}
     assert pre["node1"]["status"] == "left" and pre["node1"]["steps"] == 5
@@ -120,6 +120,6 @@ def test_grid_scenario_runs(tmp_path, name):
     sc = load_scenario(name)
     sc.grid.compare_to = None  # Sinkhorn on 64×64 is the slow part; the DCNN is one forward pass
     s = simulate(sc, tmp_path / "run")
-    g = s["grid"]
-    assert g["nodes"] == ["node0", "node1", "node2", "node3"] and abs(sum(g["weights"]) - 1) < 1e-9
+    g = s.grid
+    assert g.nodes == ["node0", "node1", "node2", "node3"] and abs(sum(g.weights) - 1) < 1e-9
     assert (tmp_path / "run" / "grid_barycenter.png").is_file()

@@ -25,8 +25,8 @@ def test_ray_pool_matches_inproc(tmp_path, ray_cluster):
     data = tiny_tdgan(seed=7)
     sc_ray = scenario_from_dict({**data, "engine": {"backend": "ray", "workers": 2, "resident_nodes": 3}})
     s_ray = simulate(sc_ray, tmp_path / "ray")
-    assert s_ray["engine"]["backend"] == "ray" and s_ray["engine"]["workers"] == 2
-    hosts = s_ray["engine"]["workers_stats"]
+    assert s_ray.engine.backend == "ray" and s_ray.engine.workers == 2
+    hosts = s_ray.engine.workers_stats
     assert len({h["pid"] for h in hosts}) == 2 and sum(h["nodes"] for h in hosts) == 10
     assert ray.is_initialized()  # the engine leaves a cluster it did not start running
     sc_in = scenario_from_dict({**data, "engine": {"backend": "inproc", "workers": 1, "resident_nodes": 100}})

@@ -7,8 +7,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgegan.errors import require
+
+if TYPE_CHECKING:
+    from edgegan.sim.report import RunSummary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,23 +68,27 @@ def run(args: argparse.Namespace) -> int:
                 log.info("%s %d/%d %s", phase, done, total, text)
 
         summary = simulate(sc, out, progress, metrics_port=args.metrics_port)
-    print(f"\n{sc.name}: {summary['wall_seconds']:.1f} s, {summary['engine']['backend']} with "
-          f"{summary['engine']['workers']} worker(s)")
-    for k, v in summary.get("final_fid", {}).items():
+    print(f"\n{sc.name}: {summary.wall_seconds:.1f} s, {summary.engine.backend} with "
+          f"{summary.engine.workers} worker(s)")
+    for k, v in summary.final_fid.items():
         print(f"  feature-FID {k:16s} {v:8.1f}")
-    co = summary.get("coalescence", {})
-    for k, v in co.get("final_bw2_uvp", {}).items():
-        print(f"  BW2-UVP {k:20s} {v:8.2f} %")
-    gr = summary.get("grid")
-    if gr:
-        print(f"  grid {gr['aggregator']}: {gr['ms']:.1f} ms" + (f", KL {gr['kl_to_reference']:.4f} to "
-                                                                f"{sc.grid.compare_to}" if "kl_to_reference" in gr else ""))
+    co = summary.coalescence
+    if co is not None and co.stage1.bw2_uvp is not None:
+        for k, v in {f"stage1_{co.stage1.aggregator}": co.stage1.bw2_uvp, **co.sources}.items():
+            print(f"  BW2-UVP {k:20s} {v:8.2f} %")
+    gr = summary.grid
+    if gr is not None:
+        print(f"  grid {gr.aggregator}: {gr.ms:.1f} ms" + (f", KL {gr.kl_to_reference:.4f} to {gr.compare_to}"
+                                                         if gr.kl_to_reference is not None else ""))
     print(f"wrote {out}/report.md, summary.json, metrics.jsonl and "
-          + ", ".join(v for k, v in summary["files"].items() if v.endswith(".png")))
+          + ", ".join(v for v in summary.files.values() if v.endswith(".png")))
     return 0
 
 
-def _with_live_display(sc, out: Path, metrics_port: int) -> dict:
+def _with_live_display(sc, out: Path, metrics_port: int) -> RunSummary:
+    """Run under a rich progress display; log records print above it through its console
+    (a RichHandler on the display's console) instead of into the progress line."""
+    from rich.logging import RichHandler
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgegan.sim.run import simulate
@@ -94,4 +102,12 @@ def _with_live_display(sc, out: Path, metrics_port: int) -> dict:
                 tasks[phase] = bar.add_task(phase, total=total, info="")
             bar.update(tasks[phase], completed=done, total=total, info=text)
 
-        return simulate(sc, out, progress, metrics_port=metrics_port)
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        handler = RichHandler(console=bar.console, show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.handlers = [handler]
+        try:
+            return simulate(sc, out, progress, metrics_port=metrics_port)
+        finally:
+            root.handlers = saved

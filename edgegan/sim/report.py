@@ -2,19 +2,80 @@
 ``summary.json``, PNG plots (matplotlib Agg), sample grids and ``report.md`` tying them together.
 
 Plots: ``fid.png`` feature-FID per method over iterations (Stage II iterations for coalescence,
-generator steps for TDGAN), ``nodes_online.png`` nodes online per step, ``class_coverage.png``
-share of samples per class (coalescence) / class accuracy (TDGAN), ``samples_<method>.png``.
+generator steps for TDGAN), ``nodes_online.png`` nodes online per step with a membership
+timeline, ``class_coverage.png`` class share per method (coalescence) and class accuracy
+(TDGAN), ``samples_<method>.png`` (≥ 256 px wide), ``grid_barycenter.png``.
+
+The report scores every method with the coalescence benchmark's metrics
+(:class:`edgegan.eval.GeneratorScore`) and names the winner of each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from edgegan.checkpoint import save_checkpoint
+from edgegan.eval import GeneratorScore
+from edgegan.sim.coalescence import CoalescenceResult, MethodOutcome
+from edgegan.sim.grid import GridResult
+from edgegan.sim.scenario import OutputsSpec
+from edgegan.sim.tdgan import TDGANResult
+
+#: (field of :class:`GeneratorScore`, name in the report, True when lower is better)
+METRICS = (("fid_whole", "feature-FID vs whole data set", True),
+           ("fid_target", "feature-FID vs target classes", True),
+           ("class_tv", "class-histogram TV vs population", True),
+           ("target_share", "target-class share", False))
+SAMPLE_GRID_PX = 256
+
+
+@dataclass
+class EngineInfo:
+    """The pool the run used; ``workers_stats`` are the workers' counters at the end of the run
+    (TDGAN node activations, pool jobs, spills, peak memory)."""
+
+    backend: str
+    workers: int
+    device: str
+    resident_nodes: int
+    num_gpus_per_worker: float
+    workers_stats: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    """Everything ``summary.json`` and ``report.md`` say about a run, one typed result per pipeline.
+    ``aggregator`` is None when no pipeline aggregates (TDGAN only)."""
+
+    scenario: str
+    description: str
+    seed: int
+    pipelines: list[str]
+    aggregator: str | None
+    source: str
+    engine: EngineInfo
+    scenario_config: dict[str, Any]
+    wall_seconds: float = 0.0
+    coalescence: CoalescenceResult | None = None
+    tdgan: TDGANResult | None = None
+    grid: GridResult | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def final_fid(self) -> dict[str, float]:
+        """Headline feature-FID per method: against the whole data set (coalescence, seed 000's
+        rule) and against the classes seen (TDGAN)."""
+        return {**(self.coalescence.final_fid if self.coalescence else {}),
+                **(self.tdgan.final_fid if self.tdgan else {})}
 
 
 class RunRecorder:
@@ -39,8 +100,6 @@ class RunRecorder:
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
@@ -51,6 +110,45 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+# ---------------------------------------------------------------------- summary.json
+def _score_json(s: GeneratorScore | None) -> dict[str, Any]:
+    return {} if s is None else dataclasses.asdict(s)
+
+
+def _method_json(m: MethodOutcome) -> dict[str, Any]:
+    return {**_score_json(m.final), "seconds": m.seconds, "worker": m.worker,
+            "curve": [{"iteration": it, **_score_json(s)} for it, s in m.curve]}
+
+
+def summary_json(s: RunSummary) -> dict[str, Any]:
+    """``summary.json``: the run's typed results as plain JSON (no tensors or model weights)."""
+    out: dict[str, Any] = {
+        "scenario": s.scenario, "description": s.description, "seed": s.seed, "pipelines": s.pipelines,
+        "aggregator": s.aggregator, "source": s.source, "engine": dataclasses.asdict(s.engine),
+        "wall_seconds": s.wall_seconds, "final_fid": s.final_fid}
+    co = s.coalescence
+    if co is not None:
+        st = co.stage1
+        out["coalescence"] = {
+            "uploaded": co.uploaded, "left": co.left, "target": {"classes": co.target_classes, "samples": co.target_samples},
+            "stage1": {"aggregator": st.aggregator, "seconds": st.seconds, "weights": st.weights,
+                       **_score_json(st.score), **({"bw2_uvp": st.bw2_uvp} if st.bw2_uvp is not None else {})},
+            "sources": {co.source_metric: co.sources},
+            "methods": {name: _method_json(m) for name, m in co.methods.items()}}
+    td = s.tdgan
+    if td is not None:
+        out["tdgan"] = {**{f.name: getattr(td, f.name) for f in dataclasses.fields(td) if f.name not in ("evals", "samples")},
+                        "final": _score_json(td.final),
+                        "evals": [{"iteration": it, **_score_json(sc)} for it, sc in td.evals]}
+    g = s.grid
+    if g is not None:
+        out["grid"] = {f.name: getattr(g, f.name) for f in dataclasses.fields(g)
+                       if f.name not in ("barycenter", "inputs", "reference")}
+    out.update(files=s.files, scenario_config=s.scenario_config)
+    return out
+
+
+# ---------------------------------------------------------------------- plots
 def _plt():
     import matplotlib
 
@@ -67,29 +165,37 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _grid_image(x: torch.Tensor) -> torch.Tensor:
-    """(n, C, H, W) in [-1, 1] → one (rows·H, 8·W[, C]) image in [0, 1]."""
+def _grid_image(x: torch.Tensor, min_px: int = SAMPLE_GRID_PX) -> torch.Tensor:
+    """(n, C, H, W) in [-1, 1] → one image in [0, 1] of up to 64 tiles, 8 per row, 1-pixel gaps,
+    each pixel repeated so the grid is at least ``min_px`` wide: (rows·H', 8·W'[, C])."""
     x = (x[:64].float().clamp(-1, 1) + 1) / 2
     n, c, h, w = x.shape
     cols = 8
+    scale = max(1, math.ceil(min_px / (cols * (w + 1))))
+    x = x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    x = torch.nn.functional.pad(x, (0, 1, 0, 1), value=1.0)  # white gaps between tiles
     rows = math.ceil(n / cols)
-    pad = torch.zeros(rows * cols - n, c, h, w)
+    h, w = x.shape[2:]
+    pad = torch.ones(rows * cols - n, c, h, w)
     x = torch.cat([x, pad]).view(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
     return x[..., 0] if c == 1 else x
 
 
-def plot_fid(rows: list[dict[str, Any]], path: Path) -> bool:
+def plot_fid(s: RunSummary, path: Path) -> bool:
+    """Headline feature-FID over iterations: Stage II methods against the whole data set, TDGAN
+    against the classes seen."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r.get("kind") == "eval" and r.get("fid") is not None and not str(r.get("method", "")).startswith("stage1"):
-            curves.setdefault(f"{r['pipeline']}: {r['method']}", []).append((r["iteration"], r["fid"]))
+    if s.coalescence is not None:
+        for name, m in s.coalescence.methods.items():
+            curves[f"coalescence: {name} (vs whole data set)"] = [(it, sc.fid_whole) for it, sc in m.curve]
+    if s.tdgan is not None and s.tdgan.evals:
+        curves["tdgan (vs classes seen)"] = [(it, sc.fid_target) for it, sc in s.tdgan.evals]
     if not curves:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pts in curves.items():
-        pts.sort()
-        ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+        ax.plot(*zip(*sorted(pts)), marker="o", ms=3, label=name)
     ax.set_xlabel("iteration (Stage II) / generator step (TDGAN)")
     ax.set_ylabel("feature-FID (lower is better)")
     ax.set_yscale("log")
@@ -99,65 +205,91 @@ def plot_fid(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def plot_online(rows: list[dict[str, Any]], path: Path) -> bool:
-    series: dict[str, list[tuple[int, int]]] = {}
+def _membership(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, list[str]]]]:
+    """Per pipeline: (tick, nodes online) from the ``online`` / ``step`` / ``idle`` event rows."""
+    series: dict[str, list[tuple[int, list[str]]]] = {}
     for r in rows:
         if r.get("kind") in ("step", "idle", "online"):
-            series.setdefault(r["pipeline"], []).append((r["tick"], len(r["online"])))
+            series.setdefault(r["pipeline"], []).append((r["tick"], r["online"]))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in series.items()}
+
+
+def plot_online(rows: list[dict[str, Any]], nodes: list[str], path: Path) -> bool:
+    """Per pipeline: the number of nodes online per step on an axis from 0 to the node count, and
+    a membership timeline (one row per node, dark = online)."""
+    series = _membership(rows)
     if not series:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, pts in series.items():
-        pts.sort()
-        ax.step(*zip(*pts), where="post", label=f"{name} ({'pre-training iteration' if name == 'coalescence' else 'step'})")
-    ax.set_xlabel("schedule step")
-    ax.set_ylabel("nodes online")
-    ax.grid(alpha=.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2 * len(series), 1, figsize=(7, 2.2 + 3.3 * len(series)), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1.6] * len(series)})
+    index = {k: i for i, k in enumerate(nodes)}
+    for j, (name, pts) in enumerate(series.items()):
+        unit = "pre-training iteration" if name == "coalescence" else "step"
+        count, timeline = axes[2 * j, 0], axes[2 * j + 1, 0]
+        ticks = [t for t, _ in pts]
+        count.step(ticks, [len(o) for _, o in pts], where="post")
+        count.set_ylim(0, len(nodes) + 0.5)
+        count.set_ylabel("nodes online")
+        count.set_title(f"{name} ({unit}s)", fontsize=9)
+        count.grid(alpha=.3)
+        grid = np.zeros((len(nodes), max(ticks) + 1))
+        for t, online in pts:
+            grid[[index[k] for k in online], t] = 1
+        timeline.imshow(grid, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1,
+                        extent=(-0.5, grid.shape[1] - 0.5, len(nodes) - 0.5, -0.5))
+        timeline.set_ylabel("node")
+        if len(nodes) <= 16:
+            timeline.set_yticks(range(len(nodes)), nodes, fontsize=7)
+        timeline.set_xlabel(f"schedule {unit}")
     _save(plt, fig, path)
     return True
 
 
-def plot_coverage(summary: dict[str, Any], path: Path) -> bool:
-    bars: dict[str, list[float]] = {}
-    co = summary.get("coalescence", {})
-    for name, m in co.get("methods", {}).items():
-        bars[name] = m["share"]
-    td = summary.get("tdgan", {})
-    if td.get("per_class_acc"):
-        acc = td["per_class_acc"]
-        k = max(int(c) for c in acc) + 1
-        bars["tdgan (class accuracy)"] = [acc.get(str(c), 0.0) for c in range(k)]
-    if not bars:
+def plot_coverage(s: RunSummary, path: Path) -> bool:
+    """Class share of each Stage II method's samples (coalescence) and TDGAN's class accuracy,
+    one panel each."""
+    panels: list[tuple[str, str, dict[str, list[float]]]] = []
+    if s.coalescence is not None and s.coalescence.methods:
+        panels.append(("coalescence: class share of samples", "share of samples",
+                       {n: m.final.class_share for n, m in s.coalescence.methods.items()}))
+    final = s.tdgan.final if s.tdgan is not None else None
+    if final is not None and final.per_class_acc:
+        k = len(final.class_share)
+        panels.append(("tdgan: class accuracy of G(u, y)", "accuracy",
+                       {"tdgan": [final.per_class_acc.get(c, 0.0) for c in range(k)]}))
+    if not panels:
         return False
     plt = _plt()
-    k = max(len(v) for v in bars.values())
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(bars)
-    for i, (name, v) in enumerate(bars.items()):
-        ax.bar([c + i * width for c in range(len(v))], v, width, label=name)
-    ax.set_xticks([c + 0.4 - width / 2 for c in range(k)], [str(c) for c in range(k)])
-    ax.set_xlabel("class")
-    ax.set_ylabel("share of samples (coalescence) / accuracy (TDGAN)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=.3, axis="y")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.6 * len(panels)), squeeze=False)
+    for ax, (title, ylabel, bars) in zip(axes[:, 0], panels):
+        k = max(len(v) for v in bars.values())
+        width = 0.8 / len(bars)
+        for i, (name, v) in enumerate(bars.items()):
+            ax.bar([c + i * width for c in range(len(v))], v, width, label=name)
+        ax.set_xticks([c + 0.4 - width / 2 for c in range(k)], [str(c) for c in range(k)])
+        ax.set_xlabel("class")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=.3, axis="y")
     _save(plt, fig, path)
     return True
 
 
-def save_samples(name: str, x: torch.Tensor, path: Path) -> None:
+def save_samples(x: torch.Tensor, path: Path) -> None:
+    """A sample grid at least :data:`SAMPLE_GRID_PX` pixels wide (nearest-neighbour upscaling)."""
     plt = _plt()
     img = _grid_image(x.cpu())
     plt.imsave(path, img.numpy(), cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1)
 
 
-def save_grid(res: dict[str, Any], path: Path) -> None:
+def save_grid(res: GridResult, path: Path) -> None:
     plt = _plt()
-    panels = [(f"node input {i}", h) for i, h in enumerate(res["inputs"])]
-    panels.append((res["aggregator"], res["barycenter"]))
-    if "reference" in res:
-        panels.append(("reference", res["reference"]))
+    panels = [(f"node input {i}", h) for i, h in enumerate(res.inputs)]
+    panels.append((res.aggregator, res.barycenter))
+    if res.reference is not None:
+        panels.append(("reference", res.reference))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5))
     for ax, (title, h) in zip(axes, panels):
         ax.imshow(h, cmap="magma")
@@ -166,95 +298,136 @@ def save_grid(res: dict[str, Any], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def write_outputs(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]],
-                  samples: dict[str, torch.Tensor], grid: dict[str, Any] | None, plots: bool = True,
-                  sample_grids: bool = True) -> dict[str, Any]:
-    """Write PNGs, ``summary.json`` and ``report.md``; returns ``summary`` with the file list."""
+def _samples(s: RunSummary) -> dict[str, torch.Tensor]:
+    out = {}
+    if s.coalescence is not None:
+        out.update({n: m.samples for n, m in s.coalescence.methods.items() if m.samples is not None})
+    if s.tdgan is not None and s.tdgan.samples is not None:
+        out["tdgan"] = s.tdgan.samples
+    return {k: v for k, v in out.items() if v.dim() == 4}
+
+
+def write_outputs(out_dir: str | Path, s: RunSummary, rows: list[dict[str, Any]], outputs: OutputsSpec) -> None:
+    """Write the PNGs, the final generators (``outputs.models``), ``summary.json`` and ``report.md``;
+    ``s.files`` lists them."""
     out = Path(out_dir)
     files: dict[str, str] = {}
-    if plots:
-        for name, fn in (("fid", lambda p: plot_fid(rows, p)), ("nodes_online", lambda p: plot_online(rows, p)),
-                         ("class_coverage", lambda p: plot_coverage(summary, p))):
+    if outputs.plots:
+        nodes = s.scenario_config["nodes"]
+        ids = [f"{nodes['id_prefix']}{i}" for i in range(nodes["count"])]
+        for name, fn in (("fid", lambda p: plot_fid(s, p)), ("nodes_online", lambda p: plot_online(rows, ids, p)),
+                         ("class_coverage", lambda p: plot_coverage(s, p))):
             if fn(out / f"{name}.png"):
                 files[name] = f"{name}.png"
-        if grid is not None:
-            save_grid(grid, out / "grid_barycenter.png")
+        if s.grid is not None:
+            save_grid(s.grid, out / "grid_barycenter.png")
             files["grid_barycenter"] = "grid_barycenter.png"
-    if sample_grids:
-        for name, x in samples.items():
-            if x.dim() == 4:
-                save_samples(name, x, out / f"samples_{name}.png")
-                files[f"samples_{name}"] = f"samples_{name}.png"
-    summary["files"] = {"metrics": "metrics.jsonl", "summary": "summary.json", "report": "report.md", **files}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
-    (out / "report.md").write_text(render_report(summary))
-    return summary
+    if outputs.sample_grids:
+        for name, x in _samples(s).items():
+            save_samples(x, out / f"samples_{name}.png")
+            files[f"samples_{name}"] = f"samples_{name}.png"
+    if outputs.models and s.coalescence is not None:
+        for name, m in s.coalescence.methods.items():
+            if m.generator is not None:
+                save_checkpoint(out / "models" / f"{name}.pt", m.generator)
+                files[f"model_{name}"] = f"models/{name}.pt"
+    s.files = {"metrics": "metrics.jsonl", "summary": "summary.json", "report": "report.md", **files}
+    (out / "summary.json").write_text(json.dumps(summary_json(s), indent=2, default=_jsonable))
+    (out / "report.md").write_text(render_report(s))
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+# ---------------------------------------------------------------------- report.md
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
 
 
-def render_report(s: dict[str, Any]) -> str:
+def winners(methods: dict[str, GeneratorScore]) -> str:
+    """One sentence naming the best method on each metric of :data:`METRICS` (lower FID / TV,
+    higher target share), metrics with the same winner grouped."""
+    by_winner: dict[str, list[str]] = {}
+    for key, label, lower in METRICS:
+        vals = {n: getattr(s, key) for n, s in methods.items() if getattr(s, key) is not None}
+        if vals:
+            best = (min if lower else max)(vals, key=vals.get)
+            by_winner.setdefault(best, []).append(f"{label} ({vals[best]:.3g})")
+    parts = [f"{name} won on {' and '.join(ms)}" for name, ms in by_winner.items()]
+    return ("Of the Stage II methods, " + "; ".join(parts) + ".") if parts else ""
+
+
+def _score_cells(sc: GeneratorScore) -> str:
+    return (f"{sc.fid_whole:.1f} | {_fmt(sc.fid_target)} | {sc.class_tv:.3f} | {_fmt(sc.target_share, '.3f')} | "
+            f"{sc.classes_covered:.2f}")
+
+
+def _coalescence_md(co: CoalescenceResult) -> list[str]:
+    lines = ["## Coalescence (seed 000)", "",
+             f"Sources uploaded: {', '.join(co.uploaded)}"
+             + (f"; left before uploading: {', '.join(co.left)}" if co.left else "") + ".", ""]
+    st = co.stage1
+    if st.score is None:
+        return lines + [f"Stage I ({st.aggregator}, {st.seconds:.1f} s): BW2-UVP {st.bw2_uvp:.2f} % against the "
+                        "exact Gaussian barycenter; sources alone: "
+                        + ", ".join(f"{k} {v:.1f} %" for k, v in co.sources.items()), ""]
+    lines += [f"Target: {co.target_samples} samples of classes {co.target_classes}. Stage I ({st.aggregator}, "
+              f"{st.seconds:.1f} s); sources alone, feature-FID vs whole data set: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in co.sources.items()) + ".", "",
+              "Metrics (the coalescence benchmark's): feature-FID against the whole data set (seed 000's rule) and "
+              "against the target's classes, total-variation distance between the generated class histogram and "
+              "the population's, share of samples in the target's classes; classes covered = fraction of classes "
+              "holding at least half a uniform share.", "",
+              "| method | feature-FID whole | feature-FID target | class TV | target share | classes covered | seconds |",
+              "| --- | --- | --- | --- | --- | --- | --- |",
+              f"| stage I ({st.aggregator}) | {_score_cells(st.score)} | {st.seconds:.1f} |"]
+    lines += [f"| {name} | {_score_cells(m.final)} | {m.seconds:.1f} |" for name, m in co.methods.items()]
+    sentence = winners({n: m.final for n, m in co.methods.items()})
+    return lines + ["", sentence, ""] if sentence else lines + [""]
+
+
+def _tdgan_md(td: TDGANResult) -> list[str]:
+    t = td.totals
+    lines = ["## TDGAN (seed 003)", "",
+             f"{td.generator_steps} generator steps over {td.ticks} schedule steps "
+             f"(mean {td.mean_online:.1f} nodes online, {td.seen} nodes seen), "
+             f"{td.activations} node activations, {td.wall_seconds:.1f} s.",
+             f"Feedback accepted {t['accepted']}, rejected {t['rejected']}, membership changes "
+             f"{t['membership_changes']}."]
+    f = td.final
+    if f is not None:
+        lines.append(f"Final feature-FID {f.fid_target:.1f} against the classes seen ({f.fid_whole:.1f} against "
+                     f"the whole data set), class-histogram TV {f.class_tv:.3f}, class accuracy "
+                     f"{_fmt(f.class_acc, '.3f')}.")
+    return lines + [""]
+
+
+def _grid_md(g: GridResult) -> list[str]:
+    ref = (f"; KL {g.kl_to_reference:.4f}, L1 {g.l1_to_reference:.3f} against {g.compare_to} "
+           f"({g.reference_ms:.0f} ms)" if g.kl_to_reference is not None else "")
+    return ["## Grid barycenter (seed 002)", "",
+            f"{g.aggregator} over {len(g.nodes)} node densities in {g.ms:.1f} ms{ref}.", ""]
+
+
+def render_report(s: RunSummary) -> str:
     """``report.md``: what ran, the numbers, and the plots."""
-    f = s.get("files", {})
-    lines = [f"# Simulation report: {s['scenario']}", "",
-             f"{s.get('description', '')}", "",
-             f"- pipelines: {', '.join(s['pipelines'])}; aggregator: {s['aggregator']}; seed {s['seed']}",
-             f"- engine: {s['engine']['backend']} with {s['engine']['workers']} worker(s), device {s['engine']['device']}",
-             f"- wall time: {s['wall_seconds']:.1f} s", ""]
-    co = s.get("coalescence")
-    if co:
-        lines += ["## Coalescence (seed 000)", "",
-                  f"Sources uploaded: {', '.join(co['uploaded'])}"
-                  + (f"; left before uploading: {', '.join(co['left'])}" if co.get("left") else ""), ""]
-        st = co["stage1"]
-        if "fid" in st:
-            lines += [f"Stage I ({st['aggregator']}, {st['seconds']:.1f} s): barycenter feature-FID {st['fid']:.1f}, "
-                      f"class coverage {st['coverage']:.2f}. Sources alone: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in co.get("sources_fid", {}).items()), ""]
-        else:
-            lines += [f"Stage I ({st['aggregator']}, {st['seconds']:.1f} s): BW2-UVP {st['bw2_uvp']:.2f} % against "
-                      "the exact Gaussian barycenter; sources alone: "
-                      + ", ".join(f"{k} {v:.1f} %" for k, v in co.get("sources_bw2_uvp", {}).items()), ""]
-        if co.get("methods"):
-            lines += ["| method | final feature-FID | class coverage | source-only share | seconds |",
-                      "| --- | --- | --- | --- | --- |"]
-            for name, m in co["methods"].items():
-                lines.append(f"| {name} | {m['final_fid']:.1f} | {m['coverage']:.2f} | {m['source_only_share']:.2f} "
-                             f"| {m['seconds']:.1f} |")
-            lines.append("")
-    td = s.get("tdgan")
-    if td:
-        lines += ["## TDGAN (seed 003)", "",
-                  f"{td['generator_steps']} generator steps over {td['ticks']} schedule steps "
-                  f"(mean {td['mean_online']:.1f} nodes online, {td['seen']} nodes seen), "
-                  f"{td['activations']} node activations, {td['wall_seconds']:.1f} s.",
-                  f"Feedback accepted {td['totals']['accepted']}, rejected {td['totals']['rejected']}, "
-                  f"membership changes {td['totals']['membership_changes']}."]
-        if td.get("final_fid"):
-            lines.append(f"Final feature-FID {td['final_fid']['tdgan']:.1f}, class accuracy "
-                         f"{_fmt(td.get('class_acc'))}.")
-        lines.append("")
-    gr = s.get("grid")
-    if gr:
-        lines += ["## Grid barycenter (seed 002)", "",
-                  f"{gr['aggregator']} over {len(gr['nodes'])} node densities in {gr['ms']:.1f} ms"
-                  + (f"; KL {gr['kl_to_reference']:.4f}, L1 {gr['l1_to_reference']:.3f} against "
-                     f"{s.get('grid_reference', 'the reference')} ({gr['reference_ms']:.0f} ms)"
-                     if "kl_to_reference" in gr else "") + ".", ""]
-    if s.get("final_fid"):
-        lines += ["## Final feature-FID per method", "", "| method | feature-FID |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in s["final_fid"].items()] + [""]
+    e = s.engine
+    lines = [f"# Simulation report: {s.scenario}", "", s.description, "",
+             f"- pipelines: {', '.join(s.pipelines)}"
+             + (f"; aggregator: {s.aggregator}" if s.aggregator else "") + f"; seed {s.seed}",
+             f"- engine: {e.backend} with {e.workers} worker(s), device {e.device}",
+             f"- wall time: {s.wall_seconds:.1f} s", ""]
+    if s.coalescence is not None:
+        lines += _coalescence_md(s.coalescence)
+    if s.tdgan is not None:
+        lines += _tdgan_md(s.tdgan)
+    if s.grid is not None:
+        lines += _grid_md(s.grid)
+    f = s.files
     lines += ["## Plots", ""]
     for key, title in (("fid", "Feature-FID over iterations"), ("nodes_online", "Nodes online"),
-                       ("class_coverage", "Class coverage"), ("grid_barycenter", "Grid barycenter")):
+                       ("class_coverage", "Class share and class accuracy"), ("grid_barycenter", "Grid barycenter")):
         if key in f:
             lines += [f"### {title}", "", f"![{title}]({f[key]})", ""]
     sample_keys = [k for k in f if k.startswith("samples_")]
     if sample_keys:
-        lines += ["### Samples", ""] + [f"{k[8:]}: ![{k}]({f[k]})" for k in sample_keys] + [""]
+        lines += ["### Samples", ""] + [f"{k[8:]}:\n\n![{k}]({f[k]})\n" for k in sample_keys]
     lines += ["Rows of every event are in `metrics.jsonl`; numbers above are from `summary.json`.", ""]
     return "\n".join(lines)

@@ -6,15 +6,18 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from edgegan.device import resolve_device
 from edgegan.monitor.metrics import Metrics, start_metrics_server
+from edgegan.sim.coalescence import run_coalescence
+from edgegan.sim.context import RunContext
 from edgegan.sim.engine import Progress, make_pool
-from edgegan.sim.report import RunRecorder, write_outputs
+from edgegan.sim.grid import run_grid
+from edgegan.sim.report import EngineInfo, RunRecorder, RunSummary, write_outputs
 from edgegan.sim.scenario import Scenario
+from edgegan.sim.tdgan import run_tdgan
 
 log = logging.getLogger("edgegan.sim")
 
@@ -24,14 +27,11 @@ def _no_progress(phase: str, done: int, total: int, text: str) -> None:
 
 
 def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None, metrics: Metrics | None = None,
-             metrics_port: int = 0, evaluate: bool = True) -> dict[str, Any]:
+             metrics_port: int = 0, evaluate: bool = True) -> RunSummary:
     """Run every pipeline of ``sc`` on the engine ``sc.engine`` describes; write the run folder.
 
-    ``metrics_port`` > 0 serves Prometheus ``/metrics`` while the run lasts. Returns the summary.
+    ``metrics_port`` > 0 serves Prometheus ``/metrics`` while the run lasts.
     """
-    from edgegan.sim import pipelines
-
-    progress = progress or _no_progress
     metrics = metrics or Metrics()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,35 +49,25 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
                      sc.engine.ray_address, str(device) if sc.engine.backend == "inproc" else "cpu")
     torch.set_num_threads(1)
     rec = RunRecorder(out)
-    summary: dict[str, Any] = {
-        "scenario": sc.name, "description": sc.description, "seed": sc.seed, "pipelines": sc.pipelines,
-        "aggregator": sc.aggregator, "source": sc.source,
-        "engine": {"backend": pool.backend, "workers": pool.size, "device": str(device),
-                   "resident_nodes": sc.engine.resident_nodes, "num_gpus_per_worker": num_gpus},
-        "final_fid": {}}
-    samples: dict[str, torch.Tensor] = {}
-    grid = None
+    uses_aggregator = any(p in ("coalescence", "grid") for p in sc.pipelines)
+    summary = RunSummary(sc.name, sc.description, sc.seed, sc.pipelines, sc.aggregator if uses_aggregator else None,
+                         sc.source, EngineInfo(pool.backend, pool.size, str(device), sc.engine.resident_nodes, num_gpus),
+                         dataclasses.asdict(sc))
+    ctx = RunContext(sc, pool, rec, progress or _no_progress, device, metrics, out, evaluate)
     try:
         for p in sc.pipelines:
-            progress(p, 0, 1, "starting")
+            ctx.progress(p, 0, 1, "starting")
             if p == "coalescence":
-                r = pipelines.run_coalescence(sc, pool, rec, progress, device, metrics)
+                summary.coalescence = run_coalescence(ctx)
             elif p == "tdgan":
-                r = pipelines.run_tdgan(sc, pool, rec, progress, device, metrics, out, evaluate)
+                summary.tdgan = run_tdgan(ctx)
             else:
-                r = pipelines.run_grid(sc, pool, rec, progress)
-                grid = r
-                summary["grid_reference"] = sc.grid.compare_to
-                r = {k: v for k, v in r.items() if k not in ("barycenter", "inputs", "reference")}
-            for name, x in r.pop("samples", {}).items():
-                samples[name] = x
-            summary["final_fid"].update(r.get("final_fid", {}))
-            summary[p] = r
-        summary["engine"]["workers_stats"] = pool.stats()
+                summary.grid = run_grid(ctx)
+        summary.engine.workers_stats = pool.stats()
     finally:
         pool.shutdown()
         rec.close()
         torch.set_num_threads(threads)
-    summary["wall_seconds"] = time.perf_counter() - t0
-    summary["scenario_config"] = dataclasses.asdict(sc)
-    return write_outputs(out, summary, rec.rows, samples, grid, sc.outputs.plots, sc.outputs.sample_grids)
+    summary.wall_seconds = time.perf_counter() - t0
+    write_outputs(out, summary, rec.rows, sc.outputs)
+    return summary
