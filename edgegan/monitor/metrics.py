@@ -19,7 +19,7 @@ per-node values: label sets are small and fixed (``reason``, ``kind``, ``directi
 | edgegan_checkpoints_total | counter | checkpoints written |
 | edgegan_server_round | gauge | current Flower server round (edgegan.flower) |
 | edgegan_round_nodes{outcome} | gauge | nodes sampled / replied / failed in the last training round |
-| edgegan_aggregation_seconds | histogram | wall time of one Stage I aggregation (Flower strategy) |
+| edgegan_aggregation_seconds | histogram | wall time of one Stage I aggregation (cloud, simulator, Flower) |
 """
 
 from __future__ import annotations

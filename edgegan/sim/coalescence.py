@@ -212,6 +212,7 @@ def _stage1(ctx: RunContext, up: _Uploads) -> tuple[AggregateResult, float]:
     bary = aggregate(sc.aggregator, up.generators, up.critics, [eta_all[k] for k in up.order],
                      sc.training.stage1_steps, wgan=sc.training.settings(), win=sc.training.win, nwb=sc.training.nwb)
     seconds = time.perf_counter() - t0
+    ctx.metrics.aggregation_seconds.observe(seconds)
     ctx.progress("stage I", 1, 1, f"{sc.aggregator} {seconds:.0f} s")
     return bary, seconds
 
