@@ -94,18 +94,24 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
     return obj
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read a YAML file into dataclass ``cls``."""
+def read_yaml(path: str | Path, field: str = "config") -> Any:
+    """The parsed content of YAML file ``path`` (``{}`` for an empty file); a missing file or bad
+    YAML is a one-line error naming ``field``."""
     p = Path(path)
     if not p.is_file():
-        raise EdgeganError("config", f"file '{p}' not found", "give an existing YAML path")
+        raise EdgeganError(field, f"file '{p}' not found", "give an existing YAML path")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise EdgeganError("config", f"'{p}' is not valid YAML"
+        raise EdgeganError(field, f"'{p}' is not valid YAML"
                            + (f" (line {line + 1})" if line is not None else "")) from None
-    return from_dict(cls, data)
+    return {} if data is None else data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls``."""
+    return from_dict(cls, read_yaml(path))
 
 
 def to_dict(obj: Any) -> dict:

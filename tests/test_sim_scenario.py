@@ -111,3 +111,35 @@ def test_trace_and_windows(tmp_path):
                                                        {"node": "node0", "join": 4, "leave": 8}]}})
     with pytest.raises(EdgeganError, match="^schedule.windows: windows of node 'node0' overlap"):
         build_availability(bad.schedule, bad.nodes.ids, 10, 0)
+
+
+def test_empty_scenario_file_says_so_and_every_key_is_optional(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert main(["simulate", "--scenario", str(empty), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (f"edgegan: error: scenario: '{empty}' is empty; every key has a "
+                                               "default, but give at least a name; see `edgegan scenarios --show "
+                                               "quickstart`")
+    named = tmp_path / "named.yaml"
+    named.write_text("name: mine\n")
+    sc = load_scenario(str(named))  # every other key takes its default and the result validates
+    assert sc.name == "mine" and sc.pipelines == ["coalescence"] and sc.data.classes
+    for pipeline in ("tdgan", "grid"):
+        named.write_text(f"name: mine\npipeline: {pipeline}\n" + ("aggregator: grid-dcnn\n" if pipeline == "grid" else ""))
+        assert load_scenario(str(named)).pipelines == [pipeline]
+
+
+def test_schema_lists_come_from_the_registries():
+    from edgegan.barycenter.grid import AGGREGATORS
+    from edgegan.data.registry import DATASETS
+    from edgegan.nn.factory import ARCHS
+
+    with pytest.raises(EdgeganError) as e:
+        scenario_from_dict({"data": {"dataset": "svhn"}})
+    assert all(d in str(e.value) for d in DATASETS)
+    with pytest.raises(EdgeganError) as e:
+        scenario_from_dict({"training": {"arch": "resnet"}})
+    assert str(e.value).startswith("training.arch") and all(a in str(e.value) for a in ARCHS)
+    with pytest.raises(EdgeganError, match="^grid.compare_to") as e:
+        scenario_from_dict({"grid": {"compare_to": "grid-magic"}})
+    assert all(a in str(e.value) for a in AGGREGATORS)

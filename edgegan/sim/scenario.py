@@ -19,18 +19,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
-
+from edgegan.barycenter.grid import AGGREGATORS as GRID_AGGREGATORS
 from edgegan.barycenter.nwb import NWBConfig
 from edgegan.barycenter.win import WINConfig
-from edgegan.config import check_fields, from_dict
+from edgegan.config import check_fields, from_dict, read_yaml
+from edgegan.data.registry import DATASETS as IMAGE_DATASETS
 from edgegan.errors import EdgeganError, require
 from edgegan.gan.train import WGANConfig
+from edgegan.nn.factory import ARCHS
 from edgegan.tdgan.config import TDGANConfig
 
 PIPELINES = ("coalescence", "tdgan", "grid")
-IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
-GRID_AGGREGATORS = ("grid-dcnn", "grid-sinkhorn")
 
 
 @dataclass
@@ -38,11 +37,11 @@ class DataSpec:
     """What data the nodes hold and how it is split."""
 
     dataset: str = field(default="digits", metadata={
-        "unit": "digits, mnist, fashion-mnist, cifar10, cifar100 (images) or gaussian (vectors)"})
+        "unit": ", ".join(IMAGE_DATASETS) + " (images) or gaussian (vectors)"})
     data_root: Optional[str] = field(default=None, metadata={"unit": "folder of torchvision-format files"})
     partition: Literal["classes", "dirichlet", "iid"] = field(default="classes", metadata={
         "unit": "classes: node k holds classes[k mod len]; dirichlet: class proportions ~ Dir(alpha); iid"})
-    classes: list[list[int]] = field(default_factory=list, metadata={
+    classes: list[list[int]] = field(default_factory=lambda: [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]], metadata={
         "unit": "class lists per node (cycled when shorter than nodes.count)"})
     disjoint: bool = field(default=True, metadata={
         "unit": "a sample goes to at most one node (false: nodes listing a class share its samples)"})
@@ -58,12 +57,12 @@ class DataSpec:
                 "choose one of " + ", ".join(IMAGE_DATASETS + ("gaussian",)))
         for i, cl in enumerate(self.classes):
             require(len(cl) > 0, f"{prefix}.classes[{i}]", "is empty", "give every node at least one class")
-        require(self.alpha > 0, f"{prefix}.alpha", f"must be > 0, got {self.alpha}")
-        require(self.samples_per_node is None or self.samples_per_node >= 1, f"{prefix}.samples_per_node",
-                f"must be >= 1, got {self.samples_per_node}")
-        require(self.dim >= 1, f"{prefix}.dim", f"must be >= 1, got {self.dim}")
-        require(self.gaussian_samples >= 2, f"{prefix}.gaussian_samples", f"must be >= 2, got {self.gaussian_samples}")
-        require(self.grid_size >= 8, f"{prefix}.grid_size", f"must be >= 8, got {self.grid_size}")
+        check_fields(self, prefix, ("alpha",), 0, strict_low=True)
+        if self.samples_per_node is not None:
+            check_fields(self, prefix, ("samples_per_node",), 1)
+        check_fields(self, prefix, ("dim",), 1)
+        check_fields(self, prefix, ("gaussian_samples",), 2)
+        check_fields(self, prefix, ("grid_size",), 8)
 
 
 @dataclass
@@ -75,8 +74,8 @@ class ResourceSpec:
         "unit": "GPU share per actor, e.g. 0.25 = four actors per GPU; ignored (CPU) when CUDA is absent"})
 
     def validate(self, prefix: str = "nodes.resources") -> None:
-        require(self.num_cpus > 0, f"{prefix}.num_cpus", f"must be > 0, got {self.num_cpus}")
-        require(self.num_gpus >= 0, f"{prefix}.num_gpus", f"must be >= 0, got {self.num_gpus}")
+        check_fields(self, prefix, ("num_cpus",), 0, strict_low=True)
+        check_fields(self, prefix, ("num_gpus",), 0)
 
 
 @dataclass
@@ -90,7 +89,7 @@ class NodesSpec:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
 
     def validate(self, prefix: str = "nodes") -> None:
-        require(self.count >= 1, f"{prefix}.count", f"must be >= 1, got {self.count}")
+        check_fields(self, prefix, ("count",), 1)
         require(bool(self.id_prefix), f"{prefix}.id_prefix", "is empty")
         require(len(self.eta) in (0, 1, self.count), f"{prefix}.eta",
                 f"{len(self.eta)} radii for {self.count} nodes", "give none, one, or one per node")
@@ -126,8 +125,7 @@ class ChurnSpec:
         "unit": "probability a node starts online (null: the stationary mean_up / (mean_up + mean_down))"})
 
     def validate(self, prefix: str = "schedule.churn") -> None:
-        require(self.mean_up > 0, f"{prefix}.mean_up", f"must be > 0, got {self.mean_up}")
-        require(self.mean_down > 0, f"{prefix}.mean_down", f"must be > 0, got {self.mean_down}")
+        check_fields(self, prefix, ("mean_up", "mean_down"), 0, strict_low=True)
         p = self.initial_online
         require(p is None or 0 <= p <= 1, f"{prefix}.initial_online", f"must be in [0, 1], got {p}")
 
@@ -158,7 +156,8 @@ class ScheduleSpec:
     crashes: list[CrashSpec] = field(default_factory=list)
 
     def validate(self, prefix: str = "schedule") -> None:
-        require(self.steps is None or self.steps >= 1, f"{prefix}.steps", f"must be >= 1, got {self.steps}")
+        if self.steps is not None:
+            check_fields(self, prefix, ("steps",), 1)
         if self.kind == "trace":
             require(bool(self.trace), f"{prefix}.trace", "kind trace needs a CSV path", "set schedule.trace")
         for i, w in enumerate(self.windows):
@@ -175,7 +174,7 @@ class TrainingSpec(WGANConfig):
     """The run's :class:`~edgegan.gan.WGANConfig` (lr, betas, critic steps, batch, the one
     ``latent_dim``) plus architecture and budgets; ``tdgan`` holds TDGAN's own settings."""
 
-    arch: str = field(default="mlp", metadata={"unit": "mlp or dcgan"})
+    arch: str = field(default="mlp", metadata={"unit": " or ".join(ARCHS)})
     generator_width: int = field(default=128, metadata={"unit": "hidden size / base channels of G_k"})
     critic_width: int = field(default=64, metadata={"unit": "hidden size / base channels of D_k"})
     pretrain_steps: int = field(default=300, metadata={"unit": "WGAN-GP iterations per source node"})
@@ -187,8 +186,8 @@ class TrainingSpec(WGANConfig):
     tdgan: TDGANConfig = field(default_factory=TDGANConfig)
 
     def validate(self, prefix: str = "training") -> None:
-        require(self.arch in ("mlp", "dcgan"), f"{prefix}.arch", f"unknown architecture {self.arch!r}",
-                "choose mlp or dcgan")
+        require(self.arch in ARCHS, f"{prefix}.arch", f"unknown architecture {self.arch!r}",
+                "choose " + " or ".join(ARCHS))
         super().validate(prefix)
         check_fields(self, prefix, ("generator_width", "critic_width", "pretrain_steps", "stage1_steps",
                                     "adapt_steps", "steps"), 1)
@@ -207,7 +206,7 @@ class TargetSpec:
     def validate(self, prefix: str = "target") -> None:
         from edgegan.baselines.coalescence import METHODS
 
-        require(self.samples >= 1, f"{prefix}.samples", f"must be >= 1, got {self.samples}")
+        check_fields(self, prefix, ("samples",), 1)
         for i, m in enumerate(self.methods):
             require(m in METHODS, f"{prefix}.methods[{i}]", f"unknown method {m!r}", "choose from " + ", ".join(METHODS))
 
@@ -226,7 +225,7 @@ class GridSpec:
         "unit": "reference aggregator for KL / L1 (null: none)"})
 
     def validate(self, prefix: str = "grid") -> None:
-        require(self.reg > 0, f"{prefix}.reg", f"must be > 0, got {self.reg}")
+        check_fields(self, prefix, ("reg",), 0, strict_low=True)
         require(self.compare_to is None or self.compare_to in GRID_AGGREGATORS, f"{prefix}.compare_to",
                 f"unknown aggregator {self.compare_to!r}", "choose " + " or ".join(GRID_AGGREGATORS))
 
@@ -240,8 +239,7 @@ class EvaluationSpec:
     samples_per_class: int = field(default=100, metadata={"unit": "conditional samples per class (TDGAN)"})
 
     def validate(self, prefix: str = "evaluation") -> None:
-        for name in ("every", "samples", "samples_per_class"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        check_fields(self, prefix, ("every", "samples", "samples_per_class"), 1)
 
 
 @dataclass
@@ -267,9 +265,9 @@ class EngineSpec:
         "unit": "join this Ray cluster (auto, ray://host:port); null: start a local Ray sized to the machine"})
 
     def validate(self, prefix: str = "engine") -> None:
-        require(self.workers >= 0, f"{prefix}.workers", f"must be >= 0, got {self.workers}")
-        require(self.resident_nodes >= 1, f"{prefix}.resident_nodes", f"must be >= 1, got {self.resident_nodes}")
-        require(self.feedback_timeout_s > 0, f"{prefix}.feedback_timeout_s", "must be > 0")
+        check_fields(self, prefix, ("workers",), 0)
+        check_fields(self, prefix, ("resident_nodes",), 1)
+        check_fields(self, prefix, ("feedback_timeout_s",), 0, strict_low=True)
 
 
 @dataclass
@@ -375,10 +373,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         path = Path(key)
         require(path.is_file(), "scenario", f"'{key}' is neither a built-in scenario nor a file",
                 "built-ins: " + ", ".join(known))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise EdgeganError("scenario", f"'{path}' is not valid YAML"
-                           + (f" (line {line + 1})" if line is not None else "")) from None
+    data = read_yaml(path, "scenario")
+    require(data != {}, "scenario", f"'{path}' is empty",
+            "every key has a default, but give at least a name; see `edgegan scenarios --show quickstart`")
     return scenario_from_dict(data, str(path))
