@@ -1,271 +1,376 @@
-"""Two-stage adaptive coalescence on digits vs the seed 000 §5 baselines (issue 4).
+"""Two-stage adaptive coalescence on digits vs the seed 000 §5 baselines, in seed 000's two cases.
 
-3 source nodes hold overlapping class subsets; a target node holds a few samples (20 by default)
-of 3 classes. Each source pre-trains a WGAN-GP; Stage I coalesces the uploads into a barycenter
-(Alg. 1); then every method trains at the target with the same number of generator iterations
-(Edge-Only also gets 10× more) and is scored by feature-FID against the whole data set, class
-coverage and the share of samples in the classes only the sources hold.
+* ``overlapping``: sources hold {0,1,2,3}, {3,4,5,6}, {6,7,8,9}; the target node holds classes
+  {2,5,8}, each also held by a source.
+* ``non_overlapping``: sources hold {0,1,2}, {2,3,4}, {4,5,6}; the target's {7,8,9} are held by none.
 
-    .venv/bin/python benchmarks/coalescence.py [--quick] --json benchmarks/results/coalescence.json
+For each case, seed and target size (10 and 100 local samples; the 10 are a subset of the 100 and
+the sources never see them) three sources pre-train a WGAN-GP, Stage I coalesces them (Alg. 1;
+its first recursion step is the barycenter of the first 2 sources, seed 000's "impact of the
+number of pre-trained models"), and every method trains at the target for the same number of
+generator iterations. Each checkpoint iteration is scored by the one evaluator
+(:class:`edgegan.eval.Evaluator`): feature-FID against the whole data set (seed 000 D.1's rule)
+and against the target's classes, the class-histogram TV distance to the population, and the
+target classes' share. An ablation in the overlapping case (smallest target) varies Stage II's
+replay weight (η₀), the Stage I steps and a one-critic replay batch share. Every number is a
+mean ± sd over the seeds, all from this one run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/coalescence.py --quick --json benchmarks/results/coalescence_quick.json
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, parser, print_table, write_json  # noqa: E402
 
-from edgegan.adapt.ternary import fp32_nbytes, pack_ternary, unpack_ternary  # noqa: E402
-from edgegan.barycenter.recursive import recursive_barycenter  # noqa: E402
+from edgegan.adapt.ternary import fp32_nbytes, pack_ternary  # noqa: E402
+from edgegan.barycenter.recursive import BarycenterResult, recursive_barycenter  # noqa: E402
 from edgegan.baselines.coalescence import (  # noqa: E402
-    METHODS, CoalescenceTask, compare_methods, digits_split, pretrain_sources)
-from edgegan.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+    METHODS, CoalescenceTask, barycentric_fa, compare_methods, digits_split, pretrain_sources)
+from edgegan.checkpoint import load_checkpoint, pack_model, save_checkpoint, unpack_model  # noqa: E402
 from edgegan.data import load_digits  # noqa: E402
 from edgegan.device import resolve_device  # noqa: E402
-from edgegan.eval import Evaluator, get_classifier  # noqa: E402
+from edgegan.eval import evaluator_for  # noqa: E402
 from edgegan.eval.classifier import cache_dir  # noqa: E402
 from edgegan.gan import WGANConfig  # noqa: E402
-from edgegan.nn import build_from_spec, model_spec  # noqa: E402
+from edgegan.nn import model_spec  # noqa: E402
 
-SOURCE_CLASSES = [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
-TARGET_CLASSES = [2, 5, 8]
-ITERATIONS = [0, 100, 250, 500, 1000, 2000, 5000]
-# quick: equal budget 500 for all, Edge-Only continued to 5000 (the claim compares BFA@500 with EO@5000)
-SETTINGS = {
-    "full": {"pretrain_steps": 1500, "stage1_steps": 1000, "budget": 5000, "edge_only_steps": 5000},
-    "quick": {"pretrain_steps": 500, "stage1_steps": 300, "budget": 500, "edge_only_steps": 5000},
+CASES = {
+    "overlapping": {"sources": [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]], "target": [2, 5, 8]},
+    "non_overlapping": {"sources": [[0, 1, 2], [2, 3, 4], [4, 5, 6]], "target": [7, 8, 9]},
 }
-ETA_EXPERIMENT = {"favour_node0": [1.0, 4.0, 4.0], "favour_node2": [4.0, 4.0, 1.0]}
+TARGET_SAMPLES = [10, 100]
+SEEDS = [0, 1, 2]
+METRICS = ("fid_whole", "fid_target", "class_tv", "target_share")
+PRESETS = {
+    "full": {"pretrain_steps": 1000, "stage1_steps": 500, "budget": 1000,
+             "iterations": [0, 100, 250, 500, 1000]},
+    "quick": {"pretrain_steps": 200, "stage1_steps": 100, "budget": 100, "iterations": [0, 25, 50, 100]},
+}
+# ablation (overlapping case, smallest target): replay's share of Stage II's weight λ̃/(λ̃+λ) (0.5 =
+# paper's equal η₀), a one-critic replay batch share ρ, and Stage I at half its steps
+REPLAY_WEIGHTS = [0.25, 0.75]
+REPLAY_BATCH_SHARES = [0.5]
+EVAL_SAMPLES = 1000
 
 
-def cached_sources(sources, settings, cfg, seed, device, folder: Path):
+def cached_sources(xs: list[torch.Tensor], steps: int, cfg: WGANConfig, seed: int, device, folder: Path):
     """Pre-trained (G_k, D_k) per source node, cached by settings + data hash."""
-    h = hashlib.sha256(json.dumps([settings["pretrain_steps"], cfg.__dict__, seed]).encode())
-    for s in sources:
-        h.update(s.x.numpy().tobytes())
+    h = hashlib.sha256(json.dumps([steps, cfg.__dict__, seed]).encode())
+    for x in xs:
+        h.update(x.numpy().tobytes())
     path = folder / f"coalescence-sources-{h.hexdigest()[:16]}.pt"
     if path.is_file():
         ck = load_checkpoint(path)
-        models = [[build_from_spec(e["spec"]) for e in ck[k]] for k in ("generators", "critics")]
-        for kind, ms in zip(("generators", "critics"), models):
-            for m, e in zip(ms, ck[kind]):
-                m.load_state_dict(e["state_dict"])
-        return [m.to(device) for m in models[0]], [m.to(device) for m in models[1]], 0.0, True
+        return [unpack_model(m, device) for m in ck["generators"]], [unpack_model(m, device) for m in ck["critics"]]
+    gens, crits = pretrain_sources([x.to(device) for x in xs], steps=steps, cfg=cfg, seed=seed)
+    save_checkpoint(path, {"generators": [pack_model(g) for g in gens], "critics": [pack_model(c) for c in crits]})
+    return gens, crits
+
+
+def stage1(gens, crits, steps: int, cfg: WGANConfig, seed: int, device) -> tuple[BarycenterResult, BarycenterResult]:
+    """Stage I over all sources, and the barycenter of the first two (its first recursion step)."""
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = recursive_barycenter(gens, crits, [1.0] * len(gens), steps, cfg, checkpoint_dir=tmp)
+        ck = load_checkpoint(Path(tmp) / "stage_002.pt")
+    two = BarycenterResult(*(unpack_model(ck[k], device) for k in ("generator", "critic_prev", "critic_new")),
+                           full.order[:2], full.lambdas[:2], {"stages": ck["stages"]})
+    return full, two
+
+
+class Curves:
+    """Scores of one run at the checkpoint iterations: ``callback(stats, G)`` for the harness."""
+
+    def __init__(self, evaluator, classes: list[int], iterations: list[int]) -> None:
+        self.evaluator, self.classes, self.iterations = evaluator, classes, iterations
+        self.points: dict[int, dict[str, float]] = {}
+
+    def __call__(self, stats: dict[str, float], G) -> None:
+        if stats["step"] in self.iterations:
+            s = self.evaluator.score(G, self.classes, n=EVAL_SAMPLES)
+            self.points[int(stats["step"])] = {m: float(getattr(s, m)) for m in METRICS}
+
+    def lists(self) -> dict[str, list[float | None]]:
+        return {m: [self.points[i][m] if i in self.points else None for i in self.iterations] for m in METRICS}
+
+
+def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, device,
+             folder: Path) -> tuple[dict, tuple]:
+    """One (case, seed): pre-training, Stage I, every method at every target size; returns the
+    scores and (generators, critics, Stage I result) for the ablation."""
+    its, budget = st["iterations"], st["budget"]
+    sources, target = digits_split(data, case["sources"], case["target"], max(TARGET_SAMPLES), seed)
     t0 = time.perf_counter()
-    gens, crits = pretrain_sources([s.x.to(device) for s in sources], steps=settings["pretrain_steps"],
-                                   cfg=cfg, seed=seed)
-    sec = time.perf_counter() - t0
-    save_checkpoint(path, {k: [{"spec": model_spec(m), "state_dict": m.state_dict()} for m in ms]
-                           for k, ms in (("generators", gens), ("critics", crits))})
-    return gens, crits, sec, False
+    gens, crits = cached_sources([s.x for s in sources], st["pretrain_steps"], cfg, seed, device, folder)
+    t_pre = time.perf_counter() - t0
+    bary, bary2 = stage1(gens, crits, st["stage1_steps"], cfg, seed, device)
+    t_stage1 = time.perf_counter() - t0 - t_pre
+    whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
+    out: dict[str, Any] = {"seconds": {"pretrain": t_pre, "stage1": t_stage1}, "sizes": {}}
+    for n in TARGET_SAMPLES:
+        task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:n].to(device), whole)
+        curves = {m: Curves(evaluator, case["target"], its) for m in METHODS}
+        res = compare_methods(task, budget, METHODS, cfg, bary, lambda m: curves[m], every=1, seed=seed)
+        methods = {m: c.lists() for m, c in curves.items()}
+        methods["stage1"] = {k: [v[0]] + [None] * (len(its) - 1) for k, v in methods["barycentric_fa"].items()}
+        two = Curves(evaluator, case["target"], its)
+        torch.manual_seed(seed)
+        barycentric_fa(task, budget, bary2, cfg, two, 1)
+        out["sizes"][n] = {"methods": methods, "two_sources": two.lists(),
+                           "seconds": {m: r.seconds for m, r in res.items()}}
+        if n == min(TARGET_SAMPLES):
+            out["ternary"] = {"bytes": len(pack_ternary(res["ternary_fa"].generator)),
+                              "fp32_bytes": fp32_nbytes(res["ternary_fa"].generator)}
+    return out, (gens, crits, bary)
 
 
-def exclusive_share(share: list[float], classes: list[int]) -> float:
-    return float(sum(share[c] for c in classes))
+def run_ablation(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, device, models) -> dict:
+    """Overlapping case, smallest target: Stage II variants of barycentric FA from the same sources."""
+    gens, crits, bary = models
+    sources, target = digits_split(data, case["sources"], case["target"], max(TARGET_SAMPLES), seed)
+    whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
+    task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:min(TARGET_SAMPLES)].to(device),
+                           whole)
+    its, budget = st["iterations"], st["budget"]
+    variants: dict[str, tuple[BarycenterResult, dict]] = {}
+    for w in REPLAY_WEIGHTS:
+        variants[f"replay_weight_{w}"] = (bary, {"eta0": (1.0 / w, 1.0 / (1.0 - w))})
+    for rho in REPLAY_BATCH_SHARES:
+        variants[f"replay_batch_share_{rho}"] = (bary, {"replay_share": rho})
+    torch.manual_seed(seed)
+    half = recursive_barycenter(gens, crits, [1.0] * len(gens), max(1, st["stage1_steps"] // 2), cfg)
+    variants["stage1_steps_half"] = (half, {})
+    out = {}
+    for name, (b, kw) in variants.items():
+        c = Curves(evaluator, case["target"], its)
+        torch.manual_seed(seed)
+        barycentric_fa(task, budget, b, cfg, c, 1, **kw)
+        out[name] = c.lists()
+    return out
 
 
-def plot(out: Path, res: dict, grids: dict) -> list[str]:
-    """``<json stem>_curves.png`` (FID, source-only share, coverage) and ``<json stem>_samples.png``."""
+def mean_sd(values: list[list[float | None]]) -> tuple[list[float | None], list[float | None]]:
+    """Element-wise mean and sample sd over seeds (None where any seed lacks the point)."""
+    means, sds = [], []
+    for col in zip(*values):
+        if any(v is None for v in col):
+            means.append(None)
+            sds.append(None)
+        else:
+            means.append(statistics.fmean(col))
+            sds.append(statistics.stdev(col) if len(col) > 1 else 0.0)
+    return means, sds
+
+
+def aggregate(per_seed: list[dict[str, dict[str, list]]]) -> tuple[dict, dict]:
+    """{name: {metric: [per seed lists]}} → (means, sds) of the same shape."""
+    mean: dict[str, dict] = {}
+    sd: dict[str, dict] = {}
+    for name in per_seed[0]:
+        mean[name], sd[name] = {}, {}
+        for m in METRICS:
+            mean[name][m], sd[name][m] = mean_sd([r[name][m] for r in per_seed])
+    return mean, sd
+
+
+def paired(per_seed: list[dict], a: str, b: str, metric: str, ia: int, ib: int) -> dict[str, Any]:
+    """d = a − b per seed (a at iteration index ia, b at ib); verdict on mean(d) vs sd(d).
+
+    "lower" when mean(d) < −sd(d) (a below b on every reading of the seeds' noise), "higher" when
+    mean(d) > sd(d), otherwise "inconclusive"."""
+    d = [r[a][metric][ia] - r[b][metric][ib] for r in per_seed]
+    m, s = statistics.fmean(d), (statistics.stdev(d) if len(d) > 1 else 0.0)
+    verdict = "lower" if m < -s else "higher" if m > s else "inconclusive"
+    return {"mean_diff": m, "sd_diff": s, "a": statistics.fmean(r[a][metric][ia] for r in per_seed),
+            "b": statistics.fmean(r[b][metric][ib] for r in per_seed), "verdict": verdict}
+
+
+def claims_for(per_seed: list[dict], its: list[int]) -> dict[str, dict]:
+    """Seed 000's claims, judged on paired per-seed differences at the end of the budget."""
+    e = len(its) - 1
+
+    def claim(text: str, a: str, b: str, want: str, metric: str = "fid_whole", ia: int = e, ib: int = e) -> dict:
+        """``want``: the verdict that confirms the claim; "not higher" accepts "inconclusive" too."""
+        r = paired(per_seed, a, b, metric, ia, ib)
+        ok = r["verdict"] != "higher" if want == "not higher" else r["verdict"] == want
+        holds = "holds" if ok else "inconclusive" if r["verdict"] == "inconclusive" else "fails"
+        return {"claim": text, "result": holds, "metric": metric, **r}
+
+    return {
+        "bfa_beats_edge_only": claim("BFA < Edge-Only (FID whole)", "barycentric_fa", "edge_only", "lower"),
+        "bfa_beats_transfer": claim("BFA < Transferring GANs (FID whole)", "barycentric_fa", "transfer", "lower"),
+        "bfa_beats_ensemble": claim("BFA < Ensemble (FID whole)", "barycentric_fa", "ensemble", "lower"),
+        "bfa_beats_weight_average": claim("BFA < Weight-Average (FID whole)", "barycentric_fa", "weight_average",
+                                          "lower"),
+        "whole_data_is_lower_bound": claim("Whole Data < BFA (FID whole)", "whole_data", "barycentric_fa", "lower"),
+        "stage2_improves_stage1_whole": claim("BFA@end < Stage I (FID whole)", "barycentric_fa", "barycentric_fa",
+                                              "lower", ib=0),
+        "stage2_improves_stage1_target": claim("BFA@end < Stage I (FID target)", "barycentric_fa",
+                                               "barycentric_fa", "lower", "fid_target", ib=0),
+        "bfa_beats_transfer_target": claim("BFA < Transferring GANs (FID target)", "barycentric_fa", "transfer",
+                                           "lower", "fid_target"),
+        "bfa_beats_ensemble_target_share": claim("BFA > Ensemble (target share)", "barycentric_fa", "ensemble",
+                                                 "higher", "target_share"),
+        "ternary_not_worse_than_fp": claim("ternary FA not above full precision (FID whole; paper: negligible loss)",
+                                           "ternary_fa", "barycentric_fa", "not higher"),
+        "three_sources_beat_two": claim("BFA from 3 sources < from 2 (FID whole)", "barycentric_fa", "two_sources",
+                                        "lower"),
+    }
+
+
+def summarize(units: dict[str, dict[int, dict]], ablation: dict[int, dict], st: dict) -> dict:
+    its = st["iterations"]
+    cases = {}
+    for case, by_seed in units.items():
+        seeds = sorted(by_seed)
+        sizes = {}
+        for n in TARGET_SAMPLES:
+            per_seed = [{**by_seed[s]["sizes"][n]["methods"], "two_sources": by_seed[s]["sizes"][n]["two_sources"]}
+                        for s in seeds]
+            mean, sd = aggregate(per_seed)
+            two_m, two_sd = mean.pop("two_sources"), sd.pop("two_sources")
+            sizes[str(n)] = {"methods": mean, "sd": sd, "two_sources": {"mean": two_m, "sd": two_sd},
+                             "claims": claims_for(per_seed, its)}
+        first = sizes[str(min(TARGET_SAMPLES))]
+        cases[case] = {"iterations": its, "target_samples": min(TARGET_SAMPLES), "seeds": seeds,
+                       "source_classes": CASES[case]["sources"], "target_classes": CASES[case]["target"],
+                       "methods": first["methods"], "sd": first["sd"], "by_target_samples": sizes}
+    out: dict[str, Any] = {"cases": cases, "sd": {c: v["sd"] for c, v in cases.items()}}
+    if ablation:
+        seeds = sorted(ablation)
+        base = [{"paper (replay weight 0.5)": units["overlapping"][s]["sizes"][min(TARGET_SAMPLES)]["methods"][
+            "barycentric_fa"], **ablation[s]} for s in seeds]
+        mean, sd = aggregate(base)
+        out["ablation"] = {"case": "overlapping", "target_samples": min(TARGET_SAMPLES), "seeds": seeds,
+                           "iterations": its, "methods": mean, "sd": sd}
+    return out
+
+
+def fmt(m: float | None, s: float | None, digits: int = 1) -> str:
+    return "—" if m is None else f"{m:.{digits}f}±{s:.{digits}f}"
+
+
+def print_tables(summary: dict) -> None:
+    for case, c in summary["cases"].items():
+        e = len(c["iterations"]) - 1
+        for n, block in c["by_target_samples"].items():
+            rows = []
+            for name, m in block["methods"].items():
+                i = 0 if name == "stage1" else e
+                sd = block["sd"][name]
+                rows.append({"method": name, "iter": c["iterations"][i],
+                             "FID whole": fmt(m["fid_whole"][i], sd["fid_whole"][i]),
+                             "FID target": fmt(m["fid_target"][i], sd["fid_target"][i]),
+                             "class TV": fmt(m["class_tv"][i], sd["class_tv"][i], 2),
+                             "target share": fmt(m["target_share"][i], sd["target_share"][i], 2)})
+            t = block["two_sources"]
+            rows.append({"method": "bfa_2_sources", "iter": c["iterations"][e],
+                         "FID whole": fmt(t["mean"]["fid_whole"][e], t["sd"]["fid_whole"][e]),
+                         "FID target": fmt(t["mean"]["fid_target"][e], t["sd"]["fid_target"][e]),
+                         "class TV": fmt(t["mean"]["class_tv"][e], t["sd"]["class_tv"][e], 2),
+                         "target share": fmt(t["mean"]["target_share"][e], t["sd"]["target_share"][e], 2)})
+            print_table(rows, f"\n{case}, target {n} samples of {c['target_classes']} (mean±sd over seeds {c['seeds']})")
+            print_table([{"claim": v["claim"], "result": v["result"], "a": round(v["a"], 3), "b": round(v["b"], 3),
+                          "diff": fmt(v["mean_diff"], v["sd_diff"], 2)} for v in block["claims"].values()])
+    if "ablation" in summary:
+        a = summary["ablation"]
+        e = len(a["iterations"]) - 1
+        print_table([{"variant": k, **{f"{m}@{a['iterations'][e]}": fmt(v[m][e], a["sd"][k][m][e], 2)
+                                       for m in METRICS}} for k, v in a["methods"].items()],
+                    f"\nablation: overlapping, target {a['target_samples']} samples, barycentric FA")
+
+
+def plot(out: Path, summary: dict) -> str:
+    """``<json stem>_curves.png``: FID whole / FID target / class TV / target share per case (smallest target)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
 
-    its = res["iterations"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for name, m in res["methods"].items():
-        pts = [(i if i else 10, v) for i, v in zip(its, m["fid"]) if v is not None]
-        style = "--" if name == "ternary_fa" else "-"
-        axes[0].plot(*zip(*pts), style, marker="o", label=name)
-        pts = [(i if i else 10, v) for i, v in zip(its, m["source_only_share"]) if v is not None]
-        axes[1].plot(*zip(*pts), style, marker="o", label=name)
-        pts = [(i if i else 10, v) for i, v in zip(its, m["coverage"]) if v is not None]
-        axes[2].plot(*zip(*pts), style, marker="o", label=name)
-    for ax, title in zip(axes, ["feature-FID vs whole data (lower is better)",
-                                "share of samples in source-only classes", "class coverage"]):
-        ax.set_xscale("log")
-        ax.set_xlabel("generator iterations at the target (0 plotted at 10)")
-        ax.set_title(title)
-        ax.grid(alpha=.3)
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    curves = out.with_name(out.stem + "_curves.png")
+    cases = summary["cases"]
+    fig, axes = plt.subplots(len(cases), len(METRICS), figsize=(4.2 * len(METRICS), 3.6 * len(cases)), squeeze=False)
+    for row, (case, c) in enumerate(cases.items()):
+        its = c["iterations"]
+        for col, metric in enumerate(METRICS):
+            ax = axes[row][col]
+            for name, m in c["methods"].items():
+                pts = [(i, v, s) for i, v, s in zip(its, m[metric], c["sd"][name][metric]) if v is not None]
+                if pts:
+                    x, y, s = zip(*pts)
+                    ax.errorbar(x, y, yerr=s, marker="o" if name != "stage1" else "*", capsize=2, label=name,
+                                linestyle="--" if name == "ternary_fa" else "-")
+            if metric.startswith("fid"):
+                ax.set_yscale("log")
+            ax.set_title(f"{case}: {metric} ({c['target_samples']} target samples)", fontsize=9)
+            ax.set_xlabel("generator iterations at the target")
+            ax.grid(alpha=.3)
+    axes[0][0].legend(fontsize=7)
+    path = out.with_name(out.stem + "_curves.png")
     fig.tight_layout()
-    fig.savefig(curves, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(grids), figsize=(2.4 * len(grids), 2.8))
-    for ax, (name, x) in zip(axes, grids.items()):
-        x = (x[:64].cpu().clamp(-1, 1) + 1) / 2  # (64, C, H, W)
-        tile = make_grid(x, nrow=8, padding=1, pad_value=0.5)[0]
-        ax.imshow(tile.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    samples = out.with_name(out.stem + "_samples.png")
-    fig.tight_layout()
-    fig.savefig(samples, dpi=110)
-    plt.close(fig)
-    return [str(curves), str(samples)]
+    return str(path)
 
 
 def main() -> int:
-    p = parser("two-stage adaptive coalescence vs baselines on digits", "benchmarks/results/coalescence.json")
-    p.add_argument("--target-samples", type=int, default=20, help="samples at the target node")
+    p = parser("two-stage adaptive coalescence vs baselines on digits (seed 000's two cases)",
+                       "benchmarks/results/coalescence.json")
     p.add_argument("--cache-dir", default=None, help="where pre-trained sources are cached")
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds (>= 3 for mean ± sd)")
     args = p.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(1)
     device = resolve_device(args.device)
     mode = "quick" if args.quick else "full"
-    st = SETTINGS[mode]
+    st = PRESETS[mode]
     cfg = WGANConfig(lr=2e-4, beta2=0.9)  # same for every method; foundation's measured digits setting
     out_json = Path(args.json)
-    out_dir = out_json.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    folder = Path(args.cache_dir) if args.cache_dir else cache_dir() / "benchmarks"
     data = load_digits()
-    sources, target = digits_split(data, SOURCE_CLASSES, TARGET_CLASSES, args.target_samples, args.seed)
-    classifier = get_classifier(data).to(device)
-    evaluator = Evaluator(data, classifier)
-
-    def evaluate(G):
-        s = evaluator.score(G, TARGET_CLASSES)
-        return {"fid": s.fid_whole, "coverage": s.classes_covered, "source_only_share": 1.0 - s.target_share}
-
-    gens, crits, pre_sec, cached = cached_sources(
-        sources, st, cfg, args.seed, device, Path(args.cache_dir) if args.cache_dir else cache_dir() / "benchmarks")
-    pre = [evaluate(g) for g in gens]
-    print(f"[{mode}] sources pre-trained ({'cached' if cached else f'{pre_sec:.0f} s'}): feature-FID "
-          + ", ".join(f"{r['fid']:.1f}" for r in pre))
-    whole = torch.cat([s.x for s in sources] + [target.x])
-    task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x.to(device), whole.to(device))
-
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    bary = recursive_barycenter(task.generators, task.critics, task.eta, st["stage1_steps"], cfg)
-    stage1_sec = time.perf_counter() - t0
-    stage1 = evaluate(bary.generator)
-    print(f"stage I: {stage1_sec:.0f} s, barycenter feature-FID {stage1['fid']:.1f}, "
-          f"coverage {stage1['coverage']:.2f}")
-
-    its = [i for i in ITERATIONS if i <= max(st["budget"], st["edge_only_steps"])]
-    curves: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
-
-    def callback_for(name):
-        def cb(stats, G):
-            if stats["step"] in its:
-                curves[name][stats["step"]] = evaluate(G)
-        return cb
-
-    results = compare_methods(task, st["budget"], METHODS, cfg, bary, callback_for, every=50, seed=args.seed,
-                              extra_steps={"edge_only": st["edge_only_steps"]})
-    methods = {}
-    for name, r in results.items():
-        c = curves[name]
-        methods[name] = {key: [c[i][key] if i in c else None for i in its]
-                         for key in ("fid", "coverage", "source_only_share")}
-        methods[name].update(steps=int(r.history[-1]["step"]) if r.history else 0, seconds=r.seconds,
-                             final_share=c[max(c)]["share"])
-
-    tern = results["ternary_fa"].generator
-    blob = pack_ternary(tern)
-    back = unpack_ternary(blob, device).eval()
-    tern.eval()
-    z = torch.randn(256, tern.latent_dim, device=device)
-    with torch.no_grad():
-        exact = bool(torch.equal(tern(z), back(z)))
-
-    eta_exp = {}
-    excl = {"node0": [0, 1, 2], "node1": [4, 5], "node2": [7, 8, 9]}
-    for label, eta in {"equal": [1.0, 1.0, 1.0], **ETA_EXPERIMENT}.items():
-        if label == "equal":
-            share = stage1["share"]
-        else:
-            torch.manual_seed(args.seed)
-            share = evaluate(recursive_barycenter(task.generators, task.critics, eta, st["stage1_steps"],
-                                                  cfg).generator)["share"]
-        eta_exp[label] = {"eta": eta, **{f"share_{k}_only_classes": exclusive_share(share, v)
-                                         for k, v in excl.items()}}
-
-    def at(name, it, key="fid"):
-        return methods[name][key][its.index(it)]
-
-    budget = st["budget"]
-    b500 = at("barycentric_fa", 500)
-    eo_last = at("edge_only", st["edge_only_steps"])
-    fp_end, t_end = at("barycentric_fa", budget), at("ternary_fa", budget)
-    tr_start, tr_end = at("transfer", 0, "source_only_share"), at("transfer", budget, "source_only_share")
-    bf_start, bf_end = (at("barycentric_fa", 0, "source_only_share"),
-                        at("barycentric_fa", budget, "source_only_share"))
-    claims = {
-        "bfa_500_beats_edge_only_final": {
-            "holds": b500 < eo_last,
-            "detail": f"BFA@500 FID {b500:.1f} vs Edge-Only@{st['edge_only_steps']} {eo_last:.1f}"},
-        "ternary_within_15pct_of_full_precision": {
-            "holds": t_end <= 1.15 * fp_end,
-            "detail": f"ternary FID {t_end:.1f} vs full precision {fp_end:.1f} at {budget} "
-                      f"({100 * (t_end / fp_end - 1):+.1f}%)"},
-        "packed_ternary_at_least_12x_smaller": {
-            "holds": fp32_nbytes(tern) >= 12 * len(blob),
-            "detail": f"{len(blob)} B packed vs {fp32_nbytes(tern)} B fp32 ({fp32_nbytes(tern) / len(blob):.1f}x), "
-                      f"round trip bit-exact: {exact}"},
-        "transfer_forgets_bfa_keeps_source_only_classes": {
-            "holds": tr_end < tr_start - 0.1 and bf_end > tr_end + 0.1,
-            "detail": f"source-only share: Transfer {tr_start:.2f} -> {tr_end:.2f}, "
-                      f"BFA {bf_start:.2f} -> {bf_end:.2f}"},
-        "unequal_eta_leans_to_relevant_node": {
-            "holds": (eta_exp["favour_node0"]["share_node0_only_classes"]
-                      > eta_exp["favour_node2"]["share_node0_only_classes"]
-                      and eta_exp["favour_node2"]["share_node2_only_classes"]
-                      > eta_exp["favour_node0"]["share_node2_only_classes"]),
-            "detail": "node-0-only classes share {:.2f} (eta favours 0) vs {:.2f} (favours 2); node-2-only "
-                      "{:.2f} vs {:.2f}".format(eta_exp["favour_node0"]["share_node0_only_classes"],
-                                                eta_exp["favour_node2"]["share_node0_only_classes"],
-                                                eta_exp["favour_node2"]["share_node2_only_classes"],
-                                                eta_exp["favour_node0"]["share_node2_only_classes"])},
-    }
-
-    res = {
-        "benchmark": "coalescence", "mode": mode, "machine": machine(), "device": str(device),
-        "settings": {**st, "target_samples": args.target_samples, "source_classes": SOURCE_CLASSES,
-                     "target_classes": TARGET_CLASSES, "wgan": cfg.__dict__, "eval_samples": 1000,
-                     "generator": model_spec(gens[0]), "critic": model_spec(crits[0]), "seed": args.seed,
-                     "coverage_rule": "share of the 10 classes with >= 5% of samples",
-                     "fid_reference": f"all {len(data)} digits"},
-        "iterations": its, "methods": methods,
-        "pretrain": {"seconds": pre_sec, "cached": cached, "fid": [r["fid"] for r in pre]},
-        "stage1": {"seconds": stage1_sec, "fid": stage1["fid"], "coverage": stage1["coverage"],
-                   "share": stage1["share"], "stages": bary.log["stages"]},
-        "ternary_bytes": len(blob), "fp32_bytes": fp32_nbytes(tern), "ternary_roundtrip_bit_exact": exact,
-        "eta_experiment": eta_exp, "claims": claims,
-    }
-    grids = {"real (all digits)": data.x[torch.randperm(len(data))[:64]],
-             f"target's {args.target_samples} samples": target.x}
-    grids.update({name: r.generator.eval().sample(64) for name, r in results.items()})
-    res["pngs"] = plot(out_json, res, grids)
+    evaluator = evaluator_for("digits", device=device)
+    settings = {**st, "target_samples": TARGET_SAMPLES, "cases": CASES, "wgan": cfg.__dict__,
+                "eval_samples": EVAL_SAMPLES, "fid_reference": f"whole: all {len(data)} digits; target: the real "
+                "digits of the target's classes", "equal_budget": f"{st['budget']} generator iterations per method",
+                "ablation": {"replay_weights": REPLAY_WEIGHTS, "replay_batch_shares": REPLAY_BATCH_SHARES,
+                             "stage1_steps_half": st["stage1_steps"] // 2},
+                "verdict_rule": "paired per-seed difference d: holds if mean(d) beyond sd(d) in the claimed "
+                                "direction, fails if beyond it in the other, else inconclusive"}
+    units: dict[str, dict[int, dict]] = {c: {} for c in CASES}
+    ablation: dict[int, dict] = {}
+    timing: dict[str, Any] = {}
+    res: dict[str, Any] = {}
+    for seed in args.seeds:  # seed-major: a cut run still has every case at the seeds it finished
+        for case_name, case in CASES.items():
+            t0 = time.perf_counter()
+            unit, models = run_unit(case, seed, st, cfg, data, evaluator, device, folder)
+            units[case_name][seed] = unit
+            if case_name == "overlapping":
+                ablation[seed] = run_ablation(case, seed, st, cfg, data, evaluator, device, models)
+            timing[f"{case_name}/seed{seed}"] = {**unit["seconds"], "total": time.perf_counter() - t0}
+            print(f"[{mode}] {case_name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+            done = {c: u for c, u in units.items() if u}
+            res = {"benchmark": "coalescence", "mode": mode, "machine": machine(), "device": str(device),
+                   "complete": False, "seeds": args.seeds, "settings": settings,
+                   "generator": model_spec(models[0][0]), "critic": model_spec(models[1][0]),
+                   **summarize(done, ablation, st), "ternary": unit["ternary"], "timing": timing,
+                   "wall_seconds": time.perf_counter() - t_start}
+            write_json(out_json, res)  # written after every (case, seed): a cut run leaves what finished
+    res["complete"] = True
+    res["png"] = plot(out_json, res)
     res["wall_seconds"] = time.perf_counter() - t_start
-
-    rows = []
-    for name, m in methods.items():
-        row = {"method": name}
-        for i in its:
-            v = m["fid"][its.index(i)]
-            row[f"FID@{i}"] = "" if v is None else round(v, 1)
-        last = max(i for i, v in zip(its, m["fid"]) if v is not None)
-        row["coverage"] = round(m["coverage"][its.index(last)], 2)
-        row["src-only"] = round(m["source_only_share"][its.index(last)], 2)
-        row["seconds"] = round(m["seconds"], 1)
-        rows.append(row)
-    print_table(rows, f"\nfeature-FID vs all digits (target: {args.target_samples} samples of {TARGET_CLASSES})")
-    print_table([{"claim": k, "holds": v["holds"], "numbers": v["detail"]} for k, v in claims.items()], "\nclaims")
-    print(f"ternary export: {len(blob)} B vs fp32 {fp32_nbytes(tern)} B; wall {res['wall_seconds']:.0f} s")
+    print_tables(res)
+    print(f"wall {res['wall_seconds']:.0f} s")
     write_json(out_json, res)
     return 0
 

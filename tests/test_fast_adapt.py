@@ -6,6 +6,7 @@ import torch
 
 from coalescence_setup import CFG, two_source_barycenter, two_sources
 from edgegan.adapt import fast_adapt, ternary_layers, to_ternary
+from edgegan.adapt.fast_adapt import mixed_sampler
 from edgegan.baselines import CoalescenceTask, edge_only
 from edgegan.errors import EdgeganError
 from edgegan.eval import Evaluator
@@ -79,6 +80,17 @@ def test_callback_history_and_inputs_untouched():
     assert res.critic_prev is not res.critic_new
 
 
+def test_replay_batch_share_mixes_one_critic_batch():
+    replay, local = (lambda m: torch.ones(m, 1)), (lambda m: torch.zeros(m, 1))
+    assert [float(mixed_sampler(replay, local, r)(8).sum()) for r in (0.0, 0.25, 0.5, 1.0)] == [0, 2, 4, 8]
+    torch.manual_seed(0)
+    G, D = build_gan("mlp", (1, 8, 8), 8, width=16)
+    res = fast_adapt(G, D, D, torch.rand(5, 1, 8, 8) * 2 - 1, 2, cfg=WGANConfig(critic_steps=1, batch_size=8),
+                     replay_share=0.5)
+    assert "w1_critic0" in res.history[-1] and "w1_critic1" not in res.history[-1]  # one critic ψ_0
+    assert all(torch.equal(a, b) for a, b in zip(res.critic_prev.state_dict().values(), D.state_dict().values()))
+
+
 @pytest.mark.parametrize("kw,field", [
     ({"local_data": torch.zeros(0, 1, 8, 8)}, "local_data"),
     ({"local_data": torch.zeros(4, 1, 7, 7)}, "local_data"),
@@ -87,6 +99,7 @@ def test_callback_history_and_inputs_untouched():
     ({"eta0": (-1.0, 1.0)}, "eta0[0]"),
     ({"eta0": (1.0,)}, "eta0"),
     ({"steps": -1}, "steps"),
+    ({"replay_share": 1.5}, "replay_share"),
 ])
 def test_bad_input_is_one_line(kw, field):
     G, D = build_gan("mlp", (1, 8, 8), 8, width=16)

@@ -7,7 +7,9 @@ finds the barycenter between the node's local data µ̂_0 and ν*_K (seed 000 eq
                              + λ̃ (E_{x∼ν*_K}[ψ̃_0(x)] − E_z[ψ̃_0(G_0(z))])
 
 ν*_K is sampled from a frozen copy of G*_K (generative replay); (λ̃, λ) = (1/η̃, 1/η) from the
-node's radii ``eta0``, equal by default. With ``ternary=True`` G_0, ψ̃_0 and ψ_0 are ternary
+node's radii ``eta0``, equal by default (Alg. 2 sums ψ_0 and ψ̃_0 with equal weight). The
+ablation knob ``replay_share`` = ρ replaces the two critics by one whose real batches hold ρ·m
+replay and (1−ρ)·m local samples (W1 to the mixture ρν*_K + (1−ρ)µ̂_0, Ensemble-style). With ``ternary=True`` G_0, ψ̃_0 and ψ_0 are ternary
 (:mod:`edgegan.adapt.ternary`) and each iteration a) ternarizes the weights with the current
 thresholds, b) runs the losses forward on the ternary weights, c) updates full-precision
 weights and thresholds together by back-propagation.
@@ -91,10 +93,22 @@ def _check_local(generator: Generator, local_data: torch.Tensor) -> torch.Tensor
     return local_data.to(probe.device)
 
 
+def mixed_sampler(replay: BatchSampler, local: BatchSampler, replay_share: float) -> BatchSampler:
+    """``m ↦`` round(ρ·m) replay samples followed by m − round(ρ·m) local ones (ρ = ``replay_share``)."""
+    require(0.0 <= replay_share <= 1.0, "replay_share", f"must be in [0, 1], got {replay_share}")
+
+    def sample(m: int) -> torch.Tensor:
+        k = round(replay_share * m)
+        return torch.cat([replay(k), local(m - k)]) if 0 < k < m else (replay(m) if k else local(m))
+
+    return sample
+
+
 def fast_adapt(generator: Generator, critic_prev: nn.Module, critic_new: nn.Module,
                local_data: torch.Tensor, steps: int, eta0: Sequence[float] = (1.0, 1.0),
                ternary: bool = False, cfg: WGANConfig | None = None,
-               callback: Callback | None = None, every: int = 1) -> FastAdaptResult:
+               callback: Callback | None = None, every: int = 1,
+               replay_share: float | None = None) -> FastAdaptResult:
     """Fast adaptation of the barycenter G*_K to a node's local data (seed 000, Alg. 2, eq. 9).
 
     Parameters
@@ -105,6 +119,8 @@ def fast_adapt(generator: Generator, critic_prev: nn.Module, critic_new: nn.Modu
     eta0 : (η̃, η) radii of the barycenter replay and of the local data; λ = 1/η.
     ternary : train ternary G_0, ψ̃_0, ψ_0 (weights and thresholds jointly).
     callback : ``callback(stats, G_0)`` before training and every ``every`` iterations.
+    replay_share : None (the paper: two critics weighted by ``eta0``) or ρ ∈ [0, 1]: one critic ψ_0
+        on batches that are a share ρ replay, 1 − ρ local (``eta0`` then unused).
 
     Returns
     -------
@@ -119,6 +135,9 @@ def fast_adapt(generator: Generator, critic_prev: nn.Module, critic_new: nn.Modu
     if ternary:
         G, psi_tilde, psi = to_ternary(G), to_ternary(psi_tilde), to_ternary(psi)
     G.train()
-    history, seconds = train_critics(G, [psi_tilde, psi], [replay, tensor_sampler(local)], lambdas, steps,
-                                     cfg, callback, every)
+    if replay_share is None:
+        critics, samplers = [psi_tilde, psi], [replay, tensor_sampler(local)]
+    else:
+        critics, samplers, lambdas = [psi], [mixed_sampler(replay, tensor_sampler(local), replay_share)], None
+    history, seconds = train_critics(G, critics, samplers, lambdas, steps, cfg, callback, every)
     return FastAdaptResult(G, psi_tilde, psi, history, ternary, seconds)

@@ -137,21 +137,24 @@ def whole_data(task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
 
 def barycentric_fa(task: CoalescenceTask, steps: int, barycenter: BarycenterResult,
                    cfg: WGANConfig | None = None, callback: Callback | None = None, every: int = 1,
-                   ternary: bool = False, eta0: Sequence[float] = (1.0, 1.0)) -> MethodResult:
-    """Stage II from a Stage I result (seed 000, Alg. 2), full precision or ternary."""
+                   ternary: bool = False, eta0: Sequence[float] = (1.0, 1.0),
+                   replay_share: float | None = None) -> MethodResult:
+    """Stage II from a Stage I result (seed 000, Alg. 2), full precision or ternary; ``eta0`` and
+    ``replay_share`` as in :func:`fast_adapt`."""
     res = fast_adapt(barycenter.generator, barycenter.critic_prev, barycenter.critic_new, task.local_data,
-                     steps, eta0, ternary, cfg, callback, every)
+                     steps, eta0, ternary, cfg, callback, every, replay_share)
     return MethodResult("ternary_fa" if ternary else "barycentric_fa", res.generator, res.history, res.seconds)
 
 
 def run_method(name: str, task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
                barycenter: BarycenterResult | None = None, callback: Callback | None = None,
-               every: int = 1) -> MethodResult:
-    """Run one method of :data:`METHODS` by name."""
+               every: int = 1, eta0: Sequence[float] = (1.0, 1.0)) -> MethodResult:
+    """Run one method of :data:`METHODS` by name; ``eta0`` = (η̃, η) of barycentric FA's Stage II."""
     if name in ("barycentric_fa", "ternary_fa"):
         require(barycenter is not None, "barycenter", f"'{name}' needs the Stage I result",
                 "run recursive_barycenter first and pass it")
-        return barycentric_fa(task, steps, barycenter, cfg, callback, every, ternary=name == "ternary_fa")
+        return barycentric_fa(task, steps, barycenter, cfg, callback, every, ternary=name == "ternary_fa",
+                              eta0=eta0)
     fns: dict[str, Callable[..., MethodResult]] = {
         "edge_only": edge_only, "transfer": transfer, "ensemble": ensemble,
         "weight_average": weight_average, "whole_data": whole_data}
@@ -163,12 +166,14 @@ def run_method(name: str, task: CoalescenceTask, steps: int, cfg: WGANConfig | N
 def compare_methods(task: CoalescenceTask, steps: int, methods: Sequence[str] = METHODS,
                     cfg: WGANConfig | None = None, barycenter: BarycenterResult | None = None,
                     callback_for: Callable[[str], Callback | None] | None = None, every: int = 1,
-                    seed: int = 0, extra_steps: dict[str, int] | None = None) -> dict[str, MethodResult]:
+                    seed: int = 0, extra_steps: dict[str, int] | None = None,
+                    eta0: Sequence[float] = (1.0, 1.0)) -> dict[str, MethodResult]:
     """Run ``methods`` with the same budget of ``steps`` generator iterations each.
 
     ``extra_steps`` gives chosen methods a longer run (e.g. Edge-Only to 10× the budget);
     ``callback_for(name)`` returns that method's ``callback(stats, G)``. Each method starts from
     ``torch.manual_seed(seed)`` so results do not depend on which methods run before it.
+    ``eta0`` = (η̃, η) of barycentric FA's Stage II (paper: equal).
     """
     task.validate()
     require(isinstance(steps, int) and steps >= 1, "steps", f"must be an integer >= 1, got {steps!r}")
@@ -177,7 +182,7 @@ def compare_methods(task: CoalescenceTask, steps: int, methods: Sequence[str] = 
         torch.manual_seed(seed)
         n = (extra_steps or {}).get(name, steps)
         out[name] = run_method(name, task, n, cfg, barycenter, callback_for(name) if callback_for else None,
-                               every)
+                               every, eta0)
     return out
 
 
