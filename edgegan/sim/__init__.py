@@ -1,1 +1,2 @@
-"""edgegan.sim: scenario schema, join/leave schedules, the Ray / in-process engine, run reports."""
+"""edgegan.sim: scenario schema, join/leave schedules, the Ray / in-process engine, one module per
+pipeline (``coalescence``, ``tdgan``, ``grid``) returning a typed result, and run reports."""

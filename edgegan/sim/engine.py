@@ -15,7 +15,7 @@ virtual nodes whose state is parked between activations, driven by the runtime's
   join/leave events (``Schedule.events_at``) between steps through ``connected`` /
   ``disconnected``, as a transport reports streams opening and closing.
 
-The pipelines themselves live in :mod:`edgegan.sim.pipelines`.
+The pipelines live in :mod:`edgegan.sim.coalescence`, :mod:`edgegan.sim.tdgan` and :mod:`edgegan.sim.grid`.
 """
 
 from __future__ import annotations
@@ -85,9 +85,8 @@ class NodeHost:
         self._crash: dict[str, int] = {}
         self._resident: OrderedDict[str, TDGANEdge] = OrderedDict()
         self._spilled: set[str] = set()
-        self._eval_cache: dict[str, Any] = {}
         self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "crashed": 0,
-                         "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0}
+                         "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0, "jobs": 0, "job_s": 0.0}
 
     # ------------------------------------------------------------------ virtual TDGAN edges
     def add_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
@@ -169,14 +168,14 @@ class NodeHost:
 
     # ------------------------------------------------------------------ stateless jobs
     def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """Run a module-level job function on this worker (pre-training, Stage II, summaries)."""
-        return fn(self, *args, **kwargs)
-
-    def cached(self, key: str, make: Callable[[], Any]) -> Any:
-        """Per-worker cache (e.g. the evaluation classifier), built once."""
-        if key not in self._eval_cache:
-            self._eval_cache[key] = make()
-        return self._eval_cache[key]
+        """Run a module-level job function on this worker (pre-training, Stage II, grid uploads);
+        counted in ``jobs`` / ``job_s`` (``activations`` counts TDGAN node activations)."""
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.counters["jobs"] += 1
+            self.counters["job_s"] += time.perf_counter() - t0
 
     def close(self) -> None:
         if self._own_spill:

@@ -238,7 +238,7 @@ def plot_online(rows: list[dict[str, Any]], nodes: list[str], path: Path) -> boo
             grid[[index[k] for k in online], t] = 1
         timeline.imshow(grid, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1,
                         extent=(-0.5, grid.shape[1] - 0.5, len(nodes) - 0.5, -0.5))
-        timeline.set_ylabel("node")
+        timeline.set_ylabel("node (dark: online)")
         if len(nodes) <= 16:
             timeline.set_yticks(range(len(nodes)), nodes, fontsize=7)
         timeline.set_xlabel(f"schedule {unit}")
@@ -409,7 +409,7 @@ def _grid_md(g: GridResult) -> list[str]:
 def render_report(s: RunSummary) -> str:
     """``report.md``: what ran, the numbers, and the plots."""
     e = s.engine
-    lines = [f"# Simulation report: {s.scenario}", "", s.description, "",
+    lines = [f"# Simulation report: {s.scenario}", "", *([s.description, ""] if s.description else []),
              f"- pipelines: {', '.join(s.pipelines)}"
              + (f"; aggregator: {s.aggregator}" if s.aggregator else "") + f"; seed {s.seed}",
              f"- engine: {e.backend} with {e.workers} worker(s), device {e.device}",
