@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgegan.adapt.fast_adapt import fast_adapt, tensor_sampler
-from edgegan.baselines.coalescence import digits_split, evaluate_generator, pretrain_sources
+from edgegan.baselines.coalescence import digits_split, pretrain_sources
 from edgegan.barycenter.aggregate import aggregator_name
 from edgegan.barycenter.win import WINConfig
 from edgegan.config import from_dict
@@ -189,13 +189,11 @@ def adapt_and_score(generator: Generator, critic_prev: nn.Module, critic_new: nn
         out["g-loss"] = float(res.history[-1]["g_loss"])
         out["w1-estimate"] = float(res.history[-1]["w1_estimate"])
     if cfg.eval_samples > 0:
-        from edgegan.eval import FeatureFID, get_classifier
+        from edgegan.eval import Evaluator, get_classifier
 
-        classifier = get_classifier(data)
-        reference = data.x[torch.isin(data.y, torch.tensor(cfg.targets()))]
-        fid = FeatureFID(classifier, reference)
-        before = evaluate_generator(generator.to("cpu"), fid, classifier, cfg.targets(), cfg.eval_samples)
-        after = evaluate_generator(res.generator.to("cpu"), fid, classifier, cfg.targets(), cfg.eval_samples)
-        out.update({"fid-barycenter": before["fid"], "fid-adapted": after["fid"],
-                    "coverage-adapted": after["coverage"], "source-only-share": after["source_only_share"]})
+        evaluator = Evaluator(data, get_classifier(data))
+        before = evaluator.score(generator.to("cpu"), cfg.targets(), cfg.eval_samples)
+        after = evaluator.score(res.generator.to("cpu"), cfg.targets(), cfg.eval_samples)
+        out.update({"fid-barycenter": before.fid_target, "fid-adapted": after.fid_target,
+                    "coverage-adapted": after.classes_covered, "source-only-share": 1.0 - after.target_share})
     return res.generator, out
