@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from edgegan.checkpoint import load_checkpoint, save_checkpoint
+from edgegan.checkpoint import load_checkpoint, pack_model, same_model_args, save_checkpoint
 from edgegan.errors import EdgeganError, require
-from edgegan.nn.base import Generator, model_spec
+from edgegan.nn.base import Generator
 
 Sampler = Callable[[int], torch.Tensor]
 
@@ -23,9 +23,11 @@ class W2BarycenterResult:
     """Output of :func:`~edgegan.barycenter.win.win_barycenter` / ``nwb_barycenter``.
 
     ``generator`` samples the barycenter; ``maps[k]`` moves barycenter samples to input k
-    (WIN: T_k) or input k to the barycenter (NWB: ∇g_k of the ICNN g_k); ``potentials[k]``
-    are the dual potentials (WIN: v_k, NWB: f_k); ``weights`` the α used; ``log`` per-iteration
-    losses and timings.
+    (WIN: T_k) or input k to the barycenter (NWB: ∇g_k of the ICNN g_k), in the solver's
+    standardised coordinates (x − Σ α_k m_k)/c; ``potentials[k]`` are the dual potentials
+    (WIN: v_k, NWB: f_k); ``weights`` the α used; ``log`` the run summary
+    ``{"iterations", "converged", "residual"}`` plus ``"history"`` (per-round losses, fixed-point
+    residual, moment change, timings) when the solver ran with ``log=True``.
     """
 
     generator: Generator
@@ -61,7 +63,8 @@ def flat(sampler: Sampler) -> Sampler:
 
 
 class Checkpointer:
-    """Atomic save/resume of named models + optimizers + progress in ``<dir>/<name>.pt``."""
+    """Atomic save/resume of named models (:func:`~edgegan.checkpoint.pack_model`) + optimizers +
+    progress in ``<dir>/<name>.pt``."""
 
     def __init__(self, checkpoint_dir: str | Path | None, name: str) -> None:
         self.path = Path(checkpoint_dir) / f"{name}.pt" if checkpoint_dir else None
@@ -72,8 +75,7 @@ class Checkpointer:
             return
         save_checkpoint(self.path, {
             "step": step,
-            "specs": {k: model_spec(m) for k, m in models.items()},
-            "models": {k: m.state_dict() for k, m in models.items()},
+            "models": {k: pack_model(m) for k, m in models.items()},
             "optims": {k: o.state_dict() for k, o in optims.items()},
             **extra,
         })
@@ -90,10 +92,10 @@ class Checkpointer:
                                    f"{ck.get(key)!r}, this run has {want!r}",
                                    "use another checkpoint_dir or delete the file")
         for k, m in models.items():
-            if ck["specs"].get(k) != model_spec(m):
+            if not same_model_args(ck["models"].get(k, {}), m):
                 raise EdgeganError("checkpoint_dir", f"'{self.path}' holds a different '{k}' "
                                    "architecture", "use another checkpoint_dir or delete the file")
-            m.load_state_dict(ck["models"][k])
+            m.load_state_dict(ck["models"][k]["state_dict"])
         for k, o in optims.items():
             o.load_state_dict(ck["optims"][k])
         return ck

@@ -24,13 +24,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from edgegan.data.synthetic import Sampler, gaussian_sampler, random_spd
+from edgegan.data.synthetic import Sampler, gaussian_sampler, random_rotation, random_spd
 from edgegan.errors import EdgeganError, require
 
 __all__ = [
     "check_weights", "sqrtm_spd", "exact_gaussian_barycenter", "gaussian_w2_squared",
     "fit_gaussian", "bw2_uvp", "fixed_point_residual", "linear_ot_map",
-    "gaussian_benchmark", "gaussian_samplers", "uniform_cube_sampler", "location_scatter_samplers",
+    "gaussian_benchmark", "hard_gaussian_benchmark", "gaussian_samplers", "uniform_cube_sampler", "location_scatter_samplers",
 ]
 
 
@@ -190,6 +190,24 @@ def gaussian_benchmark(dim: int, n_inputs: int = 3, seed: int = 0, min_eig: floa
     g = torch.Generator().manual_seed(seed)
     covs = torch.stack([random_spd(dim, g, min_eig, max_eig) for _ in range(n_inputs)])
     return torch.zeros(n_inputs, dim, dtype=torch.float64), covs
+
+
+def hard_gaussian_benchmark(dim: int, n_inputs: int = 5, seed: int = 0, min_eig: float = 0.05,
+                            max_eig: float = 5.0, mean_scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ill-conditioned off-centre inputs (issue 17): m_k ~ N(0, mean_scale² I), Σ_k = R_k Λ_k R_kᵀ
+    with Haar R_k and each input's own eigenvalues log-uniform in [min_eig, max_eig], the two
+    ends included (condition number max_eig/min_eig, 100 by default). float64."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = math.log(min_eig), math.log(max_eig)
+    means, covs = [], []
+    for _ in range(n_inputs):
+        logs = lo + (hi - lo) * torch.rand(dim, generator=g, dtype=torch.float64)
+        logs[0], logs[-1] = lo, hi
+        r = random_rotation(dim, g)
+        c = r @ torch.diag(logs.exp()) @ r.T
+        covs.append(0.5 * (c + c.T))
+        means.append(mean_scale * torch.randn(dim, generator=g, dtype=torch.float64))
+    return torch.stack(means), torch.stack(covs)
 
 
 def gaussian_samplers(means: torch.Tensor, covs: torch.Tensor, seed: int = 0) -> list[Sampler]:

@@ -51,11 +51,18 @@ class ResidualMap(EdgeganModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.linear(x) + self.mlp(x)  # (B, d)
 
+    @torch.no_grad()
+    def warm_start_linear(self, a: torch.Tensor) -> None:
+        """Make the linear part x ↦ A x (W = A − I), e.g. a closed-form Gaussian OT map."""
+        self.linear.weight.copy_(a.to(self.linear.weight) - torch.eye(a.shape[0]).to(self.linear.weight))
+
 
 class MapGenerator(Generator):
-    """Barycenter generator z (B, latent_dim) → x (B, *out_shape).
+    """Barycenter generator z (B, latent_dim) → x (B, *out_shape): x = shift + scale · net(z).
 
-    Identity-started :class:`ResidualMap` when ``latent_dim == prod(out_shape)``.
+    ``net`` is an identity-started :class:`ResidualMap` when ``latent_dim == prod(out_shape)``;
+    the output affine (buffers, default shift 0 and scale 1) lets a W2 solver train ``net`` on
+    standardised samples (see :mod:`edgegan.barycenter._w2_solver`).
     """
 
     def __init__(self, latent_dim: int, out_shape: Sequence[int], hidden: int = 0,
@@ -69,9 +76,20 @@ class MapGenerator(Generator):
             self.net: nn.Module = ResidualMap(dim, hidden, depth)
         else:
             self.net = _relu_mlp([latent_dim] + [hidden or default_width(dim)] * depth + [dim])
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(z).view(-1, *self.out_shape)
+        return (self.shift + self.scale * self.net(z)).view(-1, *self.out_shape)
+
+    @torch.no_grad()
+    def set_output_affine(self, shift: torch.Tensor, scale: float) -> None:
+        self.shift.copy_(shift)
+        self.scale.fill_(scale)
+
+    def warm_start_linear(self, a: torch.Tensor) -> None:
+        """Start ``net`` at z ↦ A z (needs the residual form, latent_dim = d)."""
+        self.net.warm_start_linear(a)
 
 
 class Potential(EdgeganModule):

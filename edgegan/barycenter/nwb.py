@@ -6,31 +6,31 @@
 f_i, g_i are ICNNs (CELU, non-negative hidden weights: clipped for f_i, penalised for g_i as
 in seed 001 §3.2); h is the barycenter generator. Loops: K_3 generator steps, each after
 K_2 f-steps, each after K_1 g-steps, all on one batch (seed 001 Alg. 1). At the optimum
-∇g_i maps μ_i to the barycenter and ∇f_i maps the barycenter to μ_i.
+∇g_i maps μ_i to the barycenter and ∇f_i maps the barycenter to μ_i. By default everything
+runs on standardised samples (per-input centred, uniformly rescaled — exact for W2, see
+:mod:`edgegan.barycenter._w2_solver`); ``centre=False, rescale=False`` is the paper's setting.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from edgegan.barycenter.continuous import (Checkpointer, Sampler, W2BarycenterResult,
-                                           check_samplers, flat)
-from edgegan.barycenter.gaussian import check_weights
-from edgegan.barycenter.nets import ICNN, MapGenerator
-from edgegan.config import check_fields, to_dict
+from edgegan.barycenter._w2_solver import SolverParts, W2Run, W2SolverConfig, resolve_config, solve
+from edgegan.barycenter.continuous import Sampler, W2BarycenterResult
+from edgegan.barycenter.gaussian import sqrtm_spd
+from edgegan.barycenter.nets import ICNN
+from edgegan.config import check_fields
 from edgegan.nn.base import Generator
 
 
 @dataclass
-class NWBConfig:
-    """Knobs of seed 001 Alg. 1; defaults from its reference code (``cfg.py``)."""
+class NWBConfig(W2SolverConfig):
+    """Knobs of seed 001 Alg. 1 (defaults from its reference code, ``cfg.py``) plus the shared
+    standardisation / warm start / stopping knobs of :class:`W2SolverConfig`."""
 
     k1: int = field(default=6, metadata={"unit": "g_i (inner min) steps per f step"})
     k2: int = field(default=4, metadata={"unit": "f_i (max) steps per generator step"})
@@ -40,16 +40,14 @@ class NWBConfig:
     lr_f: float = field(default=1e-3, metadata={"unit": "Adam learning rate of f_i"})
     lr_g: float = field(default=1e-3, metadata={"unit": "Adam learning rate of g_i"})
     lambda_cvx: float = field(default=0.1, metadata={"unit": "weight of g_i's negative-weight penalty"})
-    hidden: int = field(default=0, metadata={"unit": "ICNN / generator width; 0 = max(100, 2·d)"})
-    depth: int = field(default=3, metadata={"unit": "hidden layers per network"})
-    log_every: int = field(default=50, metadata={"unit": "generator steps between log entries / callbacks"})
+    log_every: int = field(default=50, metadata={"unit": "generator steps per round (log entry, callback, stopping check)"})
     checkpoint_every: int = field(default=500, metadata={"unit": "generator steps between checkpoints"})
-    seed: int = field(default=0, metadata={"unit": "seed for network init and latent draws"})
 
     def validate(self, prefix: str = "") -> None:
-        check_fields(self, prefix, ("k1", "k2", "k3", "batch_size", "depth", "log_every", "checkpoint_every"), 1)
+        super().validate(prefix)
+        check_fields(self, prefix, ("k1", "k2", "k3", "batch_size", "log_every", "checkpoint_every"), 1)
         check_fields(self, prefix, ("lr_h", "lr_f", "lr_g"), 0, strict_low=True)
-        check_fields(self, prefix, ("lambda_cvx", "hidden"), 0)
+        check_fields(self, prefix, ("lambda_cvx",), 0)
 
 
 def nwb_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor,
@@ -58,25 +56,29 @@ def nwb_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch
                    checkpoint_dir: str | Path | None = None,
                    callback: Callable[[int, W2BarycenterResult], Any] | None = None,
                    log: bool = False, **overrides: Any) -> W2BarycenterResult:
-    """W2 barycenter by NWB (seed 001, Alg. 1) from samplers; same interface as ``win_barycenter``.
+    """W2 barycenter by NWB (seed 001, Alg. 1) from samplers; the interface of ``win_barycenter``.
 
-    ``overrides`` replace fields of ``cfg`` (e.g. ``k3=500``). ``callback(step, result)`` runs
-    every ``cfg.log_every`` generator steps. Returns :class:`W2BarycenterResult` with
-    ``maps`` = g_i (∇g_i: input i → barycenter) and ``potentials`` = f_i.
+    Solved on standardised inputs and shifted back (bary(μ_1..μ_N) = Σ α_k m_k +
+    bary(μ̄_1..μ̄_N); uniform scaling is exact). ``cfg`` an :class:`NWBConfig`, keyword
+    ``overrides`` replace its fields (``k3=500``). A round is ``cfg.log_every`` generator
+    steps: ``callback(step, result)``, the stopping check and (with ``log=True``) a history
+    entry follow each. Returns :class:`W2BarycenterResult` with ``maps`` = g_i (∇g_i: input
+    i → barycenter, standardised coordinates), ``potentials`` = f_i, ``log`` as WIN's.
     """
-    cfg = dataclasses.replace(copy.deepcopy(cfg) if cfg is not None else NWBConfig(), **overrides)
-    cfg.validate("nwb")
-    dim, shape, device = check_samplers(samplers)
-    alphas = check_weights(weights, len(samplers), normalize)
-    samplers = [flat(s) for s in samplers]
-    n = len(samplers)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if generator is None:
-            generator = MapGenerator(latent_dim or dim, shape, cfg.hidden, cfg.depth).to(device)
-        fs = [ICNN(dim, cfg.hidden, cfg.depth).to(device) for _ in range(n)]
-        gs = [ICNN(dim, cfg.hidden, cfg.depth).to(device) for _ in range(n)]
-    device = next(generator.parameters()).device
+    cfg = resolve_config(NWBConfig, cfg, overrides, "nwb")
+    return solve("nwb", samplers, weights, generator, latent_dim, cfg, normalize, checkpoint_dir,
+                 callback, log, lambda run: _nwb_parts(run, cfg), cfg.k3, cfg.log_every)
+
+
+def _nwb_parts(run: W2Run, cfg: NWBConfig) -> SolverParts:
+    n, generator = len(run.samplers), run.generator
+    fs = [ICNN(run.dim, cfg.hidden, cfg.depth).to(run.device) for _ in range(n)]
+    gs = [ICNN(run.dim, cfg.hidden, cfg.depth).to(run.device) for _ in range(n)]
+    if run.init_gaussian:  # ∇f_i ≈ A_i (barycenter → input i), ∇g_i ≈ A_i^{-1}: ½|L x|² with LᵀL = A
+        for f, g, a in zip(fs, gs, run.gaussian_barycenter()[1]):
+            with torch.no_grad():
+                f.quad.copy_(sqrtm_spd(a).to(f.quad))
+                g.quad.copy_(sqrtm_spd(a, inverse=True).to(g.quad))
     h_opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr_h)
     f_opts = [torch.optim.Adam(f.parameters(), lr=cfg.lr_f) for f in fs]
     g_opts = [torch.optim.Adam(g.parameters(), lr=cfg.lr_g) for g in gs]
@@ -84,66 +86,49 @@ def nwb_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch
               **{f"g{i}": g for i, g in enumerate(gs)}}
     optims = {"generator": h_opt, **{f"f{i}": o for i, o in enumerate(f_opts)},
               **{f"g{i}": o for i, o in enumerate(g_opts)}}
-    ckpt = Checkpointer(checkpoint_dir, "nwb")
-    history: dict[str, list] = {"step": [], "h_loss": [], "objective": [], "seconds": []}
-    rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    start = 0
-    state = ckpt.load(models, optims, {"weights": alphas.tolist(), "dim": dim, "algorithm": "nwb"})
-    if state is not None:
-        start, history = state["step"], state["log"]
-        rng.set_state(state["rng"])
-        log = True
-    result = W2BarycenterResult(generator, gs, fs, alphas.tolist(), history if log else {})
-    a = alphas.tolist()
+    a = run.alphas.tolist()
     bs = cfg.batch_size
-    t0 = time.perf_counter()
 
-    def gen(z: torch.Tensor) -> torch.Tensor:
-        return generator(z).flatten(1)  # (B, d)
-
-    for step in range(start, cfg.k3):
-        z = torch.randn(bs, generator.latent_dim, device=device, generator=rng)
-        ys = [s(bs).to(device) for s in samplers]
-        with torch.no_grad():
-            x = gen(z)
-        objective = 0.0
-        for i in range(n):
-            f, g, f_opt, g_opt, y = fs[i], gs[i], f_opts[i], g_opts[i], ys[i]
-            for _ in range(cfg.k2):
+    def generator_steps(start: int, stop: int) -> dict[str, Any]:
+        generator.train()
+        for _ in range(start, stop):
+            z = run.latent(bs)
+            ys = [s(bs).to(run.device) for s in run.samplers]
+            with torch.no_grad():
+                x = run.gen(z)
+            objective = 0.0
+            for i in range(n):
+                f, g, f_opt, g_opt, y = fs[i], gs[i], f_opts[i], g_opts[i], ys[i]
+                for _ in range(cfg.k2):
+                    f.requires_grad_(False)
+                    for _ in range(cfg.k1):  # g_i decreases E[f(∇g(Y)) − ⟨Y, ∇g(Y)⟩] + penalty
+                        grad_g = g.grad(y)
+                        g_loss = (f(grad_g) - (y * grad_g).sum(1)).mean() + cfg.lambda_cvx * g.negativity_penalty()
+                        g_opt.zero_grad(set_to_none=True)
+                        g_loss.backward()
+                        g_opt.step()
+                    f.requires_grad_(True)
+                    grad_g = g.grad(y, create_graph=False).detach()
+                    f_loss = f(x).mean() - f(grad_g).mean()  # f_i increases E f(∇g(Y)) − E f(h(Z))
+                    f_opt.zero_grad(set_to_none=True)
+                    f_loss.backward()
+                    f_opt.step()
+                    f.clamp_()
+                objective += a[i] * -f_loss.item()
+            for f in fs:
                 f.requires_grad_(False)
-                for _ in range(cfg.k1):  # g_i decreases E[f(∇g(Y)) − ⟨Y, ∇g(Y)⟩] + penalty
-                    grad_g = g.grad(y)
-                    g_loss = (f(grad_g) - (y * grad_g).sum(1)).mean() + cfg.lambda_cvx * g.negativity_penalty()
-                    g_opt.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    g_opt.step()
+            hz = run.gen(z)  # h decreases ½|h|² − Σ a_i f_i(h)
+            h_loss = 0.5 * hz.pow(2).sum(1).mean() - sum(a[i] * fs[i](hz).mean() for i in range(n))
+            h_opt.zero_grad(set_to_none=True)
+            h_loss.backward()
+            h_opt.step()
+            for f in fs:
                 f.requires_grad_(True)
-                grad_g = g.grad(y, create_graph=False).detach()
-                f_loss = f(x).mean() - f(grad_g).mean()  # f_i increases E f(∇g(Y)) − E f(h(Z))
-                f_opt.zero_grad(set_to_none=True)
-                f_loss.backward()
-                f_opt.step()
-                f.clamp_()
-            objective += a[i] * -f_loss.item()
-        for f in fs:
-            f.requires_grad_(False)
-        hz = gen(z)  # h decreases ½|h|² − Σ a_i f_i(h)
-        h_loss = 0.5 * hz.pow(2).sum(1).mean() - sum(a[i] * fs[i](hz).mean() for i in range(n))
-        h_opt.zero_grad(set_to_none=True)
-        h_loss.backward()
-        h_opt.step()
-        for f in fs:
-            f.requires_grad_(True)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.k3:
-            history["step"].append(step + 1)
-            history["h_loss"].append(h_loss.item())
-            history["objective"].append(objective)
-            history["seconds"].append(time.perf_counter() - t0)
-            if callback is not None:
-                callback(step + 1, result)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.k3:
-            ckpt.save(step + 1, models, optims, {"log": history, "rng": rng.get_state(),
-                                                 "weights": alphas.tolist(), "dim": dim,
-                                                 "algorithm": "nwb", "config": to_dict(cfg)})
-    generator.eval()
-    return result
+        generator.eval()
+        # fixed point of the barycenter: Σ a_i ∇f_i(x) = x on its support (∇f_i: barycenter → input i)
+        x = run.gen(run.latent(bs)).detach()
+        mapped = sum(a[i] * fs[i].grad(x, create_graph=False) for i in range(n))
+        residual = float((mapped - x).pow(2).sum(1).mean() / (x - x.mean(0)).pow(2).sum(1).mean())
+        return {"residual": residual, "h_loss": h_loss.item(), "objective": objective}
+
+    return SolverParts(gs, fs, models, optims, generator_steps)
