@@ -1,5 +1,7 @@
 """Flower ServerApp of the coalescence pipeline: :class:`BarycenterStrategy` over the
 sources' uploads, Stage II at the target, Prometheus ``/metrics`` while it runs.
+A round that gets fewer than ``min-sources`` uploads, or whose Stage II fails, raises: the run
+then ends ``finished:failed`` (``flwr ls``) with the failed nodes in its details.
 
 ``flwr run .`` (simulation) and ``flower-superlink`` + ``flower-supernode`` run it as
 ``edgegan.flower.server_app:app`` (``[tool.flwr.app.components]`` in pyproject.toml).
@@ -38,7 +40,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None, metrics: Metrics
         device = task.node_device({}, cfg)
         strategy = BarycenterStrategy(
             cfg.aggregator, cfg.steps_per_stage, cfg.wgan(), cfg.win(), cfg.seed, device, collectors,
-            min_train_nodes=cfg.num_nodes, min_available_nodes=cfg.num_nodes, min_evaluate_nodes=0)
+            cfg.required_sources, min_train_nodes=cfg.num_nodes, min_available_nodes=cfg.num_nodes,
+            min_evaluate_nodes=0)
         with contextlib.ExitStack() as stack:
             if cfg.metrics_port >= 0:
                 port = stack.enter_context(metrics_server(cfg.metrics_port, collectors.registry, cfg.metrics_addr))

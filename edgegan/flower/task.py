@@ -70,6 +70,8 @@ class FlowerTaskConfig(WGANConfig):
     eval_samples: int = field(default=1000, metadata={"unit": "samples for the feature-FID (0: no FID)"})
     num_server_rounds: int = field(default=1, metadata={"unit": "rounds; each adds pretrain-steps at the sources"})
     round_timeout: float = field(default=3600.0, metadata={"unit": "seconds to wait for replies per round"})
+    min_sources: int = field(default=0, metadata={
+        "unit": "a round fails when fewer sources upload a model (0: every source of source-classes)"})
     metrics_port: int = field(default=-1, metadata={"unit": "ServerApp /metrics port (-1: off, 0: any free)"})
     metrics_addr: str = field(default="0.0.0.0", metadata={"unit": "address /metrics binds"})
     metrics_linger_s: float = field(default=0.0, metadata={"unit": "seconds /metrics stays up after the run"})
@@ -91,6 +93,9 @@ class FlowerTaskConfig(WGANConfig):
         for name in ("pretrain_steps", "steps_per_stage", "num_server_rounds", "target_samples"):
             require(getattr(self, name) >= 1, p + name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
         require(self.adapt_steps >= 0 and self.eval_samples >= 0, f"{p}adapt-steps", "must be >= 0")
+        require(0 <= self.min_sources <= len(self.sources()), f"{p}min-sources",
+                f"must be in 0..{len(self.sources())} (the source count), got {self.min_sources}",
+                "use 0 to require every source")
         require(self.metrics_port >= -1, f"{p}metrics-port", "use -1 (off), 0 (any free) or a TCP port")
         super().validate(prefix)
         self.win().validate(f"{p}win")
@@ -111,6 +116,11 @@ class FlowerTaskConfig(WGANConfig):
     def num_nodes(self) -> int:
         """Sources plus one target: the nodes a round waits for."""
         return len(self.sources()) + 1
+
+    @property
+    def required_sources(self) -> int:
+        """Source uploads a round needs (``min-sources``; 0 means all of them)."""
+        return self.min_sources or len(self.sources())
 
     def wgan(self) -> WGANConfig:
         """The run's training settings (lr, betas, critic steps, batch, latent_dim, GP weight)."""
