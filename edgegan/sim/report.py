@@ -196,7 +196,9 @@ def plot_fid(s: RunSummary, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pts in curves.items():
         ax.plot(*zip(*sorted(pts)), marker="o", ms=3, label=name)
-    ax.set_xlabel("iteration (Stage II) / generator step (TDGAN)")
+    units = ([] if s.coalescence is None or not s.coalescence.methods else ["Stage II iteration"]) + \
+        ([] if s.tdgan is None or not s.tdgan.evals else ["generator step (TDGAN)"])
+    ax.set_xlabel(" / ".join(units))
     ax.set_ylabel("feature-FID (lower is better)")
     ax.set_yscale("log")
     ax.grid(alpha=.3)
