@@ -19,9 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+from edgegan.barycenter.aggregate import aggregator_name
 from edgegan.barycenter.grid import AGGREGATORS as GRID_AGGREGATORS
 from edgegan.barycenter.nwb import NWBConfig
 from edgegan.barycenter.win import WINConfig
+from edgegan.baselines.coalescence import METHODS
 from edgegan.config import check_fields, from_dict, read_yaml
 from edgegan.data.registry import DATASETS as IMAGE_DATASETS
 from edgegan.errors import EdgeganError, require
@@ -204,8 +206,6 @@ class TargetSpec:
         "unit": "edgegan.baselines.coalescence.METHODS to compare at equal iteration budgets"})
 
     def validate(self, prefix: str = "target") -> None:
-        from edgegan.baselines.coalescence import METHODS
-
         check_fields(self, prefix, ("samples",), 1)
         for i, m in enumerate(self.methods):
             require(m in METHODS, f"{prefix}.methods[{i}]", f"unknown method {m!r}", "choose from " + ", ".join(METHODS))
@@ -293,8 +293,6 @@ class Scenario:
     source: str = field(default="", metadata={"unit": "file the scenario was read from (set by load_scenario)"})
 
     def validate(self, prefix: str = "") -> None:
-        from edgegan.barycenter.aggregate import aggregator_name
-
         pipes = [self.pipeline] if isinstance(self.pipeline, str) else list(self.pipeline)
         require(len(pipes) > 0, "pipeline", "is empty", "choose coalescence, tdgan or grid")
         for i, p in enumerate(pipes):
