@@ -140,6 +140,15 @@ def start_edge(procs: Procs, port: int, node_id: str, token: str, classes: str, 
                        "--classes", classes, "--device", "cpu", *extra)
 
 
+def wait_for_log(procs: Procs, p: subprocess.Popen, text: str, timeout: float = 90.0) -> None:
+    """Wait until process ``p`` has written ``text`` to its log (fails if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while text not in procs.log(p):
+        assert p.poll() is None, f"pid {p.pid} exited ({p.returncode}) before logging {text!r}:\n{procs.log(p)[-3000:]}"
+        assert time.monotonic() < deadline, f"{text!r} not logged after {timeout} s:\n{procs.log(p)[-3000:]}"
+        time.sleep(0.1)
+
+
 def scrape(metrics_port: int) -> dict[str, float]:
     """The cloud's /metrics as {sample name with labels: value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

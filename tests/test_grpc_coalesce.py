@@ -1,10 +1,13 @@
 """The coalescence pipeline over the wire with real processes (seed 000; issue 7): two source
 edges pre-train and upload (G_k, D_k, η_k), the cloud computes the Stage I barycenter, one of
-them downloads it and fast-adapts (Stage II); the cloud's folder keeps every finished piece."""
+them downloads it and fast-adapts (Stage II); the cloud's folder keeps every finished piece.
+The edges start before the cloud and wait for it (retry with back-off), so nothing here
+depends on timing; they train with the cloud's ``training`` settings."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -15,24 +18,28 @@ from edgegan.config import load_yaml
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.roles import CoalesceServer
 from edgegan.runtime.tensor_codec import decode_bundle
-from grpc_procs import Procs, cloud_ready, config_port, launch_cloud, start_edge, write_config
+from grpc_procs import Procs, cloud_ready, config_port, launch_cloud, start_edge, wait_for_log, write_config
 
 
 def test_coalescence_end_to_end_over_grpc(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:
-        cfg = write_config(tmp_path / "cloud.yaml", mode="coalesce",
-                           coalesce={"expected_uploads": 2, "steps_per_stage": 10})
-        cloud = launch_cloud(procs, cfg)
+        training = {"lr": 3e-4, "beta1": 0.5, "beta2": 0.95, "critic_steps": 2, "gp_weight": 10.0,
+                    "batch_size": 32, "latent_dim": 16}
+        cfg = write_config(tmp_path / "cloud.yaml", mode="coalesce", training=training,
+                           coalesce={"expected_uploads": 2, "steps_per_stage": 10}, eval_samples_per_class=20)
         port = config_port(cfg)
         common = ("--mode", "coalesce", "--arch", "mlp", "--width", "32", "--max-samples", "200",
-                  "--pretrain-steps", "10")
+                  "--pretrain-steps", "10", "--retry-s", "120")
         source = start_edge(procs, port, "e0", "t0", "0,1,2,3,4", *common, "--eta", "2")
         target = start_edge(procs, port, "e1", "t1", "5,6,7,8,9", *common, "--eta", "1", "--adapt-steps", "5",
                             "--out", str(tmp_path / "e1"))
+        wait_for_log(procs, source, "cloud unreachable")  # the edge is retrying: only now start the cloud
+        cloud = launch_cloud(procs, cfg)
         cloud_ready(procs, cloud)
         assert procs.wait(source, 120) == 0, procs.log(source)[-2000:]
         assert procs.wait(target, 120) == 0, procs.log(target)[-2000:]
+        assert json.loads((tmp_path / "e1" / "edge.json").read_text())["training"] == training
 
         ckpt = tmp_path / "ckpt"
         assert sorted(p.name for p in (ckpt / "uploads").iterdir()) == ["e0.bundle", "e1.bundle"]
@@ -46,7 +53,10 @@ def test_coalescence_end_to_end_over_grpc(tmp_path: Path) -> None:
 
         cloud.send_signal(signal.SIGTERM)  # graceful: exit 0 with a report
         assert procs.wait(cloud, 30) == 0
-        assert (ckpt / "report.json").is_file()
+        report = json.loads((ckpt / "report.json").read_text())
+        assert report["uploads"] == ["e0", "e1"] and report["barycenter_ready"]
+        assert report["evals"] and report["evals"][0]["fid_whole"] > 0  # the barycenter's quality
+        assert models["generator"].latent_dim == 16  # built with the cloud's training settings
     finally:
         procs.kill_all()
 

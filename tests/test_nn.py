@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from edgegan.checkpoint import load_checkpoint, save_checkpoint
+from edgegan.checkpoint import load_checkpoint, pack_model, save_checkpoint, unpack_model
 from edgegan.errors import EdgeganError
-from edgegan.nn import build_from_spec, build_gan, model_spec
+from edgegan.nn import build_gan
 
 
 @pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("mlp", (1, 8, 8)), ("dcgan", (1, 8, 8)),
@@ -33,10 +33,8 @@ def test_conditional_generator_uses_label():
 
 def test_checkpoint_rebuilds_model(tmp_path):
     G, _ = build_gan("dcgan", (1, 28, 28), 16, width=8)
-    save_checkpoint(tmp_path / "g.pt", {"model": model_spec(G), "state_dict": G.state_dict()})
-    ck = load_checkpoint(tmp_path / "g.pt")
-    G2 = build_from_spec(ck["model"])
-    G2.load_state_dict(ck["state_dict"])
+    save_checkpoint(tmp_path / "g.pt", pack_model(G))
+    G2 = unpack_model(load_checkpoint(tmp_path / "g.pt"))
     G.eval(), G2.eval()
     z = torch.randn(3, 16)
     torch.testing.assert_close(G(z), G2(z))

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from edgegan.barycenter.weights import coalescence_order, relevance_weights
-from edgegan.checkpoint import load_checkpoint, save_checkpoint
+from edgegan.checkpoint import MODEL_ARGS, load_checkpoint, pack_model, same_model_args, save_checkpoint
 from edgegan.errors import EdgeganError, require
 from edgegan.gan import MultiCriticWGAN, WGANConfig
-from edgegan.nn import Generator, model_spec, same_architecture
+from edgegan.nn import Generator, same_architecture
 
 CHECKPOINT_FORMAT = "edgegan.recursive_barycenter/1"
 
@@ -128,15 +128,12 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _pack(model: nn.Module) -> dict[str, Any]:
-    return {"spec": model_spec(model), "state_dict": model.state_dict()}
-
-
 def _unpack(entry: dict[str, Any], like: nn.Module, path: Path) -> nn.Module:
+    """A :func:`pack_model` entry loaded into a copy of ``like`` (same architecture and device)."""
     model = copy.deepcopy(like)
     try:
-        if entry["spec"] != model_spec(like):
-            raise KeyError("spec")
+        if not same_model_args(entry, like):
+            raise KeyError(MODEL_ARGS)
         model.load_state_dict(entry["state_dict"])
     except (KeyError, RuntimeError, TypeError):
         raise EdgeganError("checkpoint", f"'{path}' holds a model that does not match the inputs",
@@ -228,7 +225,8 @@ def recursive_barycenter(generators: Sequence[Generator], critics: Sequence[nn.M
             save_checkpoint(_stage_path(folder, stage), {
                 "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "stage": stage,
                 "num_stages": num_stages, "order": order, "eta": [float(e) for e in eta],
-                "generator": _pack(G), "critic_prev": _pack(critic_prev), "critic_new": _pack(critic_new),
+                "generator": pack_model(G), "critic_prev": pack_model(critic_prev),
+                "critic_new": pack_model(critic_new),
                 "accumulated_lambda": accumulated, "stages": stages, "history": history,
                 "rng": _rng_state(device)})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -54,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-mib", type=int, default=64, help="largest gRPC message, MiB")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port (0: off)")
-    p.add_argument("--retry-s", type=float, default=60.0, help="give up after the cloud is unreachable this long")
+    p.add_argument("--retry-s", type=float, default=60.0,
+                   help="retry with back-off while the cloud is unreachable; give up after this many seconds")
     add_device_option(p)
     p.set_defaults(func=run)
 
@@ -84,13 +86,35 @@ def _local_data(args: argparse.Namespace):
     return data
 
 
+async def _coalesce(args: argparse.Namespace, node, conn, device: str, out: Path | None) -> dict:
+    """Seed 000 on one node: join the cloud (its training settings), pre-train and upload
+    (Stage I, unless ``--pretrain-steps 0``), then download the barycenter and adapt (Stage II)."""
+    from edgegan.checkpoint import pack_model, save_checkpoint
+    from edgegan.runtime.grpc_edge import download_models, join_coalescence, upload_models
+
+    cfg = await join_coalescence(node, conn, device)
+    summary: dict = {"training": dataclasses.asdict(cfg)}
+    if args.pretrain_steps > 0:  # a source node (Stage I); 0: a pure target node
+        t0 = time.perf_counter()
+        models = node.pretrain(args.arch, args.pretrain_steps, cfg, args.width)
+        summary["pretrain_seconds"] = time.perf_counter() - t0
+        reply = await upload_models(node, conn, models, {"eta": args.eta})
+        log.info("uploaded %d bytes (%d of %d uploads)", reply.received_bytes, reply.uploads, reply.expected_uploads)
+        summary["uploaded_bytes"] = reply.received_bytes
+    if args.adapt_steps > 0:
+        bary, _ = await download_models(args.node_id, conn, "barycenter", args.wait_s)
+        G = node.adapt(bary, args.adapt_steps, args.ternary, cfg)
+        summary["adapted_steps"] = args.adapt_steps
+        if out:
+            save_checkpoint(out / "barycenter.pt", pack_model(bary["generator"]))
+            save_checkpoint(out / "adapted.pt", pack_model(G))
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
-    from edgegan.checkpoint import save_checkpoint
     from edgegan.device import resolve_device
-    from edgegan.gan import WGANConfig
     from edgegan.monitor.metrics import Metrics, start_metrics_server
-    from edgegan.nn import model_spec
-    from edgegan.runtime.grpc_edge import EdgeConnection, download_models, run_tdgan_edge, upload_models
+    from edgegan.runtime.grpc_edge import EdgeConnection, run_tdgan_edge
     from edgegan.runtime.roles import EdgeNode
 
     torch.manual_seed(args.seed)
@@ -111,23 +135,7 @@ def run(args: argparse.Namespace) -> int:
         require(args.eta > 0, "eta", f"must be > 0, got {args.eta}")
         require(args.pretrain_steps > 0 or args.adapt_steps > 0, "pretrain_steps",
                 "nothing to do with --pretrain-steps 0 and --adapt-steps 0")
-        cfg = WGANConfig()
-        if args.pretrain_steps > 0:  # a source node (Stage I); 0: a pure target node
-            t0 = time.perf_counter()
-            models = node.pretrain(args.arch, args.pretrain_steps, cfg, args.width)
-            summary["pretrain_seconds"] = time.perf_counter() - t0
-            reply = asyncio.run(upload_models(node, conn, models, {"eta": args.eta}))
-            log.info("uploaded %d bytes (%d of %d uploads)", reply.received_bytes, reply.uploads,
-                     reply.expected_uploads)
-            summary["uploaded_bytes"] = reply.received_bytes
-        if args.adapt_steps > 0:
-            bary, _ = asyncio.run(download_models(args.node_id, conn, "barycenter", args.wait_s))
-            G = node.adapt(bary, args.adapt_steps, args.ternary, cfg)
-            summary["adapted_steps"] = args.adapt_steps
-            if out:
-                save_checkpoint(out / "barycenter.pt", {"model": model_spec(bary["generator"]),
-                                                        "state_dict": bary["generator"].state_dict()})
-                save_checkpoint(out / "adapted.pt", {"model": model_spec(G), "state_dict": G.state_dict()})
+        summary.update(asyncio.run(_coalesce(args, node, conn, str(device), out)))
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "edge.json").write_text(json.dumps(summary, indent=2))

@@ -13,12 +13,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
 from edgegan import __version__
 from edgegan.config import from_dict
 from edgegan.errors import EdgeganError
+from edgegan.gan.train import WGANConfig
 from edgegan.runtime.grpc_server import channel_options
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
@@ -35,6 +37,7 @@ from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.messages import FeedbackRequest
 
 log = logging.getLogger("edgegan.edge")
+T = TypeVar("T")
 
 # refusals that retrying cannot fix
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -141,61 +144,101 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
         call.cancel()
 
 
-async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cpu") -> pb.Done:
-    """Take part in the cloud's TDGAN run until it is done; reconnect (same id) while the cloud
-    is unreachable for less than ``conn.retry_s`` seconds."""
+async def retrying(conn: EdgeConnection, attempt: Callable[[grpc.aio.Channel, Callable[[], None]], Awaitable[T]],
+                   what: str) -> T:
+    """Run ``attempt(channel, reached)`` on a fresh channel until it returns, retrying with
+    jittered exponential back-off (0.2 s doubling to 2 s) while the cloud is unreachable or goes
+    away; ``attempt`` calls ``reached()`` once the cloud answered. After ``conn.retry_s`` seconds
+    without reaching the cloud it gives up with one :class:`EdgeganError` line; refusals that
+    retrying cannot fix (:data:`FATAL`) end at once."""
     backoff, last_ok = 0.2, time.monotonic()
+
+    def reached() -> None:
+        nonlocal backoff, last_ok
+        backoff, last_ok = 0.2, time.monotonic()
+
     while True:
         channel = conn.channel()
-        joined = False
         try:
-            stub = pb_grpc.EdgeGANStub(channel)
-            reg = await register(stub, node, conn, device)
-            joined = True
-            if reg.mode != "tdgan":
-                raise EdgeganError("mode", f"the cloud runs {reg.mode!r}, not tdgan",
-                                   f"start the edge with --mode {reg.mode}")
-            node.configure_tdgan(from_dict(TDGANConfig, json.loads(reg.tdgan_config_json), "tdgan"), reg.image_shape)
-            log.info("node %s joined run %s at step %d", node.node_id, reg.run_id, reg.step)
-            backoff, last_ok = 0.2, time.monotonic()
-            done = await _session(stub, node, conn, reg)
-            log.info("run over at step %d (%s)", done.step, done.reason)
-            return done
+            return await attempt(channel, reached)
         except grpc.aio.AioRpcError as e:
             if e.code() in FATAL:
-                raise EdgeganError("cloud", f"{e.code().name}: {e.details()}") from None
-            log.info("cloud unreachable (%s): retrying", e.code().name)
+                raise EdgeganError("cloud", f"{what}: {e.code().name}: {e.details()}") from None
+            log.info("%s: cloud unreachable (%s): retrying", what, e.code().name)
         except CloudGone as e:
-            log.info("lost the cloud (%s): retrying", e)
+            reached()
+            log.info("%s: lost the cloud (%s): retrying", what, e)
         finally:
-            if joined:
-                last_ok = time.monotonic()
             await channel.close()
         if time.monotonic() - last_ok > conn.retry_s:
-            raise EdgeganError("cloud", f"'{conn.target}' unreachable for {conn.retry_s:g} s",
-                               "check the address, or raise --retry-s")
+            raise EdgeganError("cloud", f"'{conn.target}' unreachable for {conn.retry_s:g} s ({what})",
+                               "check the address and that the cloud runs, or raise --retry-s")
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, 2.0)
 
 
+async def run_tdgan_edge(node: EdgeNode, conn: EdgeConnection, device: str = "cpu") -> pb.Done:
+    """Take part in the cloud's TDGAN run until it is done; reconnect (same id) while the cloud
+    is unreachable for less than ``conn.retry_s`` seconds."""
+
+    async def attempt(channel: grpc.aio.Channel, reached: Callable[[], None]) -> pb.Done:
+        stub = pb_grpc.EdgeGANStub(channel)
+        reg = await register(stub, node, conn, device)
+        reached()
+        if reg.mode != "tdgan":
+            raise EdgeganError("mode", f"the cloud runs {reg.mode!r}, not tdgan",
+                               f"start the edge with --mode {reg.mode}")
+        node.configure_tdgan(from_dict(TDGANConfig, json.loads(reg.tdgan_config_json), "tdgan"), reg.image_shape)
+        log.info("node %s joined run %s at step %d", node.node_id, reg.run_id, reg.step)
+        try:
+            done = await _session(stub, node, conn, reg)
+        finally:
+            reached()
+        log.info("run over at step %d (%s)", done.step, done.reason)
+        return done
+
+    return await retrying(conn, attempt, "tdgan session")
+
+
+async def join_coalescence(node: EdgeNode, conn: EdgeConnection, device: str = "cpu") -> WGANConfig:
+    """Register with a coalesce-mode cloud (retrying until it is reachable) and return its
+    training settings, which this node's Stage I and Stage II then use."""
+
+    async def attempt(channel: grpc.aio.Channel, reached: Callable[[], None]) -> pb.RegisterReply:
+        return await register(pb_grpc.EdgeGANStub(channel), node, conn, device)
+
+    reg = await retrying(conn, attempt, "register")
+    if reg.mode != "coalesce":
+        raise EdgeganError("mode", f"the cloud runs {reg.mode!r}, not coalesce",
+                           f"start the edge with --mode {reg.mode}")
+    return from_dict(WGANConfig, json.loads(reg.training_config_json), "training")
+
+
 async def upload_models(node: EdgeNode, conn: EdgeConnection, models: dict, scalars: dict[str, float],
                         chunk_bytes: int = 1 << 20) -> pb.UploadReply:
-    """Stage I: stream this node's (G_k, D_k, η_k) bundle to the cloud."""
+    """Stage I: stream this node's (G_k, D_k, η_k) bundle to the cloud (retrying while unreachable)."""
     blob = encode_bundle(models, scalars)
-    async with conn.channel() as channel:
+
+    async def attempt(channel: grpc.aio.Channel, reached: Callable[[], None]) -> pb.UploadReply:
         stub = pb_grpc.EdgeGANStub(channel)
         await register(stub, node, conn)
         return await stub.UploadModels(iter_chunks(node.node_id, "upload", blob, chunk_bytes),
                                        metadata=conn.metadata(node.node_id), timeout=600)
 
+    return await retrying(conn, attempt, "upload")
+
 
 async def download_models(node_id: str, conn: EdgeConnection, name: str, wait_s: float,
                           max_bytes: int = 1 << 30) -> tuple[dict, dict[str, float]]:
-    """Download bundle ``name`` (``barycenter`` / ``generator``), verified and rebuilt."""
-    async with conn.channel() as channel:
+    """Download bundle ``name`` (``barycenter`` / ``generator``), verified and rebuilt (retrying
+    while the cloud is unreachable)."""
+
+    async def attempt(channel: grpc.aio.Channel, reached: Callable[[], None]) -> tuple[dict, dict[str, float]]:
         stub = pb_grpc.EdgeGANStub(channel)
         asm = ChunkAssembler(max_bytes)
         async for chunk in stub.DownloadModels(pb.DownloadRequest(name=name, wait_s=wait_s),
                                                metadata=conn.metadata(node_id), timeout=wait_s + 600):
             asm.add(chunk)
         return decode_bundle(asm.finish())
+
+    return await retrying(conn, attempt, f"download {name}")

@@ -93,6 +93,7 @@ class GrpcLink:
         self.server = server
         self.sessions: dict[str, _Session] = {}
         self.done: pb.Done | None = None
+        self.closing = False
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
@@ -134,7 +135,9 @@ class GrpcLink:
 
     async def close_all(self, grace_s: float) -> None:
         """End every open Session with UNAVAILABLE (the cloud is stopping) and give the handlers
-        ``grace_s`` to return, so stopping the server cancels no stream mid-flight."""
+        ``grace_s`` to return, so stopping the server cancels no stream mid-flight; streams opened
+        from now on are refused."""
+        self.closing = True
         for s in list(self.sessions.values()):
             s.close(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
         deadline = time.monotonic() + grace_s
@@ -229,6 +232,8 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
         if node_id not in self.server.registered:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node '{node_id}' must Register first")
+        if self.link.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
         old = self.link.sessions.get(node_id)
         if old is not None:
             old.close(grpc.StatusCode.ABORTED, "superseded by a newer stream of the same node")
@@ -286,7 +291,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         wait = min(max(request.wait_s, 0.0), 3600.0)
         blob = await self.server.bundle(request.name, wait)
         if blob is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{request.name} is not ready yet")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name} is not ready after {wait:g} s")
         for chunk in iter_chunks(node_id, request.name, blob, self.cfg.chunk_bytes):
             self.server.metrics.bytes_sent.inc(chunk.ByteSize())
             yield chunk

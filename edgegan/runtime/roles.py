@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from edgegan.barycenter.aggregate import aggregate
-from edgegan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from edgegan.checkpoint import MODEL_ARGS, atomic_write_bytes, load_checkpoint, same_model_args, save_checkpoint
 from edgegan.config import to_dict
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
@@ -213,6 +213,7 @@ class TDGANServer(CloudServer):
         self._events: list[tuple[str, str]] = []
         self.resumed_step: int | None = None
         self.history: list[dict[str, float]] = []
+        self.last_losses: dict[str, float] = {}  # mean over the nodes (d_loss, g_loss) and reminding, last step
         self._resume()
 
     @property
@@ -231,7 +232,7 @@ class TDGANServer(CloudServer):
     def _resume(self) -> None:
         if self.checkpoint_path.is_file():
             ckpt = load_checkpoint(self.checkpoint_path, self.device)
-            require(ckpt.get("model") == _jsonable(model_spec(self.tdgan.G)), "checkpoint_dir",
+            require(same_model_args(ckpt, self.tdgan.G), "checkpoint_dir",
                     f"'{self.checkpoint_path}' holds a different generator", "use a fresh checkpoint_dir")
             self.tdgan.load_state_dict(ckpt["tdgan"])
             self.registered = {k: NodeInfo(k, int(v["n_samples"]), tuple(v["label_histogram"]))
@@ -248,7 +249,7 @@ class TDGANServer(CloudServer):
         """Write ``cloud.pt`` atomically (TDGAN state, registrations, history; never tokens)."""
         cfg = {k: v for k, v in to_dict(self.cfg).items() if k != "tokens"}
         save_checkpoint(self.checkpoint_path, {
-            "model": _jsonable(model_spec(self.tdgan.G)), "tdgan": self.tdgan.state_dict(),
+            MODEL_ARGS: model_spec(self.tdgan.G), "tdgan": self.tdgan.state_dict(),
             "registered": {k: {"n_samples": i.n_samples, "label_histogram": list(i.label_histogram)}
                            for k, i in self.registered.items()},
             "history": self.history, "evals": self.evals, "config": cfg, "run_id": self.cfg.run_id})
@@ -299,7 +300,8 @@ class TDGANServer(CloudServer):
 
     # ------------------------------------------------------------------ the run
     def _step(self, requests: Sequence[FeedbackRequest],
-              answers: dict[str, FeedbackReply | NodeFailure]) -> tuple[dict[str, float], list[tuple[str, NodeFailure]]]:
+              answers: dict[str, FeedbackReply | NodeFailure]
+              ) -> tuple[dict[str, float], list[tuple[str, NodeFailure]]]:
         """One generator step on the compute thread: the core validates every reply
         (:meth:`TDGANCloud.apply_feedback`); returns its stats and the refused nodes."""
         refused: list[tuple[str, NodeFailure]] = []
@@ -324,19 +326,20 @@ class TDGANServer(CloudServer):
         if stats.get("g_stepped"):
             self.metrics.generator_steps.inc()
         if "reminding_loss" in stats:
-            self.metrics.loss.labels("reminding").set(stats["reminding_loss"])
+            self.last_losses["reminding"] = stats["reminding_loss"]
         for kind in ("d_loss", "g_loss"):
             vals = [v for k, v in stats.items() if k.endswith("/" + kind)]
             if vals:
-                self.metrics.loss.labels(kind).set(sum(vals) / len(vals))
+                self.last_losses[kind] = sum(vals) / len(vals)
+        for kind, v in self.last_losses.items():
+            self.metrics.loss.labels(kind).set(v)
 
     def progress_line(self) -> str:
         """One line on how the run goes: step, online nodes, accepted / rejected feedback (last
         step and total), the last losses and the last feature-FID."""
         last = self.history[-1] if self.history else {}
         t = self.tdgan.totals
-        losses = " ".join(f"{k} {self.metrics.loss.labels(k)._value.get():.3g}" for k in ("d_loss", "g_loss",
-                                                                                         "reminding"))
+        losses = " ".join(f"{k} {self.last_losses.get(k, float('nan')):.3g}" for k in ("d_loss", "g_loss", "reminding"))
         fid = f", feature-FID {self.evals[-1]['feature_fid']:.2f} at step {self.evals[-1]['step']}" if self.evals \
             else ""
         return (f"step {self.tdgan.step}/{self.cfg.steps}: online {len(self.tdgan.online)}, "
@@ -543,11 +546,6 @@ class EdgeNode:
                          barycenter["critic_new"].to(self.device), self.data.x.to(self.device), steps,
                          ternary=ternary, cfg=cfg)
         return res.generator
-
-
-def _jsonable(spec: dict[str, Any]) -> dict[str, Any]:
-    """A model spec as it reads back from JSON (tuples → lists), for comparisons."""
-    return json.loads(json.dumps(spec))
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float | None = None) -> None:
