@@ -74,11 +74,14 @@ class Metrics:
         self.aggregation_seconds = Histogram("edgegan_aggregation_seconds", "Wall time of one Stage I aggregation",
                                              buckets=AGGREGATION_BUCKETS, registry=r)
 
-    def reject(self, reason: FailureReason) -> None:
-        """Count one refused feedback under its typed reason; anything that is not a refusal
-        reason counts as ``malformed`` (bounded labels)."""
-        ok = isinstance(reason, FailureReason) and reason.is_refusal
-        self.rejected.labels(reason.value if ok else FailureReason.MALFORMED.value).inc()
+    def reject(self, reason: FailureReason | str) -> None:
+        """Count one refused feedback under its :class:`FailureReason` (or that reason's value);
+        anything that is not a refusal reason counts as ``malformed`` (bounded labels)."""
+        try:
+            r = FailureReason(reason)
+        except ValueError:
+            r = FailureReason.MALFORMED
+        self.rejected.labels(r.value if r.is_refusal else FailureReason.MALFORMED.value).inc()
 
 
 def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> int:
