@@ -29,7 +29,7 @@ README = REPO / "README.md"
 HEADING = "### Deployment: a SuperLink and three SuperNodes on one host"
 BIN = Path(sys.executable).parent
 TINY = ('pretrain-steps=3 steps-per-stage=2 adapt-steps=2 batch-size=32 critic-steps=2 '
-        'generator-width=32 critic-width=32 eval-samples=0 device="cpu"')
+        'generator-width=32 critic-width=32 eval-samples=0 device="cpu" round-timeout=120')
 PORT = re.compile(r"(?<=--port )\d+|(?<=127\.0\.0\.1:)\d+")
 
 
@@ -198,7 +198,7 @@ def test_readme_deployment_runs_and_a_failing_source_fails_the_round(deployment)
         # the stopped SuperNode unregisters before it exits; the ServerApp waits for 3 nodes again
         deployment.replace("'partition-id=1'", "'partition-id=1 device=\"cuda:64\"'")
         deployment.outputs["failing run"] = deployment.shell(
-            f"{submit} --run-config {shlex.quote(TINY)} --run-config round-timeout=120")
+            f"{submit} --run-config {shlex.quote(TINY)}")
         runs.extend(sorted(deployment.flwr_json("ls")["runs"], key=lambda r: r["pending-at"]))
 
     deployment.run(commands, before_kill=failing_source_run)
