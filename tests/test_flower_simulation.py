@@ -8,10 +8,9 @@ import torch
 
 from edgegan.barycenter import aggregate
 from edgegan.baselines.coalescence import pretrain_sources
-from edgegan.checkpoint import load_checkpoint
+from edgegan.checkpoint import load_checkpoint, unpack_model
 from edgegan.flower import task
 from edgegan.monitor.metrics import Metrics
-from edgegan.nn import build_from_spec
 
 # a few WGAN steps: the point is equality with a direct call, not sample quality
 TINY = {"pretrain-steps": 3, "steps-per-stage": 3, "adapt-steps": 2, "batch-size": 32, "critic-steps": 2,
@@ -45,8 +44,7 @@ def test_simulation_barycenter_equals_direct_stage_one(tmp_path):
 
     saved = load_checkpoint(tmp_path / "barycenter.pt")
     for name in ("generator", "critic_prev", "critic_new"):
-        model = build_from_spec(saved[name]["model"])
-        model.load_state_dict(saved[name]["state_dict"])
+        model = unpack_model(saved[name])
         want = getattr(direct, name).state_dict()
         for key, value in model.state_dict().items():
             torch.testing.assert_close(value, want[key], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")

@@ -18,12 +18,11 @@ from typing import Any, Mapping
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from edgegan.checkpoint import save_checkpoint
+from edgegan.checkpoint import pack_model, save_checkpoint
 from edgegan.flower import task
 from edgegan.flower.records import models_from_records
 from edgegan.flower.strategy import BARYCENTER_MODELS, BarycenterStrategy
 from edgegan.monitor.metrics import Metrics, metrics_server
-from edgegan.nn import model_spec
 
 log = logging.getLogger("edgegan.flower")
 
@@ -51,8 +50,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None, metrics: Metrics
                                     evaluate_config=ConfigRecord({"adapt-steps": cfg.adapt_steps}))
             if cfg.out_dir and strategy.barycenter_specs is not None:
                 models = models_from_records(result.arrays, strategy.barycenter_specs, BARYCENTER_MODELS)
-                save_checkpoint(Path(cfg.out_dir) / "barycenter.pt", {
-                    name: {"model": model_spec(m), "state_dict": m.state_dict()} for name, m in models.items()})
+                save_checkpoint(Path(cfg.out_dir) / "barycenter.pt",
+                                {name: pack_model(m) for name, m in models.items()})
             time.sleep(cfg.metrics_linger_s if cfg.metrics_port >= 0 else 0.0)
 
     return app

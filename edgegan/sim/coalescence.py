@@ -20,9 +20,10 @@ from edgegan.barycenter.aggregate import AggregateResult, aggregate
 from edgegan.barycenter.gaussian import bw2_uvp, exact_gaussian_barycenter, gaussian_benchmark, gaussian_samplers
 from edgegan.baselines.coalescence import CoalescenceTask, compare_methods, digits_split, pretrain_sources
 from edgegan.data import TensorData, load_dataset
+from edgegan.checkpoint import pack_model, unpack_model
 from edgegan.errors import require
 from edgegan.eval import GeneratorScore, evaluator_for
-from edgegan.nn import Generator, build_from_spec, model_spec
+from edgegan.nn import Generator
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for
 from edgegan.sim.scenario import Scenario
@@ -96,16 +97,6 @@ class _Uploads:
     left: list[str]
 
 
-def _pack(model: torch.nn.Module) -> dict[str, Any]:
-    return {"spec": model_spec(model), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
-
-
-def _unpack(d: dict[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
-    m = build_from_spec(d["spec"])
-    m.load_state_dict(d["state_dict"])
-    return m.to(device)
-
-
 def _score(G: Generator, sc: Scenario, device: torch.device | str) -> GeneratorScore:
     ev = evaluator_for(sc.data.dataset, sc.data.data_root, device)
     return ev.score(G, sc.target.classes, sc.evaluation.samples, seed=sc.seed + EVAL_SEED)
@@ -123,7 +114,7 @@ def pretrain_job(host, index: int, node_id: str, x: torch.Tensor, steps: int, up
     out = {"index": index, "node": node_id, "steps": steps, "uploaded": uploads,
            "seconds": time.perf_counter() - t0, "worker": host.index}
     if uploads:
-        out.update(generator=_pack(gens[0]), critic=_pack(crits[0]))
+        out.update(generator=pack_model(gens[0]), critic=pack_model(crits[0]))
     return out
 
 
@@ -149,7 +140,7 @@ def adapt_job(host, name: str, task: CoalescenceTask, bary: AggregateResult, sc:
     G = res.generator.eval()
     with torch.no_grad():
         samples = G.sample(64, generator=torch.Generator(dev).manual_seed(sc.seed)).cpu()
-    return MethodOutcome(name, curve, res.seconds, host.index, samples, _pack(G) if sc.outputs.models else None)
+    return MethodOutcome(name, curve, res.seconds, host.index, samples, pack_model(G) if sc.outputs.models else None)
 
 
 # ---------------------------------------------------------------------- the pipeline's steps
@@ -197,8 +188,8 @@ def _pretrain(ctx: RunContext, av: Availability, xs: list[torch.Tensor]) -> _Upl
         ctx.progress("pre-training", i + 1, len(jobs), f"{res['node']} {status}")
     require(bool(uploads), "schedule", "every source left before uploading", "keep a source online")
     order = sorted(uploads)
-    return _Uploads(order, [_unpack(uploads[k]["generator"], ctx.device) for k in order],
-                    [_unpack(uploads[k]["critic"], ctx.device) for k in order],
+    return _Uploads(order, [unpack_model(uploads[k]["generator"], ctx.device) for k in order],
+                    [unpack_model(uploads[k]["critic"], ctx.device) for k in order],
                     [j[0][1] for j in jobs if j[0][0] not in uploads])
 
 
