@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgegan.checkpoint import MODEL_ARGS
 from edgegan.errors import EdgeganError, require
 from edgegan.nn import build_from_spec, model_spec
 
@@ -267,7 +268,7 @@ def _unpack_codes(raw: bytes, n: int) -> torch.Tensor:
 def pack_ternary(model: nn.Module) -> bytes:
     """2-bit export of a :func:`to_ternary` model.
 
-    Layout: ``MAGIC``, u32 header length, JSON header (model spec, tensor list), then per tensor
+    Layout: ``MAGIC``, u32 header length, JSON header (``model_args``, tensor list), then per tensor
     either S, Δ+, Δ− as float32 and the codes at 2 bits each (4 per byte), or the raw bytes of
     a full-precision tensor (biases, BatchNorm, embeddings) as float32 / int64.
     """
@@ -290,7 +291,7 @@ def pack_ternary(model: nn.Module) -> bytes:
         else:
             entries.append([key, "i", list(t.shape)])
             chunks.append(t.detach().cpu().long().contiguous().numpy().astype("<i8").tobytes())
-    header = json.dumps({"spec": model_spec(model), "tensors": entries}, separators=(",", ":")).encode()
+    header = json.dumps({MODEL_ARGS: model_spec(model), "tensors": entries}, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + b"".join(chunks)
 
 
@@ -313,7 +314,7 @@ def unpack_ternary(blob: bytes, device: str | torch.device = "cpu") -> nn.Module
     pos += 4
     try:
         header = json.loads(bytes(blob[pos:pos + hlen]).decode())
-        spec, entries = header["spec"], header["tensors"]
+        spec, entries = header[MODEL_ARGS], header["tensors"]
         model = build_from_spec(spec)
     except (ValueError, KeyError, TypeError):
         raise _corrupt("unreadable header") from None
