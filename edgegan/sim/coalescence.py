@@ -134,7 +134,7 @@ def adapt_job(host, name: str, task: CoalescenceTask, bary: AggregateResult, sc:
         curve.append((int(stats["step"]), _score(G, sc, dev)))
 
     res = compare_methods(task, steps, [name], sc.training.settings(), bary, lambda _n: callback,
-                          sc.evaluation.every, sc.seed)[name]
+                          sc.evaluation.every, sc.seed, eta0=sc.target.eta0)[name]
     if not curve or curve[-1][0] != steps:
         callback({"step": steps}, res.generator)
     G = res.generator.eval()

@@ -204,9 +204,14 @@ class TargetSpec:
     methods: list[str] = field(default_factory=lambda: ["barycentric_fa", "ternary_fa", "edge_only", "transfer",
                                                         "weight_average"], metadata={
         "unit": "edgegan.baselines.coalescence.METHODS to compare at equal iteration budgets"})
+    eta0: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={
+        "unit": "Stage II radii (barycenter replay, local data); λ = 1/η, equal in seed 000 Alg. 2"})
 
     def validate(self, prefix: str = "target") -> None:
         check_fields(self, prefix, ("samples",), 1)
+        require(len(self.eta0) == 2, f"{prefix}.eta0", f"needs 2 radii (replay, local), got {len(self.eta0)}")
+        for i, e in enumerate(self.eta0):
+            require(e > 0, f"{prefix}.eta0[{i}]", f"must be > 0, got {e}")
         for i, m in enumerate(self.methods):
             require(m in METHODS, f"{prefix}.methods[{i}]", f"unknown method {m!r}", "choose from " + ", ".join(METHODS))
 
