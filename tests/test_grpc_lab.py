@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from grpc_procs import Procs, cloud_ready, config_port, free_port, launch_cloud, start_edge, wait_metric, write_config
+from grpc_procs import (
+    Procs,
+    cloud_ready,
+    config_port,
+    free_port,
+    launch_cloud,
+    start_edge,
+    wait_for_log,
+    wait_metric,
+    write_config,
+)
 
 TRACEBACK_MARKERS = ("Traceback", "CancelledError", "Exception not handled", "AioRpcError")
 
@@ -48,6 +58,25 @@ def test_cloud_logs_progress_scores_g_and_stops_cleanly_on_sigterm(procs: Procs,
     report = json.loads((tmp_path / "ckpt" / "report.json").read_text())
     assert not report["finished"] and report["eval_dataset"] == "digits"
     assert report["evals"] and report["evals"][0]["step"] == 20 and report["evals"][0]["feature_fid"] > 0
+
+
+def test_sigterm_while_an_edge_waits_for_the_barycenter(procs: Procs, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cloud.yaml", mode="coalesce", coalesce={"expected_uploads": 2})
+    cloud = launch_cloud(procs, cfg)
+    cloud_ready(procs, cloud)
+    target = start_edge(procs, config_port(cfg), "e1", "t1", "2,7", "--mode", "coalesce", "--pretrain-steps", "0",
+                        "--adapt-steps", "1", "--retry-s", "1")
+    wait_for_log(procs, cloud, "node e1 waits up to 600 s for the barycenter")
+    cloud.send_signal(signal.SIGTERM)
+    assert procs.wait(cloud, 60) == 0, procs.log(cloud)[-3000:]
+    for marker in TRACEBACK_MARKERS:
+        assert marker not in procs.log(cloud), procs.log(cloud)[-3000:]
+    # the edge was told the cloud is going away, retried, and gave up in one line
+    assert procs.wait(target, 60) == 2
+    log = procs.log(target)
+    assert "UNAVAILABLE" in log and "unreachable for 1 s" in log, log
+    for marker in TRACEBACK_MARKERS:
+        assert marker not in log, log
 
 
 def test_coalesce_edge_gives_up_in_one_line_when_no_cloud_comes(procs: Procs, tmp_path: Path) -> None:

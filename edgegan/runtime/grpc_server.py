@@ -14,13 +14,12 @@ stream with INVALID_ARGUMENT before it can reach the generator.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
+from edgegan.runtime.guard import Guard, node_of_token
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
@@ -94,6 +94,8 @@ class GrpcLink:
         self.sessions: dict[str, _Session] = {}
         self.done: pb.Done | None = None
         self.closing = False
+        self.waiting = 0  # DownloadModels calls waiting for a bundle
+        self.on_drop: Callable[[str, FailureReason], None] | None = None  # the guard's hook
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
@@ -124,6 +126,8 @@ class GrpcLink:
         return out
 
     def drop(self, node_id: str, failure: NodeFailure) -> None:
+        if self.on_drop is not None:
+            self.on_drop(node_id, failure.reason)
         s = self.sessions.get(node_id)
         if s is not None:
             s.close(grpc.StatusCode[failure.code], failure.detail)
@@ -134,14 +138,15 @@ class GrpcLink:
             s.outbox.put_nowait(pb.CloudMessage(done=self.done))
 
     async def close_all(self, grace_s: float) -> None:
-        """End every open Session with UNAVAILABLE (the cloud is stopping) and give the handlers
-        ``grace_s`` to return, so stopping the server cancels no stream mid-flight; streams opened
-        from now on are refused."""
+        """End every open Session and waiting download with UNAVAILABLE (the cloud is stopping)
+        and give the handlers ``grace_s`` to return, so stopping the server cancels no call
+        mid-flight; streams opened from now on are refused."""
         self.closing = True
+        self.server.stopping.set()
         for s in list(self.sessions.values()):
             s.close(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
         deadline = time.monotonic() + grace_s
-        while self.sessions and time.monotonic() < deadline:
+        while (self.sessions or self.waiting) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
     async def watchdog(self, interval_s: float, timeout_s: float) -> None:
@@ -167,12 +172,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
     async def _authenticate(self, context: grpc.aio.ServicerContext, claimed: str | None = None) -> str:
         """The node id the call's bearer token belongs to; abort unless it matches ``claimed``."""
         md = dict(context.invocation_metadata() or ())
-        auth = md.get("authorization", "")
-        token = auth[7:] if auth.startswith("Bearer ") else ""
-        node_id = None
-        for nid, tok in self._tokens.items():
-            if hmac.compare_digest(tok.encode(), token.encode()):
-                node_id = nid
+        node_id = node_of_token(self._tokens, md.items())
         if node_id is None and self.cfg.allow_anonymous and not self._tokens:
             node_id = claimed or md.get("x-edgegan-node-id", "")
         if not node_id:
@@ -203,12 +203,9 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         self.server.metrics.bytes_sent.inc(reply.ByteSize())
         return reply
 
-    async def _read_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+    async def _read_loop(self, session: _Session, requests: AsyncIterator[pb.EdgeMessage]) -> None:
         metrics = self.server.metrics
-        while True:
-            msg = await context.read()
-            if msg is grpc.aio.EOF:
-                return
+        async for msg in requests:
             session.last_seen = time.monotonic()
             metrics.bytes_received.inc(msg.ByteSize())
             kind = msg.WhichOneof("kind")
@@ -226,7 +223,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             await context.write(msg)
             metrics.bytes_sent.inc(msg.ByteSize())
 
-    async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def Session(self, request_iterator: AsyncIterator[pb.EdgeMessage], context: grpc.aio.ServicerContext) -> None:
         node_id = await self._authenticate(context)
         if not isinstance(self.server, TDGANServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
@@ -243,7 +240,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             session.outbox.put_nowait(pb.CloudMessage(done=self.link.done))
         else:
             self.server.connected(node_id)
-        tasks = [asyncio.ensure_future(self._read_loop(session, context)),
+        tasks = [asyncio.ensure_future(self._read_loop(session, request_iterator)),
                  asyncio.ensure_future(self._write_loop(session, context))]
         try:
             await asyncio.wait([*tasks, session.closed], return_when=asyncio.FIRST_COMPLETED)
@@ -289,7 +286,15 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: this {self.cfg.mode} cloud holds no "
                                 f"bundle {request.name!r}; ask for {' or '.join(self.server.BUNDLES)}")
         wait = min(max(request.wait_s, 0.0), 3600.0)
-        blob = await self.server.bundle(request.name, wait)
+        if not self.server.stopping.is_set() and wait > 0:
+            log.info("node %s waits up to %g s for the %s", node_id, wait, request.name)
+        self.link.waiting += 1
+        try:
+            blob = await self.server.bundle(request.name, wait)
+        finally:
+            self.link.waiting -= 1
+        if blob is None and self.server.stopping.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
         if blob is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name} is not ready after {wait:g} s")
         for chunk in iter_chunks(node_id, request.name, blob, self.cfg.chunk_bytes):
@@ -317,8 +322,12 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     if cfg.metrics_port is not None:
         metrics_port = start_metrics_server(cfg.metrics_port, server.metrics.registry, cfg.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_addr, metrics_port)
-    grpc_server = grpc.aio.server(options=channel_options(cfg.max_message_bytes))
+    guard = Guard(cfg, server.metrics)
+    grpc_server = grpc.aio.server(interceptors=[guard], options=[
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", guard.limits.receive)])
     link = GrpcLink(server)
+    link.on_drop = guard.on_drop
     pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, link), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -352,5 +361,6 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
         await health_servicer.enter_graceful_shutdown()
         await link.close_all(grace_s=1.0)
         await grpc_server.stop(grace=1.0)
+        guard.close()
         server.close()
     return 0

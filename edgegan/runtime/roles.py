@@ -130,6 +130,7 @@ class CloudServer(abc.ABC):
         self._changed = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgegan-compute")
         self.finished = False
+        self.stopping = asyncio.Event()  # set when the process stops: waiting calls return at once
         self.evals: list[dict[str, Any]] = []
         self.eval_dataset = resolve_eval_dataset(cfg)
         if self.eval_dataset is None:
@@ -468,10 +469,7 @@ class CoalesceServer(CloudServer):
     async def bundle(self, name: str, wait_s: float = 0.0) -> bytes | None:
         self._check_bundle(name)
         if not self._ready.is_set() and wait_s > 0:
-            try:
-                await asyncio.wait_for(self._ready.wait(), wait_s)
-            except asyncio.TimeoutError:
-                pass
+            await _wait_any(self._ready, self.stopping, timeout=wait_s)
         return self._barycenter
 
 
