@@ -133,7 +133,7 @@ class CloudServer(abc.ABC):
         self.stopping = asyncio.Event()  # set when the process stops: waiting calls return at once
         self.evals: list[dict[str, Any]] = []
         self.eval_dataset = resolve_eval_dataset(cfg)
-        if self.eval_dataset is None:
+        if self.eval_dataset is None and cfg.eval_dataset == "auto":  # None: switched off on purpose
             log.info("no evaluation data set for images %s: set eval_dataset to score the generator",
                      list(cfg.image_shape))
 
