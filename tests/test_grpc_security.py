@@ -25,6 +25,7 @@ def cloud(tmp_path_factory):
     certs = make_certs(tmp / "certs", ("client",))
     cfg = write_config(tmp / "cloud.yaml", tokens=TOKENS, steps=100000, max_message_bytes=1 << 20,
                        chunk_bytes=256 << 10,
+                       guard={"bind_certificate": False},  # one client certificate for 200 node ids
                        tls={"cert": str(certs["server.cert"]), "key": str(certs["server.key"]),
                             "client_ca": str(certs["ca"])})
     procs = Procs(tmp)

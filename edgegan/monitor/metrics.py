@@ -11,6 +11,7 @@ per-node values: label sets are small and fixed (``reason``, ``kind``, ``directi
 | edgegan_feedback_roundtrip_seconds | histogram | send fake batch → feedback received, per node-step |
 | edgegan_bytes_sent_total / edgegan_bytes_received_total | counter | serialized message bytes |
 | edgegan_feedback_rejected_total{reason} | counter | feedback refused before touching G |
+| edgegan_feedback_timeouts_total | counter | nodes dropped for no feedback within the deadline |
 | edgegan_generator_steps_total | counter | generator steps taken |
 | edgegan_generator_step | gauge | current generator step (resumes after restart) |
 | edgegan_loss{kind} | gauge | last losses (reminding, d_loss, g_loss) |
@@ -57,6 +58,8 @@ class Metrics:
                                 ["reason"], registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        self.feedback_timeouts = Counter("edgegan_feedback_timeouts_total",
+                                         "Nodes dropped for giving no feedback within feedback_timeout_s", registry=r)
         self.generator_steps = Counter("edgegan_generator_steps_total", "Generator steps taken", registry=r)
         self.generator_step = Gauge("edgegan_generator_step", "Current generator step", registry=r)
         self.loss = Gauge("edgegan_loss", "Last loss values", ["kind"], registry=r)

@@ -13,6 +13,7 @@ from edgegan.config import check_fields
 from edgegan.data.registry import DATASETS
 from edgegan.errors import EdgeganError, require
 from edgegan.gan.train import WGANConfig
+from edgegan.runtime.guard import GuardConfig
 from edgegan.tdgan.config import TDGANConfig
 
 MiB = 1 << 20
@@ -72,7 +73,8 @@ class CloudConfig:
     allow_anonymous: bool = field(default=False, metadata={
         "unit": "with no tokens: accept any node id (isolated lab networks only)"})
     tls: TLSConfig = field(default_factory=TLSConfig)
-    max_message_bytes: int = field(default=64 * MiB, metadata={"unit": "bytes per gRPC message, both directions"})
+    max_message_bytes: int = field(default=64 * MiB, metadata={
+        "unit": "bytes per gRPC message the cloud sends (what it receives is bounded per RPC: guard)"})
     chunk_bytes: int = field(default=1 * MiB, metadata={"unit": "bytes per chunk of a model stream"})
     max_model_bytes: int = field(default=512 * MiB, metadata={"unit": "bytes of one model bundle upload"})
     heartbeat_interval_s: float = field(default=2.0, metadata={"unit": "seconds between heartbeats"})
@@ -105,6 +107,7 @@ class CloudConfig:
         "unit": "coalesce: settings of the edges' Stage I pre-training / Stage II adaptation and of the barycenter"})
     tdgan: TDGANConfig = field(default_factory=TDGANConfig)
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self, prefix: str = "") -> None:
         p = f"{prefix}." if prefix else ""
@@ -133,6 +136,7 @@ class CloudConfig:
         self.training.validate(f"{p}training")
         self.tdgan.validate(f"{p}tdgan")
         self.coalesce.validate(f"{p}coalesce")
+        self.guard.validate(f"{p}guard")
 
     def token_of(self, node_id: str) -> str:
         """The bearer token of ``node_id`` (resolving ``env:VAR``)."""

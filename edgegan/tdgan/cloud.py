@@ -39,6 +39,21 @@ def request_nbytes(req: FeedbackRequest) -> int:
     return req.fake.numel() * req.fake.element_size() + req.labels.numel() * req.labels.element_size()
 
 
+def capped_shares(n: dict[str, int], cap: float) -> dict[str, float]:
+    """π_k ∝ n_k with Σ π = 1 and π_k ≤ ``cap``: shares above the cap are clipped to it and the
+    remaining mass is split ∝ n_k among the others (water-filling); uniform when K·cap < 1."""
+    if len(n) * cap <= 1.0:
+        return {k: 1.0 / len(n) for k in n}
+    pi: dict[str, float] = {}
+    while True:
+        rest = {k: v for k, v in n.items() if k not in pi}
+        mass, total = 1.0 - cap * len(pi), sum(rest.values())
+        over = [k for k, v in rest.items() if mass * v / total > cap]
+        if not over:
+            return {**pi, **{k: mass * v / total for k, v in rest.items()}}
+        pi.update({k: cap for k in over})
+
+
 class TDGANCloud:
     """Central conditional generator with membership, feedback validation and the TDGAN step.
 
@@ -80,9 +95,8 @@ class TDGANCloud:
 
     @property
     def pi(self) -> dict[str, float]:
-        """π_k = n_k / Σ_{online} n (seed 003 §3.3)."""
-        total = sum(i.n_samples for i in self._online.values())
-        return {k: i.n_samples / total for k, i in self._online.items()}
+        """π_k = n_k / Σ_{online} n (seed 003 §3.3), capped at ``cfg.max_share`` (:func:`capped_shares`)."""
+        return capped_shares({k: i.n_samples for k, i in self._online.items()}, self.cfg.max_share)
 
     def _membership_changed(self) -> None:
         """Freeze G_{t−1} ← G and s_{t−1} ← label counts of every node seen so far."""

@@ -32,6 +32,8 @@ class TDGANConfig(WGANConfig):
     remind_batch_size: int = field(default=64, metadata={"unit": "samples per reminding-loss batch (n)"})
     max_feedback_norm: float = field(default=1.0, metadata={
         "unit": "bound on the per-sample L2 norm of ∂loss_G/∂fake (loss is a batch mean)"})
+    max_share: float = field(default=1.0, metadata={
+        "unit": "largest π_k of one node (1: π_k = n_k/n as in seed 003; < 1 caps a node's self-reported weight)"})
     arch: str = field(default="mlp", metadata={"unit": "model family for default G / D_k (mlp, dcgan)"})
     width: Optional[int] = field(default=None, metadata={"unit": "hidden size / base channels (None: family default)"})
     seed: int = field(default=0, metadata={"unit": "RNG seed (labels, latents, real batches, default D_k init)"})
@@ -43,5 +45,6 @@ class TDGANConfig(WGANConfig):
         check_fields(self, prefix, ("reminding_weight",), 0)
         check_fields(self, prefix, ("remind_batch_size",), 1)
         check_fields(self, prefix, ("max_feedback_norm",), 0, strict_low=True)
+        check_fields(self, prefix, ("max_share",), 0, 1.0 + 1e-12, strict_low=True)
         require(self.arch in ARCHS, f"{p}arch", f"unknown architecture {self.arch!r}", "choose one of " + ", ".join(ARCHS))
         require(self.width is None or self.width >= 1, f"{p}width", f"must be >= 1, got {self.width}")
