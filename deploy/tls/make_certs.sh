@@ -4,7 +4,8 @@
 #   deploy/tls/make_certs.sh OUT_DIR [--server-name NAME]... [--node NODE_ID]... [--days N]
 #
 # OUT_DIR gets ca.pem/ca.key, server.pem/server.key (SANs: every --server-name, plus localhost
-# and 127.0.0.1) and <node>.pem/<node>.key per --node (CN = node id). Keys are 0600; keep ca.key
+# and 127.0.0.1) and <node>.pem/<node>.key per --node (CN and SAN DNS = node id: with mutual TLS
+# the cloud serves a node only if its certificate names its token's node id). Keys are 0600; keep ca.key
 # offline. Cloud YAML: tls.cert=server.pem, tls.key=server.key (+ tls.client_ca=ca.pem for mutual
 # TLS); edges: --tls-ca ca.pem [--tls-cert NODE.pem --tls-key NODE.key] [--tls-server-name NAME].
 # The same ca.pem / server.pem / server.key serve flower-superlink --ssl-ca-certfile/--ssl-certfile/
@@ -56,7 +57,8 @@ subjectAltName=$san"
 for node in "${nodes[@]}"; do
   sign "$node" "$node" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
+extendedKeyUsage=clientAuth
+subjectAltName=DNS:$node"
 done
 chmod 0644 "$out"/*.pem
 echo "wrote $out: ca.pem server.pem (SAN $san)${nodes[*]:+ and client certificates for ${nodes[*]}}"
