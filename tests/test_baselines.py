@@ -42,6 +42,19 @@ def test_harness_runs_every_method_at_equal_budget():
     assert not same(starts["edge_only"], first) and same(starts["edge_only"], starts["whole_data"])
 
 
+def test_harness_passes_stage2_radii_to_barycentric_fa():
+    task = tiny_task()
+    bary = recursive_barycenter(task.generators, task.critics, task.eta, 1, TINY)
+
+    def weights(eta0):
+        res = compare_methods(task, 2, ["barycentric_fa"], TINY, bary, seed=0, eta0=eta0)["barycentric_fa"]
+        return [p.detach().clone() for p in res.generator.parameters()]
+
+    paper, again, local_heavy = weights((1.0, 1.0)), weights((1.0, 1.0)), weights((1.0, 100.0))
+    assert all(torch.equal(a, b) for a, b in zip(paper, again))  # same seed, same radii: same run
+    assert not all(torch.equal(a, b) for a, b in zip(paper, local_heavy))  # η₀ reaches Stage II
+
+
 def test_harness_errors_are_one_line():
     task = tiny_task()
     for fn, field in [
