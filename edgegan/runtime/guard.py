@@ -211,8 +211,8 @@ class Guard(grpc.aio.ServerInterceptor):
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"n_samples: {msg.n_samples} is outside "
                               f"[1, {self.g.max_n_samples}] (guard.max_n_samples)")
         elif method == "Session" and msg.WhichOneof("kind") == "reply" and len(msg.reply.stats) > self.g.max_stats:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"feedback.stats: {len(msg.reply.stats)} entries > {self.g.max_stats}", FailureReason.MALFORMED)
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"feedback.stats: {len(msg.reply.stats)} entries > "
+                          f"{self.g.max_stats} (guard.max_stats)", FailureReason.MALFORMED)
 
     async def _parse(self, method: str, raw: bytes, deserializer: Callable[[bytes], Any]) -> Any:
         limit = self.limits.per_rpc[method]
