@@ -125,6 +125,7 @@ def run_problem(family: str, dim: int, quick: bool, rows: list[dict], saved) -> 
         def score(it, res):  # per-round UVP for the diagnosis; its time is not the solver's
             t0 = time.perf_counter()
             trace.append(round(bw2_uvp(res.generator.sample(SCORE_SAMPLES), bar_mean, bar_cov), 5))
+            print(f"  {method} round {it}: UVP {trace[-1]:.4f} %", flush=True)
             scoring[0] += time.perf_counter() - t0
 
         res, sec = timed(lambda: solve(samplers, weights, cfg=cfg, log=True, callback=score))

@@ -4,7 +4,8 @@ One override interface (``solver(samplers, weights, cfg=..., **overrides)``), on
 ``log=`` (``result.log`` always holds the run summary; ``log=True`` adds the per-round
 history), checkpoint/resume, the stopping rule, and the standardisation of the inputs.
 
-Standardisation is exact for the quadratic cost (seed 004 §2):
+Standardisation is exact for the quadratic cost (seed 004 §6.1 uses the first half: the
+barycenter's mean is Σ α_n µ_n):
 
     W2²(μ, ν) = |m_μ − m_ν|² + W2²(μ̄, ν̄)   (μ̄ = μ centred)   ⇒
     bary(μ_1..μ_N; α) = Σ_k α_k m_k + bary(μ̄_1..μ̄_N; α),
@@ -31,7 +32,7 @@ from torch import nn
 from edgegan.barycenter.continuous import (Checkpointer, Sampler, W2BarycenterResult,
                                            check_samplers, flat)
 from edgegan.barycenter.gaussian import (check_weights, exact_gaussian_barycenter, fit_gaussian,
-                                         gaussian_w2_squared, sqrtm_spd)
+                                         gaussian_w2_squared, linear_ot_map, sqrtm_spd)
 from edgegan.barycenter.nets import MapGenerator
 from edgegan.config import check_fields, to_dict
 from edgegan.errors import EdgeganError, require
@@ -136,8 +137,6 @@ class W2Run:
     def gaussian_barycenter(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """S̄ = Bures–Wasserstein barycenter of the standardised input covariances and the linear
         OT maps A_k (N(0, S̄) → N(0, Σ̄_k)); used by ``init="gaussian"``."""
-        from edgegan.barycenter.gaussian import linear_ot_map
-
         covs = torch.stack(self.input_covs)
         zeros = torch.zeros(covs.shape[:2], dtype=covs.dtype)
         _, s = exact_gaussian_barycenter(zeros, covs, self.alphas.double().cpu())
