@@ -110,9 +110,11 @@ def step_rate(mport: int, seconds: float) -> float:
 
 
 @contextmanager
-def under_attack(cloud: dict, label: str, peak_mib: float = PEAK_MIB, kept_mib: float = KEPT_MIB) -> Iterator[None]:
+def under_attack(cloud: dict, label: str, stall_s: float = 0.0, peak_mib: float = PEAK_MIB,
+                 kept_mib: float = KEPT_MIB) -> Iterator[None]:
     """Baseline rate and RSS, then the attack (the block) while RSS is sampled every 10 ms and the
-    honest edge's steps counted; asserts peak / retained RSS growth and step rate ≥ ½ baseline."""
+    honest edge's steps counted; asserts peak / retained RSS growth and a step rate of at least
+    ½ baseline over the attack, less an allowed stall of ``stall_s`` seconds."""
     pid, mport = cloud["pid"], cloud["metrics"]
     baseline = step_rate(mport, 2.0)
     assert baseline > 2, f"honest edge not training ({baseline:.1f} steps/s)"
@@ -129,7 +131,7 @@ def under_attack(cloud: dict, label: str, peak_mib: float = PEAK_MIB, kept_mib: 
     s0, t0 = scrape(mport)["edgegan_generator_step"], time.monotonic()
     try:
         yield
-        elapsed = max(time.monotonic() - t0, 1.0)  # short attacks: rate over at least 1 s
+        elapsed = max(time.monotonic() - t0, 2.0)  # short attacks: rate over at least 2 s
         time.sleep(max(0.0, t0 + elapsed - time.monotonic()))
         rate = (scrape(mport)["edgegan_generator_step"] - s0) / elapsed
     finally:
@@ -139,7 +141,8 @@ def under_attack(cloud: dict, label: str, peak_mib: float = PEAK_MIB, kept_mib: 
     kept = rss_mib(pid) - rss0
     print(f"{label}: steps/s {baseline:.1f} -> {rate:.1f}, RSS {rss0:.0f} MiB, peak +{peak[0] - rss0:.1f}, "
           f"kept +{kept:.1f} MiB")
-    assert rate >= baseline / 2, f"{label}: honest rate {rate:.1f} < half of {baseline:.1f} steps/s"
+    floor = baseline / 2 * (elapsed - stall_s) / elapsed
+    assert rate >= floor, f"{label}: honest rate {rate:.1f} < {floor:.1f} steps/s (baseline {baseline:.1f})"
     assert peak[0] - rss0 <= peak_mib, f"{label}: RSS peaked {peak[0] - rss0:.1f} MiB above {rss0:.0f}"
     assert kept <= kept_mib, f"{label}: RSS kept {kept:.1f} MiB above {rss0:.0f}"
 
@@ -232,7 +235,7 @@ def test_huge_or_long_stats_maps_are_refused_and_the_honest_edge_keeps_its_pace(
 
 
 def test_register_and_session_churn_is_rate_limited(cloud) -> None:
-    """One node opens Register and Session calls back to back for 4 s: a burst of
+    """One node opens Register and Session calls ~20 times a second for 4 s: a burst of
     guard.call_burst = 10 each plus guard.calls_per_s = 0.5 per second is served, every other call
     is RESOURCE_EXHAUSTED, and the honest edge keeps at least half its pace."""
     port = cloud["port"]
@@ -256,6 +259,7 @@ def test_register_and_session_churn_is_rate_limited(cloud) -> None:
                     sessions.append(await call.code())
                 except grpc.aio.AioRpcError as e:
                     sessions.append(e.code())
+                await asyncio.sleep(0.05)  # ~20 tries/s: far above the limit, without starving the 2 cores
         return regs, sessions
 
     time.sleep(3.0)  # earlier tests spent some of the node's burst
@@ -304,10 +308,10 @@ def test_a_member_that_heartbeats_but_never_answers_costs_one_deadline(cloud) ->
             return code, benched
 
     t0 = time.monotonic()
-    with under_attack(cloud, "heartbeating member that never answers"):
+    with under_attack(cloud, "heartbeating member that never answers", stall_s=FEEDBACK_TIMEOUT_S):
         code, benched = asyncio.run(mute())
         dropped_after = time.monotonic() - t0
-        time.sleep(FEEDBACK_TIMEOUT_S)  # the rate is taken over the stall and as long again after it
+        time.sleep(FEEDBACK_TIMEOUT_S)  # the rate is taken over the stall (allowed) and as long again after it
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and benched == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dropped_after < FEEDBACK_TIMEOUT_S + 3.0
     assert scrape(mport)["edgegan_feedback_timeouts_total"] == timeouts + 1

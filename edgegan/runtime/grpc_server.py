@@ -323,9 +323,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
         metrics_port = start_metrics_server(cfg.metrics_port, server.metrics.registry, cfg.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_addr, metrics_port)
     guard = Guard(cfg, server.metrics)
-    grpc_server = grpc.aio.server(interceptors=[guard], options=[
-        ("grpc.max_send_message_length", cfg.max_message_bytes),
-        ("grpc.max_receive_message_length", guard.limits.receive)])
+    grpc_server = grpc.aio.server(interceptors=[guard], options=guard.server_options(cfg.max_message_bytes))
     link = GrpcLink(server)
     link.on_drop = guard.on_drop
     pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, link), grpc_server)

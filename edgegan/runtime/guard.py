@@ -163,6 +163,15 @@ class Guard(grpc.aio.ServerInterceptor):
         self._benched: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgegan-parse")
 
+    def server_options(self, max_send_bytes: int) -> list[tuple[str, int]]:
+        """gRPC server options: send limit, receive limit = the largest per-RPC limit, and a fixed
+        HTTP/2 flow-control window of one such message per stream (no BDP probing, which lets a
+        peer push megabytes the cloud must buffer before it can refuse the call)."""
+        return [("grpc.max_send_message_length", max_send_bytes),
+                ("grpc.max_receive_message_length", self.limits.receive),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", max(64 * KiB, self.limits.receive))]
+
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
