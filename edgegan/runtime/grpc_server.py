@@ -8,7 +8,9 @@ Security: every call's metadata carries ``authorization: Bearer <token>``; the t
 exactly one node id (cloud config ``tokens``), a call with an unknown token is refused with
 UNAUTHENTICATED and a message speaking for another id with PERMISSION_DENIED. Inputs are
 decoded by :mod:`edgegan.runtime.tensor_codec` against what was asked; anything off ends the
-stream with INVALID_ARGUMENT before it can reach the generator.
+stream with INVALID_ARGUMENT before it can reach the generator. In front of the servicer,
+:class:`~edgegan.runtime.guard.Guard` checks the token before a request body is read and bounds
+every RPC's bytes, fields and call rate (issue 14).
 """
 
 from __future__ import annotations
