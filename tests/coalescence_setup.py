@@ -20,11 +20,15 @@ TARGET_CLASSES = [2, 7]
 def two_sources(steps: int = 300):
     """Digits split over two source nodes with disjoint classes and a 20-sample target node of
     classes {2, 7}; each source pre-trains an MLP WGAN-GP (G width 128, D 64) for ``steps`` iterations."""
-    torch.set_num_threads(1)
     data = load_digits()
     sources, target = digits_split(data, SOURCE_CLASSES, TARGET_CLASSES, 20, seed=0)
-    gens, crits = pretrain_sources([s.x for s in sources], generator_width=128, critic_width=64, steps=steps,
-                                   cfg=PRETRAIN_CFG, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same sources whatever the test process's thread count
+    try:
+        gens, crits = pretrain_sources([s.x for s in sources], generator_width=128, critic_width=64, steps=steps,
+                                       cfg=PRETRAIN_CFG, seed=0)
+    finally:
+        torch.set_num_threads(threads)
     return data, sources, target, gens, crits
 
 
