@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edgegan.monitor.metrics import Metrics
@@ -118,8 +119,14 @@ def test_grid_scenario_runs(tmp_path, name):
     from edgegan.sim.scenario import load_scenario
 
     sc = load_scenario(name)
+    from edgegan.barycenter.grid import aggregate_grid
+
     sc.grid.compare_to = None  # Sinkhorn on 64×64 is the slow part; the DCNN is one forward pass
+    sc.grid.weights, sc.nodes.eta = "eta", [1.0, 2.0, 4.0, 4.0]  # λ ∝ 1/η = (1, 1/2, 1/4, 1/4) / 2
     s = simulate(sc, tmp_path / "run")
     g = s.grid
-    assert g.nodes == ["node0", "node1", "node2", "node3"] and abs(sum(g.weights) - 1) < 1e-9
+    assert g.nodes == ["node0", "node1", "node2", "node3"]
+    assert g.weights == pytest.approx([0.5, 0.25, 0.125, 0.125], abs=1e-12)
+    want = aggregate_grid(g.inputs, np.array([0.5, 0.25, 0.125, 0.125]), sc.aggregator, sc.grid.model, sc.grid.reg)
+    np.testing.assert_allclose(g.barycenter, np.asarray(want), rtol=0, atol=1e-6)
     assert (tmp_path / "run" / "grid_barycenter.png").is_file()
