@@ -66,7 +66,124 @@ def digits_fid(seed: int) -> dict:
             "early": early, "final": final}
 
 
-STATS = {"ring": ring, "digits_fid": digits_fid}
+def ternary_joint(seed: int) -> dict:
+    """tests/test_ternary.py::test_joint_weight_and_threshold_training_recovers_ternary_target:
+    final / first MSE after 200 Adam steps (and whether the codes are recovered)."""
+    import torch
+
+    from edgegan.adapt.ternary import TernaryLinear
+
+    torch.manual_seed(seed)
+    w_true = 0.5 * torch.randint(-1, 2, (8, 32)).float()
+    layer = TernaryLinear(32, 8, bias=False)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    start = None
+    for _ in range(200):
+        x = torch.randn(128, 32)
+        loss = ((layer(x) - x @ w_true.T) ** 2).mean()
+        start = loss.item() if start is None else start
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"value": loss.item() / start, "codes_recovered": bool(torch.equal(layer.codes().float(), torch.sign(w_true)))}
+
+
+def _membership(seed: int):
+    import dataclasses
+
+    from edgegan.data import load_digits, partition_by_classes
+    from edgegan.tdgan import TDGANCloud, TDGANConfig, TDGANEdge
+    from edgegan.tdgan.harness import build_generator
+
+    cfg = TDGANConfig(batch_size=16, remind_batch_size=32, seed=5 + seed)
+    parts = partition_by_classes(load_digits(), [[0, 1], [2, 3], [4]], samples_per_node=[80, 120, 50], seed=1)
+
+    def make(c):
+        cloud = TDGANCloud(build_generator(c, (1, 8, 8), 10), c)
+        return cloud, {f"n{i}": TDGANEdge(f"n{i}", q, cfg=c) for i, q in enumerate(parts)}
+
+    def step(cloud, edges):
+        return cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
+
+    return cfg, make, step, dataclasses.replace
+
+
+def membership_drift(seed: int) -> dict:
+    """tests/test_tdgan_membership.py::test_reminding_pulls_G_back_toward_G_prev: drift(λ=1) / drift(λ=0)."""
+    import torch
+
+    cfg, make, step, replace = _membership(seed)
+    drift = {}
+    for lam in (0.0, 1.0):
+        cloud, edges = make(replace(cfg, reminding_weight=lam))
+        cloud.join(edges["n0"].info())
+        for _ in range(30):
+            step(cloud, edges)
+        cloud.leave("n0")
+        cloud.join(edges["n1"].info())
+        for _ in range(150):
+            step(cloud, edges)
+        u = torch.randn(200, cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+        y = torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            drift[lam] = float((cloud.G(u, y) - cloud.G_prev(u, y)).pow(2).sum(1).mean())
+    return {"value": drift[1.0] / drift[0.0], "drift0": drift[0.0], "drift1": drift[1.0]}
+
+
+def membership_remind(seed: int) -> dict:
+    """tests/test_tdgan_membership.py::test_reminding_loss_is_zero_after_freeze_and_grows_as_G_moves:
+    mean reminding loss of steps 51-60 / mean of steps 2-6 after the join."""
+    cfg, make, step, _ = _membership(seed)
+    cloud, edges = make(cfg)
+    cloud.join(edges["n0"].info())
+    for _ in range(20):
+        step(cloud, edges)
+    cloud.leave("n0")
+    cloud.join(edges["n1"].info())
+    losses = [step(cloud, edges)["reminding_loss"] for _ in range(60)]
+    return {"value": (sum(losses[-10:]) / 10) / max(sum(losses[1:6]) / 5, 1e-6)}
+
+
+def grid_train(seed: int) -> dict:
+    """tests/test_grid_barycenter.py::test_training_loss_falls_and_data_set_is_cached: last / first epoch loss."""
+    import os
+    import tempfile
+
+    from edgegan.barycenter.grid import GridTrainConfig, train_grid_net
+    from edgegan.barycenter.grid_data import GridDataConfig, make_pair_dataset
+
+    os.environ["EDGEGAN_CACHE"] = tempfile.mkdtemp(prefix="margins-")
+    data = make_pair_dataset(GridDataConfig(size=32, num_shapes=12, num_pairs=48, max_ops=6, seed=3 + seed))
+    _, rows = train_grid_net(data, GridTrainConfig(epochs=7, batch_size=8, channels=(4, 8, 16), pool=1,
+                                                   prior_reg=0.0, seed=seed))
+    return {"value": rows[-1]["loss"] / rows[0]["loss"]}
+
+
+def classifier(seed: int) -> dict:
+    """tests/test_eval.py: the feature classifier trained from scratch (a fresh cache) with ``seed``:
+    validation accuracy (value), the real half-split feature-FID and the class-3 FID ratio the
+    evaluator tests bound."""
+    import os
+    import tempfile
+
+    import torch
+
+    from edgegan.data import load_digits
+    from edgegan.eval import Evaluator, get_classifier
+
+    os.environ["EDGEGAN_CACHE"] = tempfile.mkdtemp(prefix="margins-")
+    digits = load_digits()
+    clf = get_classifier(digits, seed=seed)
+    ev = Evaluator(digits, clf)
+    half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
+    real = ev.score_samples(digits.x[half], classes=[3])
+    threes = ev.score_samples(digits.x[digits.y == 3], classes=[3])
+    return {"value": clf.val_accuracy, "fid_real_half": real.fid_whole, "class_tv_real": real.class_tv,
+            "threes_fid_ratio": threes.fid_target / threes.fid_whole}
+
+
+STATS = {"classifier": classifier, "ring": ring, "digits_fid": digits_fid, "ternary_joint": ternary_joint,
+         "membership_drift": membership_drift, "membership_remind": membership_remind, "grid_train": grid_train}
 
 
 def _cell(stat: str, seeds: list[int], threads: int) -> list[dict]:

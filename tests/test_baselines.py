@@ -87,6 +87,7 @@ def test_digits_split_keeps_target_out_of_sources():
     assert sum(len(s) for s in sources) + len(target) == len(data)
 
 
+@pytest.mark.stochastic
 def test_transfer_forgets_source_only_classes_while_fast_adaptation_keeps_them(digits, digits_classifier):
     """Seed 000 §5: Transferring GANs fine-tunes on local data only and forgets the classes only
     the sources held; barycentric fast adaptation replays the barycenter and keeps them."""

@@ -35,6 +35,7 @@ def test_fid_of_same_features_is_zero():
     assert fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.stochastic
 def test_classifier_is_accurate_and_cached(digits, digits_classifier, tmp_path, monkeypatch):
     assert digits_classifier.val_accuracy > 0.95
     cov = class_shares(digits_classifier, digits.x[digits.y == 3])
@@ -59,6 +60,7 @@ def test_class_metrics_closed_form():
         class_tv(share, [1, 1, 1])
 
 
+@pytest.mark.stochastic
 def test_evaluator_scores_real_images_and_class_subsets(digits, digits_classifier):
     ev = Evaluator(digits, digits_classifier)
     half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
@@ -89,6 +91,7 @@ class RealImages(Generator):
         return self.x[idx] + 0 * self.w
 
 
+@pytest.mark.stochastic
 def test_evaluator_conditional_class_accuracy(digits, digits_classifier):
     ev = Evaluator(digits, digits_classifier)
     good = ev.score(RealImages(digits), [1, 2], samples_per_class=20)

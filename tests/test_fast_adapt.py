@@ -30,6 +30,7 @@ def scorer(digits, classifier):
     return lambda G: evaluator.score(G)
 
 
+@pytest.mark.stochastic
 def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifier):
     """Seed 000 fig. 5: barycentric fast adaptation reaches a far lower feature-FID than
     Edge-Only with the same number of iterations on 20 local samples."""
@@ -43,6 +44,7 @@ def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifi
     assert fa.history[-1]["step"] == eo.history[-1]["step"] == STEPS
 
 
+@pytest.mark.stochastic
 def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_classifier):
     _, _, target, _, _ = two_sources()
     bary = two_source_barycenter()

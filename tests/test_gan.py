@@ -29,6 +29,7 @@ def test_weighted_generator_loss_is_weighted_sum():
     assert float(got) == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.stochastic
 def test_ring_wgan_gp_cuts_exact_w1_to_a_third(device):
     """WGAN-GP on the 8-Gaussian ring: exact W1 (POT, 512 samples) falls below 1/3 of its start."""
     torch.manual_seed(0)
@@ -53,6 +54,7 @@ def test_ring_wgan_gp_cuts_exact_w1_to_a_third(device):
     assert w_end < w_start / 3, (w_start, w_end)
 
 
+@pytest.mark.stochastic
 def test_digits_feature_fid_falls_toward_real_split(digits, digits_classifier):
     torch.manual_seed(0)
     perm = torch.randperm(len(digits))

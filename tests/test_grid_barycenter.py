@@ -96,6 +96,7 @@ def test_n_way_from_two_way_duplicates_paths_exactly():
     torch.testing.assert_close(swapped, two, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.stochastic
 def test_training_loss_falls_and_data_set_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEGAN_CACHE", str(tmp_path))
     cfg = GridDataConfig(size=32, num_shapes=12, num_pairs=48, max_ops=6, seed=3)

@@ -134,6 +134,7 @@ def test_average_generators():
                    "models[1]")
 
 
+@pytest.mark.stochastic
 def test_unequal_eta_barycenter_leans_toward_more_relevant_node(digits_classifier):
     """η = (1, 4) puts more of the barycenter's samples on node 0's classes than η = (4, 1)."""
     _, _, _, gens, crits = two_sources()

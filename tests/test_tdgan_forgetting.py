@@ -16,6 +16,7 @@ def setup(digits, digits_classifier):
     return nodes, Schedule.single_entity(["a", "b"], 300), Evaluator(digits, digits_classifier)
 
 
+@pytest.mark.stochastic
 def test_tdgan_keeps_old_classes_and_finetuning_forgets_them(setup):
     nodes, sched, ev = setup
     cfg = TDGANConfig(seed=0)

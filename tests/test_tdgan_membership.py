@@ -28,6 +28,7 @@ def step(cloud, edges):
     return cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
 
 
+@pytest.mark.stochastic
 def test_reminding_loss_is_zero_after_freeze_and_grows_as_G_moves(parts):
     cloud, edges = make(parts)
     cloud.join(edges["n0"].info())
@@ -47,6 +48,7 @@ def test_reminding_loss_is_zero_after_freeze_and_grows_as_G_moves(parts):
     assert float(cloud.reminding_loss().detach()) > 0.0
 
 
+@pytest.mark.stochastic
 def test_reminding_pulls_G_back_toward_G_prev(parts):
     # same feedback stream, λ = 1 vs λ = 0: G stays closer to G_{t-1} on old labels with λ = 1
     drift = {}
