@@ -108,7 +108,10 @@ def test_training_loss_falls_and_data_set_is_cached(tmp_path, monkeypatch):
     # seed 002's own network (no blurred-mean skip), so the loss starts far from its floor
     _, rows = train_grid_net(data, GridTrainConfig(epochs=7, batch_size=8, channels=(4, 8, 16), pool=1, prior_reg=0.0))
     losses = [r["loss"] for r in rows]
-    assert losses[-1] < 0.7 * losses[0], losses
+    # measured last/first epoch loss (data seeds 3-7 × train seeds 0-4 paired, × ATEN_CPU_CAPABILITY
+    # default/avx2/avx512, 1 thread; identical across capabilities): min 0.49, median 0.52, max 0.67;
+    # this seed 0.52. Bound 0.8: the worst seed's ratio + 0.13 margin; no training gives ~1.0
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_aggregators_and_euclidean(shapes):
