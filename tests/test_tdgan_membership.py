@@ -44,6 +44,8 @@ def test_reminding_loss_is_zero_after_freeze_and_grows_as_G_moves(parts):
     for _ in range(60):
         losses.append(step(cloud, edges)["reminding_loss"])
     assert losses[0] == 0.0
+    # measured late/early reminding-loss ratio (cfg seeds 5-9 × ATEN_CPU_CAPABILITY default/avx2/avx512,
+    # 1 thread): min 8.5, median 9.0, max 12.6 (this seed 9.9); the bound 3 leaves a 2.8× margin
     assert sum(losses[-10:]) / 10 > 3 * max(sum(losses[1:6]) / 5, 1e-6)
     assert float(cloud.reminding_loss().detach()) > 0.0
 
