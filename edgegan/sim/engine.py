@@ -236,7 +236,7 @@ class RayPool:
 
     def __init__(self, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0, num_gpus: float = 0.0,
                  address: str | None = None, spill_dir: str | None = None,
-                 object_store_bytes: int = 256 << 20) -> None:
+                 object_store_bytes: int = 256 << 20, connect_timeout_s: float = 30.0) -> None:
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
@@ -248,6 +248,7 @@ class RayPool:
             kw: dict[str, Any] = {"include_dashboard": False, "configure_logging": True,
                                   "logging_level": logging.WARNING, "log_to_driver": True}
             if address:
+                _check_reachable(address, connect_timeout_s)
                 ray.init(address=address, **kw)
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=object_store_bytes, **kw)
@@ -263,7 +264,9 @@ class RayPool:
         device = "cuda" if num_gpus > 0 else "cpu"
         threads = max(1, int(num_cpus))
         actor_cls = ray.remote(NodeHost)
-        self.actors = [actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
+        # SPREAD: one actor per Ray node before any node gets a second, so a multi-machine
+        # cluster shares the work instead of packing the pool onto the head
+        self.actors = [actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="SPREAD").remote(
             i, resident_cap, None if spill_dir is None else f"{spill_dir}/host{i}", device, threads)
             for i in range(workers)]
         self.device = device
@@ -288,17 +291,44 @@ class RayPool:
         return pool.map_unordered(lambda a, job: a.run_job.remote(fn, job[0], job[1]), list(jobs))
 
     def stats(self) -> list[dict[str, Any]]:
-        return self._ray.get([a.stats.remote() for a in self.actors])
+        """Each actor's stats; a worker whose actor died (its raylet was killed) is recorded as
+        ``{"index": i, "lost": True, "error": …}`` instead of failing the whole run."""
+        out: list[dict[str, Any]] = []
+        for i, a in enumerate(self.actors):
+            try:
+                out.append(self._ray.get(a.stats.remote(), timeout=30))
+            except Exception as e:  # ActorDiedError / ActorUnavailableError / GetTimeoutError
+                out.append({"index": i, "lost": True, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        return out
 
     def shutdown(self) -> None:
         try:
-            self._ray.get([a.close.remote() for a in self.actors])
+            self._ray.get([a.close.remote() for a in self.actors], timeout=30)
         except Exception:  # an actor that died has nothing to clean up
             pass
         for a in self.actors:
             self._ray.kill(a)
         if self._started:
             self._ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Fail fast with one line when a Ray address (GCS ``HOST:PORT`` or ``ray://HOST:PORT``) does
+    not accept a TCP connection within ``timeout_s``; ``ray.init`` itself would retry for minutes."""
+    import socket
+
+    if address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgeganError("engine.ray_address", f"{address!r} is not HOST:PORT or ray://HOST:PORT",
+                           "pass e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise EdgeganError("engine.ray_address", f"cannot reach Ray at {address} within {timeout_s:g} s ({e})",
+                           "start the head with `ray start --head` there, or check host, port and firewall")
 
 
 def make_pool(backend: str, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0,
