@@ -193,6 +193,13 @@ def _cell(stat: str, seeds: list[int], threads: int) -> list[dict]:
     return [{"seed": s, **STATS[stat](s)} for s in seeds]
 
 
+def summarise(stat: str, runs: list[dict]) -> dict:
+    """min / median / max of the statistic over ``runs`` (rows of capability, threads, seed, value, …)."""
+    vals = [r["value"] for r in runs]
+    return {"doc": STATS[stat].__doc__, "n": len(vals), "min": min(vals), "median": statistics.median(vals),
+            "max": max(vals), "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stats", default=",".join(STATS))
@@ -201,15 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caps", default=",".join(CAPABILITIES))
     p.add_argument("--quick", action="store_true", help="3 seeds, 1 thread")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/test_margins.json"))
-    p.add_argument("--cell", help=argparse.SUPPRESS)
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # child: "stat:threads", prints one JSON line
     a = p.parse_args(argv)
-    if a.cell:  # child: stat:threads, seeds on stdin-free argv
+    if a.cell:
         stat, threads = a.cell.split(":")
         print(json.dumps(_cell(stat, list(range(a.seeds)), int(threads))))
         return 0
     seeds = 3 if a.quick else a.seeds
     threads = [1] if a.quick else [int(t) for t in a.threads.split(",")]
-    old = json.loads(a.json.read_text()) if a.json.exists() else {}
+    table = json.loads(a.json.read_text()) if a.json.exists() else {}
     for stat in a.stats.split(","):
         runs = []
         for cap in a.caps.split(","):
@@ -218,15 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                 out = subprocess.run([sys.executable, __file__, "--cell", f"{stat}:{t}", "--seeds", str(seeds)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 runs += [{"capability": cap, "threads": t, **r} for r in json.loads(out.splitlines()[-1])]
-        vals = [r["value"] for r in runs]
-        old[stat] = {"doc": STATS[stat].__doc__, "n": len(vals), "min": min(vals),
-                     "median": statistics.median(vals), "max": max(vals), "runs": runs}
-        print(f"{stat:12s} n={len(vals):3d} min={min(vals):.4g} median={statistics.median(vals):.4g} "
-              f"max={max(vals):.4g}", flush=True)
+                table[stat] = summarise(stat, runs)  # written after every cell: a long run keeps what ran
+                a.json.parent.mkdir(parents=True, exist_ok=True)
+                a.json.write_text(json.dumps(table, indent=1))
+        row = table[stat]
+        print(f"{stat:18s} n={row['n']:3d} min={row['min']:.4g} median={row['median']:.4g} max={row['max']:.4g}",
+              flush=True)
         for r in runs:
             print(f"  {r['capability']:8s} t={r['threads']} seed={r['seed']} value={r['value']:.4g}")
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(old, indent=1))
     return 0
 
 
