@@ -195,12 +195,14 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for i, method in enumerate(methods):
+        labelled = False
         for family, style in (("gaussian", "-o"), ("location-scatter", "--s"), ("hard", ":^")):
             pts = sorted((r["dim"], max(r["bw2_uvp_pct"], 1e-4)) for r in rows
                          if r["method"] == method and r["family"] == family)
             if pts:
-                ax.plot(*zip(*pts), style, color=f"C{i}", label=method if family == "gaussian" else None,
+                ax.plot(*zip(*pts), style, color=f"C{i}", label=None if labelled else method,
                         alpha=1.0 if family == "gaussian" else 0.6)
+                labelled = True
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
