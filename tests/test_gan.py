@@ -30,8 +30,8 @@ def test_weighted_generator_loss_is_weighted_sum():
 
 
 @pytest.mark.stochastic
-def test_ring_wgan_gp_cuts_exact_w1_to_a_third(device):
-    """WGAN-GP on the 8-Gaussian ring: exact W1 (POT, 512 samples) falls below 1/3 of its start."""
+def test_ring_wgan_gp_halves_exact_w1(device):
+    """WGAN-GP on the 8-Gaussian ring: exact W1 (POT, 512 samples) falls below half of its start."""
     torch.manual_seed(0)
     sampler = ring8_sampler(generator=torch.Generator().manual_seed(1))
     G, D = build_gan("mlp", (2,), latent_dim=2, width=128)
@@ -51,7 +51,11 @@ def test_ring_wgan_gp_cuts_exact_w1_to_a_third(device):
         torch.set_num_threads(threads)
     w_end = exact_w1(G.sample(512), ref)
     assert device.type == "cuda" or cpu_seconds < 60, cpu_seconds
-    assert w_end < w_start / 3, (w_start, w_end)
+    # measured W1_end / W1_start (seeds 0-2 × ATEN_CPU_CAPABILITY avx2/avx512 here, 1 thread; the two
+    # capabilities agree to the last digit): 0.25 / 0.33 / 0.22; an avx2-only machine gave 0.38 for this
+    # seed (issue 16), so the kernels are not the only source of spread. The old bound 1/3 sat inside
+    # that range; 1/2 leaves 0.12 over the worst value seen, and an untrained G stays near 1
+    assert w_end < w_start / 2, (w_start, w_end)
 
 
 @pytest.mark.stochastic
