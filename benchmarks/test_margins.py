@@ -21,7 +21,7 @@ CAPABILITIES = ["default", "avx2", "avx512"]
 
 
 def ring(seed: int) -> dict:
-    """tests/test_gan.py::test_ring_wgan_gp_cuts_exact_w1_to_a_third: ratio W1_end / W1_start."""
+    """tests/test_gan.py::test_ring_wgan_gp_halves_exact_w1: ratio W1_end / W1_start."""
     import torch
 
     from edgegan.data import ring8_sampler
