@@ -51,9 +51,9 @@ def test_ring_wgan_gp_halves_exact_w1(device):
         torch.set_num_threads(threads)
     w_end = exact_w1(G.sample(512), ref)
     assert device.type == "cuda" or cpu_seconds < 60, cpu_seconds
-    # measured W1_end / W1_start (seeds 0-2 × ATEN_CPU_CAPABILITY avx2/avx512 here, 1 thread; the two
-    # capabilities agree to the last digit): 0.25 / 0.33 / 0.22; an avx2-only machine gave 0.38 for this
-    # seed (issue 16), so the kernels are not the only source of spread. The old bound 1/3 sat inside
+    # measured W1_end / W1_start (seeds 0-2 × ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread; avx2 and
+    # avx512 agree to the last digit): min 0.22, median 0.25, max 0.33; an avx2-only machine gave 0.38 for
+    # this seed (issue 16), so the kernels are not the only source of spread. The old bound 1/3 sat inside
     # that range; 1/2 leaves 0.12 over the worst value seen, and an untrained G stays near 1
     assert w_end < w_start / 2, (w_start, w_end)
 
