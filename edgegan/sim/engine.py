@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -163,8 +164,11 @@ class NodeHost:
         self._crash.pop(node_id, None)
 
     def stats(self) -> dict[str, Any]:
+        ray = sys.modules.get("ray")  # inside a Ray actor: which cluster node hosts this worker
+        ray_node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
         return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
-                "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": _rss_peak_bytes()}
+                "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": _rss_peak_bytes(),
+                "ray_node": ray_node}
 
     # ------------------------------------------------------------------ stateless jobs
     def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
