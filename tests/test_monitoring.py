@@ -16,6 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgegan.monitor.metrics import REJECT_REASONS, Metrics, metrics_server
+from test_flower_strategy import task_identity  # noqa: F401  (fixture: Flower messages outside a Flower process)
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "edgegan.json"
@@ -118,19 +119,15 @@ def test_dashboard_provisioning_points_at_the_dashboard_and_datasource():
 
 
 @pytest.fixture
-def flower_round(monkeypatch):
+def flower_round(task_identity):
     """(Metrics, bytes of the barycenter sent) after one round driven through the real
     :class:`BarycenterStrategy`: two sources, a target and a failed node reply to ``aggregate_train``,
     ``configure_evaluate`` sends the barycenter to the target, whose FID reply goes to ``aggregate_evaluate``."""
     from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-    from flwr.supercore.task_identity import TaskIdentity
-
     from edgegan.flower.strategy import BarycenterStrategy
     from test_flower_strategy import CFG, _error_reply, _source_reply, _target_reply, _uploads
 
-    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):  # messages outside a Flower process
-        monkeypatch.setattr(TaskIdentity, name, value)
     gens, crits = _uploads(2)
     metrics = Metrics()
     strategy = BarycenterStrategy("recursive_w1", 1, CFG, seed=0, metrics=metrics)
