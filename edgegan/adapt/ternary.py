@@ -120,6 +120,10 @@ class TernaryLayer(nn.Module):
 
     weight: torch.Tensor
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)  # the weight layer's own constructor (MRO), then t±
+        self.init_thresholds()
+
     def init_thresholds(self) -> None:
         _, sigma = _gaussian_fit(self.weight)
         t = TWN_RATIO * self.weight.detach().abs().mean() / sigma
@@ -176,10 +180,6 @@ class TernaryLayer(nn.Module):
 class TernaryLinear(TernaryLayer, nn.Linear):
     """nn.Linear whose forward uses S·Tern(W) (seed 000 eq. 8)."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.init_thresholds()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.ternary_weight(), self.bias)
 
@@ -187,20 +187,12 @@ class TernaryLinear(TernaryLayer, nn.Linear):
 class TernaryConv2d(TernaryLayer, nn.Conv2d):
     """nn.Conv2d whose forward uses S·Tern(W) (seed 000 eq. 8)."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.init_thresholds()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.ternary_weight(), self.bias)
 
 
 class TernaryConvTranspose2d(TernaryLayer, nn.ConvTranspose2d):
     """nn.ConvTranspose2d whose forward uses S·Tern(W) (seed 000 eq. 8)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.init_thresholds()
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
