@@ -18,26 +18,15 @@ import sys
 from pathlib import Path
 
 CAPABILITIES = ["default", "avx2", "avx512"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' own training bodies
 
 
 def ring(seed: int) -> dict:
     """tests/test_gan.py::test_ring_wgan_gp_halves_exact_w1: ratio W1_end / W1_start."""
     import torch
+    from test_gan import train_ring
 
-    from edgegan.data import ring8_sampler
-    from edgegan.eval import exact_w1
-    from edgegan.gan import MultiCriticWGAN, WGANConfig
-    from edgegan.nn import build_gan
-
-    torch.manual_seed(seed)
-    sampler = ring8_sampler(generator=torch.Generator().manual_seed(seed + 1))
-    G, D = build_gan("mlp", (2,), latent_dim=2, width=128)
-    ref = sampler(512)
-    w_start = exact_w1(G.sample(512), ref)
-    trainer = MultiCriticWGAN(G, [D], [sampler], None,
-                              WGANConfig(lr=1e-4, beta1=0.0, beta2=0.9, batch_size=256))
-    trainer.train(1000)
-    w_end = exact_w1(G.sample(512), ref)
+    w_start, w_end, _ = train_ring(seed, torch.device("cpu"))
     return {"value": w_end / w_start, "w_start": w_start, "w_end": w_end}
 
 
@@ -70,22 +59,10 @@ def ternary_joint(seed: int) -> dict:
     """tests/test_ternary.py::test_joint_weight_and_threshold_training_recovers_ternary_target:
     final / first MSE after 200 Adam steps (and whether the codes are recovered)."""
     import torch
+    from test_ternary import fit_ternary_target
 
-    from edgegan.adapt.ternary import TernaryLinear
-
-    torch.manual_seed(seed)
-    w_true = 0.5 * torch.randint(-1, 2, (8, 32)).float()
-    layer = TernaryLinear(32, 8, bias=False)
-    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
-    start = None
-    for _ in range(200):
-        x = torch.randn(128, 32)
-        loss = ((layer(x) - x @ w_true.T) ** 2).mean()
-        start = loss.item() if start is None else start
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {"value": loss.item() / start, "codes_recovered": bool(torch.equal(layer.codes().float(), torch.sign(w_true)))}
+    layer, w_true, start, final = fit_ternary_target(seed)
+    return {"value": final / start, "codes_recovered": bool(torch.equal(layer.codes().float(), torch.sign(w_true)))}
 
 
 def _membership(seed: int):
