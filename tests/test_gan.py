@@ -29,11 +29,11 @@ def test_weighted_generator_loss_is_weighted_sum():
     assert float(got) == pytest.approx(float(want), rel=1e-6)
 
 
-@pytest.mark.stochastic
-def test_ring_wgan_gp_halves_exact_w1(device):
-    """WGAN-GP on the 8-Gaussian ring: exact W1 (POT, 512 samples) falls below half of its start."""
-    torch.manual_seed(0)
-    sampler = ring8_sampler(generator=torch.Generator().manual_seed(1))
+def train_ring(seed: int, device: torch.device) -> tuple[float, float, float]:
+    """WGAN-GP on the 8-Gaussian ring for 1000 steps on one thread; also the statistic of
+    benchmarks/test_margins.py. Returns (W1 start, W1 end, CPU seconds of training)."""
+    torch.manual_seed(seed)
+    sampler = ring8_sampler(generator=torch.Generator().manual_seed(seed + 1))
     G, D = build_gan("mlp", (2,), latent_dim=2, width=128)
     G, D = G.to(device), D.to(device)
     ref = sampler(512)
@@ -49,8 +49,16 @@ def test_ring_wgan_gp_halves_exact_w1(device):
         cpu_seconds = time.process_time() - t0
     finally:
         torch.set_num_threads(threads)
-    w_end = exact_w1(G.sample(512), ref)
-    assert device.type == "cuda" or cpu_seconds < 60, cpu_seconds
+    return w_start, exact_w1(G.sample(512), ref), cpu_seconds
+
+
+@pytest.mark.stochastic
+def test_ring_wgan_gp_halves_exact_w1(device):
+    """WGAN-GP on the 8-Gaussian ring: exact W1 (POT, 512 samples) falls below half of its start."""
+    w_start, w_end, cpu_seconds = train_ring(0, device)
+    # CPU seconds for the 1000 steps, measured here: 34-37 s with native kernels (avx2/avx512),
+    # 58-63 s under ATEN_CPU_CAPABILITY=default (which .ci/run uses for its rerun); 60 s failed there
+    assert device.type == "cuda" or cpu_seconds < 90, cpu_seconds
     # measured W1_end / W1_start (seeds 0-2 × ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread; avx2 and
     # avx512 agree to the last digit): min 0.22, median 0.25, max 0.33; an avx2-only machine gave 0.38 for
     # this seed (issue 16), so the kernels are not the only source of spread. The old bound 1/3 sat inside
