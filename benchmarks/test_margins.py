@@ -177,6 +177,24 @@ def summarise(stat: str, runs: list[dict]) -> dict:
             "max": max(vals), "runs": runs}
 
 
+def store(path: Path, stat: str, row: dict) -> None:
+    """Set ``path[stat] = row`` and keep every other key: the file is re-read under an exclusive lock
+    just before the write (other runs update other statistics concurrently) and replaced atomically."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock: the folder, since the file itself is replaced
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table[stat] = row
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    finally:
+        os.close(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stats", default=",".join(STATS))
@@ -193,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = 3 if a.quick else a.seeds
     threads = [1] if a.quick else [int(t) for t in a.threads.split(",")]
-    table = json.loads(a.json.read_text()) if a.json.exists() else {}
     for stat in a.stats.split(","):
         runs = []
         for cap in a.caps.split(","):
@@ -202,10 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 out = subprocess.run([sys.executable, __file__, "--cell", f"{stat}:{t}", "--seeds", str(seeds)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 runs += [{"capability": cap, "threads": t, **r} for r in json.loads(out.splitlines()[-1])]
-                table[stat] = summarise(stat, runs)  # written after every cell: a long run keeps what ran
-                a.json.parent.mkdir(parents=True, exist_ok=True)
-                a.json.write_text(json.dumps(table, indent=1))
-        row = table[stat]
+                row = summarise(stat, runs)
+                store(a.json, stat, row)  # written after every cell: a long run keeps what ran
         print(f"{stat:18s} n={row['n']:3d} min={row['min']:.4g} median={row['median']:.4g} max={row['max']:.4g}",
               flush=True)
         for r in runs:
