@@ -7,16 +7,23 @@ trained from the feedback of temporary edge discriminators plus a reminding loss
 digesting term is back-propagated through the surrogate Σ_k π_k ⟨x̂_k, g_k⟩ (same gradient in
 θ_G). G_{t−1} is frozen and s_{t−1} (label counts of every node seen before) stored at each
 membership change (join or leave). The latent u is N(0, I) here (the paper writes unif(0, 1)).
+
+One step is batched: the K online nodes' (u_k, y_k) are concatenated into one forward of G and
+the K feedback tensors into one backward, with each node's BatchNorm statistics taken over its
+own minibatch only (:func:`per_node_batch_norm`), so the maths is the per-node loop's.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Iterator
 
 import torch
+from torch import nn
 
 from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.gan.train import adam
@@ -30,8 +37,60 @@ log = logging.getLogger("edgegan.tdgan")
 @dataclass
 class _Pending:
     request: FeedbackRequest
-    fake: torch.Tensor  # G(u, y) with its graph, (B, C, H, W)
+    fake: torch.Tensor  # G(u, y) with its graph, (B, C, H, W): rows ``rows`` of the step's batched forward
     pi: float
+    rows: slice
+
+
+def _grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, groups: int, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm of ``x`` (groups·B, C, *S) with each group's own batch statistics:
+    x̂ = (x − μ_g) / √(σ²_g + ε) · γ + β; running stats updated as by ``groups`` calls in a row."""
+    b = x.shape[0] // groups
+    xg = x.reshape(groups, b, *x.shape[1:])  # (K, B, C, *S)
+    dims = [1, *range(3, xg.dim())]
+    var, mean = torch.var_mean(xg, dims, correction=0, keepdim=True)  # (K, 1, C, 1...)
+    out = (xg - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        view = (1, 1, -1) + (1,) * (xg.dim() - 3)
+        out = out * bn.weight.view(view) + bn.bias.view(view)
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            n = xg.numel() // (groups * xg.shape[2])
+            mu, v = mean.flatten(1).to(bn.running_mean.dtype), var.flatten(1).to(bn.running_var.dtype) * (n / max(n - 1, 1))
+            t = int(bn.num_batches_tracked)
+            if bn.momentum is None:  # cumulative average over every batch so far
+                bn.running_mean.mul_(t).add_(mu.sum(0)).div_(t + groups)
+                bn.running_var.mul_(t).add_(v.sum(0)).div_(t + groups)
+            else:  # r ← (1 − m)^K r + Σ_k m (1 − m)^{K−1−k} μ_k, the K updates of the per-node loop
+                m = float(bn.momentum)
+                w = m * (1 - m) ** torch.arange(groups - 1, -1, -1, dtype=mu.dtype, device=mu.device)
+                bn.running_mean.mul_((1 - m) ** groups).add_(w @ mu)
+                bn.running_var.mul_((1 - m) ** groups).add_(w @ v)
+            bn.num_batches_tracked.add_(groups)
+    return out.reshape(x.shape)
+
+
+@contextmanager
+def per_node_batch_norm(model: nn.Module, groups: int) -> Iterator[nn.Module]:
+    """Inside the block every training-mode BatchNorm of ``model`` normalises each of ``groups``
+    equal consecutive row blocks of its input with that block's own statistics.
+
+    TDGAN's generator normalises each node's minibatch of m labels on its own (seed 003 §4.1: G
+    uses batch norm, Alg. 1 lines 4 and 11: one minibatch per node), so a node's fake batch must
+    not depend on the other nodes' labels when the K minibatches share one forward. Per-node
+    statistics keep exactly that maths (forward, backward and running statistics); standing /
+    eval-mode statistics or a per-sample norm would change the model. Eval-mode BatchNorm is
+    already per sample and is left as it is.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and (m.training or not m.track_running_stats)]
+    for m in bns:
+        m.forward = partial(_grouped_batch_norm, m, groups)
+    try:
+        yield model
+    finally:
+        for m in bns:
+            del m.forward
 
 
 def request_nbytes(req: FeedbackRequest) -> int:
@@ -76,7 +135,9 @@ class TDGANCloud:
         self.remind_hist: torch.Tensor | None = None  # s_{t−1}: label counts of nodes seen before
         self._online: dict[str, NodeInfo] = {}
         self._seen: dict[str, NodeInfo] = {}
+        self._seen_hist = torch.zeros(self.num_classes, dtype=torch.float64)  # Σ label counts over _seen
         self._pending: dict[str, _Pending] = {}
+        self._fake: torch.Tensor | None = None  # this step's batched G(u, y) with its graph
         self.step = 0
         self.totals = {"rejected": 0, "accepted": 0, "bytes_in": 0, "bytes_out": 0, "membership_changes": 0}
         self._label_rng = torch.Generator().manual_seed(self.cfg.seed)
@@ -99,14 +160,26 @@ class TDGANCloud:
         return capped_shares({k: i.n_samples for k, i in self._online.items()}, self.cfg.max_share)
 
     def _membership_changed(self) -> None:
-        """Freeze G_{t−1} ← G and s_{t−1} ← label counts of every node seen so far."""
-        self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
-        if self._seen:
-            self.remind_hist = torch.stack([torch.tensor(i.label_histogram, dtype=torch.float64)
-                                            for i in self._seen.values()]).sum(0)
+        """Freeze G_{t−1} ← G and s_{t−1} ← label counts of every node seen so far (O(|θ| + classes):
+        churn over thousands of nodes changes membership hundreds of times per step)."""
+        if self.G_prev is None:
+            self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
         else:
-            self.remind_hist = None
+            with torch.no_grad():
+                for prev, now in zip([*self.G_prev.parameters(), *self.G_prev.buffers()],
+                                     [*self.G.parameters(), *self.G.buffers()]):
+                    prev.copy_(now)
+            self.G_prev.train(self.G.training)
+        self.remind_hist = self._seen_hist.clone() if self._seen else None
         self.totals["membership_changes"] += 1
+
+    def _see(self, info: NodeInfo) -> None:
+        """Add (or update) ``info`` in the nodes seen and their label-count sum."""
+        old = self._seen.get(info.node_id)
+        if old is not None:
+            self._seen_hist -= torch.tensor(old.label_histogram, dtype=torch.float64)
+        self._seen_hist += torch.tensor(info.label_histogram, dtype=torch.float64)
+        self._seen[info.node_id] = info
 
     def join(self, info: NodeInfo) -> None:
         """Node ``info.node_id`` comes online (first time or again)."""
@@ -118,7 +191,7 @@ class TDGANCloud:
                 "use the same class set on every node")
         self._membership_changed()  # s_{t−1} holds the nodes seen *before* this join
         self._online[info.node_id] = info
-        self._seen[info.node_id] = info
+        self._see(info)
         log.info("tdgan: node %s joined (n=%d), online %d", info.node_id, info.n_samples, len(self._online))
 
     def leave(self, node_id: str) -> None:
@@ -142,17 +215,29 @@ class TDGANCloud:
         return torch.multinomial(hist.double(), n, replacement=True, generator=self._label_rng)
 
     def make_requests(self, step: int | None = None) -> list[FeedbackRequest]:
-        """One request per online node: y ∼ g_k (its histogram), x̂ = G(u, y) sent detached."""
+        """One request per online node k: y_k ∼ g_k (its histogram), u_k ∼ N(0, I), x̂_k = G(u_k, y_k)
+        sent detached. The K minibatches go through G as one forward (rows in join order, BatchNorm
+        statistics per node: :func:`per_node_batch_norm`); the graph is kept for :meth:`apply_feedback`."""
         if step is not None:
             self.step = int(step)
         self._pending.clear()
-        pis = self.pi
+        self._fake = None
+        if not self._online:
+            return []
+        pis, b = self.pi, self.cfg.batch_size
+        ids = list(self._online)
+        # per node in join order, from the same two RNG streams as one G call per node would use
+        y = torch.cat([self._labels(torch.tensor(self._online[k].label_histogram), b) for k in ids]).to(self.device)
+        u = torch.cat([self._latent(b) for _ in ids])
+        with per_node_batch_norm(self.G, len(ids)):
+            self._fake = self.G(u, y)  # (K·B, C, H, W)
+        sent = self._fake.detach().float()
         requests = []
-        for node_id, info in self._online.items():
-            y = self._labels(torch.tensor(info.label_histogram), self.cfg.batch_size).to(self.device)
-            fake = self.G(self._latent(len(y)), y)  # (B, C, H, W), graph kept for apply_feedback
-            req = FeedbackRequest(node_id, self.step, fake.detach().float().contiguous(), y)
-            self._pending[node_id] = _Pending(req, fake, pis[node_id])
+        for i, node_id in enumerate(ids):
+            rows = slice(i * b, (i + 1) * b)
+            # clones: a view would carry (and pickle) the whole step's storage to every node
+            req = FeedbackRequest(node_id, self.step, sent[rows].clone(), y[rows].clone())
+            self._pending[node_id] = _Pending(req, self._fake[rows], pis[node_id], rows)
             self.totals["bytes_out"] += request_nbytes(req)
             requests.append(req)
         return requests
@@ -201,13 +286,18 @@ class TDGANCloud:
                 stats[f"{reply.node_id}/{k}"] = float(v)
         missing = len(self._pending)
         self._pending.clear()
+        fake, self._fake = self._fake, None
         self.totals["rejected"] += rejected
         self.totals["accepted"] += len(accepted)
         self.totals["bytes_in"] += bytes_in
         stats.update({"step": float(self.step), "rejected": float(rejected), "accepted": float(len(accepted)),
                       "missing": float(missing), "bytes_in": float(bytes_in), "g_stepped": 0.0})
         if accepted:
-            digest = sum(p.pi * (p.fake * g.to(p.fake.device, p.fake.dtype)).sum() for p, g in accepted)
+            # Σ_k π_k ⟨x̂_k, g_k⟩ as one product over the step's batch (rows of other nodes get 0)
+            weighted = torch.zeros_like(fake)
+            for p, g in accepted:
+                weighted[p.rows] = p.pi * g.to(fake.device, fake.dtype)
+            digest = (fake * weighted).sum()
             remind = self.reminding_loss()
             loss = digest + self.cfg.reminding_weight * remind
             self.opt.zero_grad(set_to_none=True)
@@ -251,7 +341,9 @@ class TDGANCloud:
             self.remind_hist = state["remind_hist"]
             self.opt.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
-            self._seen = {k: info(k, d) for k, d in state["seen"].items()}
+            self._seen, self._seen_hist = {}, torch.zeros(self.num_classes, dtype=torch.float64)
+            for k, d in state["seen"].items():
+                self._see(info(k, d))
             self._online = {k: info(k, d) for k, d in state["online"].items()}
             self.totals = dict(state["totals"])
             self._label_rng.set_state(state["label_rng"])
@@ -260,3 +352,4 @@ class TDGANCloud:
             raise EdgeganError("checkpoint", f"TDGAN cloud state lacks {e}", "use a checkpoint written by "
                                "TDGANCloud.state_dict()") from None
         self._pending.clear()
+        self._fake = None

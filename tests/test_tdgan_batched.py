@@ -1,0 +1,145 @@
+"""The batched TDGAN cloud step (seed 003 eq. 1, Alg. 1): one generator forward and one backward
+for all online nodes must be the per-node loop's maths, and a node's fake batch must not depend
+on the other nodes' labels (BatchNorm statistics per node)."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from edgegan.data import label_histogram, partition_by_classes
+from edgegan.tdgan import FeedbackReply, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
+from edgegan.tdgan.cloud import per_node_batch_norm
+from edgegan.tdgan.harness import build_generator
+
+CFG = TDGANConfig(batch_size=8, remind_batch_size=8, seed=5, width=16, lr=2e-3)
+ARCHS = ["mlp", "dcgan"]  # dcgan's G has BatchNorm1d and BatchNorm2d
+
+
+@pytest.fixture(scope="module")
+def parts(digits):
+    return partition_by_classes(digits, [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9]],
+                                samples_per_node=[100, 300, 60, 80], seed=0)
+
+
+def info(node_id, part):
+    return NodeInfo(node_id, len(part), tuple(int(c) for c in label_histogram(part.y, 10)))
+
+
+def cloud_in_progress(parts, cfg):
+    """Three nodes online, G moved away from G_{t−1} (frozen at the last join) by three steps."""
+    cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+    edges = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts[:3])}
+    cloud.join(edges["n0"].info())
+    cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
+    cloud.join(edges["n1"].info())
+    cloud.join(edges["n2"].info())
+    for _ in range(3):
+        cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
+    twin = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+    twin.load_state_dict(copy.deepcopy(cloud.state_dict()))
+    return cloud, twin, edges
+
+
+def per_node_loop_step(cloud, replies):
+    """The step with one G call per online node (the code before batching): draws (y_k, u_k) from
+    the same RNG streams, then Adam on Σ_k π_k ⟨G(u_k, y_k), g_k⟩ + λ · reminding loss."""
+    b, pis = cloud.cfg.batch_size, cloud.pi
+    fakes = {}
+    for node_id, i in cloud._online.items():
+        y = cloud._labels(torch.tensor(i.label_histogram), b)
+        fakes[node_id] = (y, cloud.G(cloud._latent(b), y))
+    digest = sum(pis[r.node_id] * (fakes[r.node_id][1] * r.grad).sum() for r in replies)
+    loss = digest + cloud.cfg.reminding_weight * cloud.reminding_loss()
+    cloud.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    cloud.opt.step()
+    return fakes
+
+
+def assert_same_step(a, b):
+    """Same gradients, parameters after the Adam step, and BatchNorm running statistics. Entries
+    whose exact gradient is 0 (a bias right before BatchNorm; the embedding of a class that fills a
+    node's whole batch) get rounding noise (~1e-8) as gradient in either form, which Adam turns
+    into steps of ±lr: those are compared as gradients only."""
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+        signal = q.grad.abs() > 1e-6
+        assert signal.any() or name.endswith("bias")
+        torch.testing.assert_close(p[signal], q[signal], rtol=1e-5, atol=1e-6, msg=name)
+    for (name, x), y in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_step_equals_the_per_node_loop_including_the_reminding_term(parts, arch):
+    cfg = dataclasses.replace(CFG, arch=arch)
+    cloud, twin, edges = cloud_in_progress(parts, cfg)
+    reqs = cloud.make_requests()
+    replies = [edges[r.node_id].feedback(r) for r in reqs]
+    stats = cloud.apply_feedback(replies)
+    fakes = per_node_loop_step(twin, replies)
+    assert stats["g_stepped"] == 1 and stats["accepted"] == 3
+    assert stats["reminding_loss"] > 1e-4  # G ≠ G_{t−1}: the reminding term pulls
+    for r in reqs:  # the same requests went out
+        assert torch.equal(r.labels, fakes[r.node_id][0])
+        torch.testing.assert_close(r.fake, fakes[r.node_id][1].detach(), rtol=1e-5, atol=1e-6)
+    moved = [not torch.equal(p, q) for p, q in zip(cloud.G.parameters(), cloud.G_prev.parameters())]
+    assert any(moved)
+    assert_same_step(cloud.G, twin.G)
+
+
+@pytest.mark.parametrize("bad", ["shape", "nan"])
+def test_bad_feedback_of_one_node_leaves_the_batched_step_equal_to_the_others_alone(parts, bad):
+    cfg = dataclasses.replace(CFG, arch="dcgan")
+    cloud, twin, edges = cloud_in_progress(parts, cfg)
+    reqs = cloud.make_requests()
+    replies = [edges[r.node_id].feedback(r) for r in reqs]
+    g = replies[1].grad
+    replies[1] = dataclasses.replace(replies[1], grad=g[:-1] if bad == "shape" else torch.full_like(g, float("nan")))
+    stats = cloud.apply_feedback(replies)
+    per_node_loop_step(twin, [replies[0], replies[2]])
+    assert stats["accepted"] == 2 and stats["rejected"] == 1
+    assert all(torch.isfinite(p).all() for p in cloud.G.parameters())
+    assert_same_step(cloud.G, twin.G)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_nodes_fake_batch_does_not_depend_on_the_other_nodes_labels(parts, arch):
+    cfg = dataclasses.replace(CFG, arch=arch)
+    sent = []
+    for others in ([], [parts[1]], [parts[2], parts[3]]):  # alone, beside classes {3, 4}, beside {5} and {6..9}
+        cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+        for i, p in enumerate([parts[0], *others]):
+            cloud.join(info(f"n{i}", p))
+        reqs = cloud.make_requests()
+        sent.append(reqs[0])
+        assert len(reqs) == 1 + len(others)
+    assert not torch.equal(sent[0].fake, torch.zeros_like(sent[0].fake))
+    for r in sent[1:]:
+        assert torch.equal(r.labels, sent[0].labels)
+        torch.testing.assert_close(r.fake, sent[0].fake, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_per_node_batch_norm_is_each_groups_own_batch_norm(momentum):
+    torch.manual_seed(0)
+    for bn, shape in ((nn.BatchNorm1d(6, momentum=momentum), (4, 5, 6)), (nn.BatchNorm2d(3, momentum=momentum), (4, 5, 3, 2, 2))):
+        nn.init.uniform_(bn.weight)
+        nn.init.uniform_(bn.bias)
+        seq = copy.deepcopy(bn)
+        x = (torch.randn(shape) * torch.arange(1, 5).view(4, *[1] * (len(shape) - 1))).requires_grad_(True)
+        w = torch.randn(shape)
+        with per_node_batch_norm(bn, 4):
+            out = bn(x.flatten(0, 1))
+        (out.view(shape) * w).sum().backward()
+        ref = torch.stack([seq(x[k]) for k in range(4)])  # one call per group, in order
+        gx, gw = torch.autograd.grad((ref * w).sum(), [x, seq.weight])
+        torch.testing.assert_close(out.view(shape), ref)
+        torch.testing.assert_close(x.grad, gx)
+        torch.testing.assert_close(bn.weight.grad, gw)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(bn, name), getattr(seq, name), msg=name)
+        assert "forward" not in vars(bn)  # the module is restored after the block
