@@ -32,6 +32,7 @@ own child process so neither inherits the other's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -106,6 +107,36 @@ def checksum(grad) -> float:
     return float(grad.double().sum())
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its live descendants
+    (Ray daemons, workers, actors): per-round differences are robust to other jobs' load."""
+    from sim_scale import _descendants
+
+    total = 0
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class RoundClock:
+    """Wall seconds and process-tree CPU seconds of each timed round."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    @contextlib.contextmanager
+    def round(self) -> Iterator[None]:
+        c0, t0 = tree_cpu_seconds(), time.perf_counter()
+        yield
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(tree_cpu_seconds() - c0)
+
+
 # ---------------------------------------------------------------------- edgegan (RayPool)
 def echo_job(host, node_ids: list[str], x: int) -> list[int]:
     """A ``NodeHost.run_job`` job with no node work: answer ``x + 1`` for each node."""
@@ -125,9 +156,8 @@ def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
     for h in range(pool.size):
         pool.call_sync(h, "add_tdgan_nodes", cfg, [(node_id(k), parts[k]) for k in host_of if host_of[k] == h])
     startup = time.perf_counter() - t0
-    times, calls, sums = [], [], {}
+    clock, calls, sums = RoundClock(), [], {}
     for r, pids, fakes, labels in round_plan(p):
-        t1 = time.perf_counter()
         groups: dict[int, list[int]] = {}
         for i, k in enumerate(pids):
             groups.setdefault(host_of[k], []).append(i)
@@ -140,8 +170,8 @@ def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
         async def one_round() -> list:
             return await asyncio.gather(*(call(h, idx) for h, idx in groups.items()))
 
-        got = asyncio.run(one_round())
-        times.append(time.perf_counter() - t1)
+        with clock.round():
+            got = asyncio.run(one_round())
         calls.append(len(groups))
         answers = [a for g in got for a in g]
         assert len(answers) == len(pids), f"{len(answers)} replies for {len(pids)} nodes"
@@ -150,7 +180,8 @@ def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
                 sums.update({f"{r}:{pids[i]}": checksum(a.grad) for i, a in zip(idx, g)})
     stats = pool.stats()
     pool.shutdown()
-    out = {"startup_seconds": startup, "round_seconds": times, "process_boundary_calls": calls, "checksums": sums,
+    out = {"startup_seconds": startup, "round_seconds": clock.wall, "round_cpu_seconds": clock.cpu,
+           "process_boundary_calls": calls, "checksums": sums,
            "resident_nodes_per_worker": resident}
     out.update({k: sum(s[k] for s in stats) for k in ("activations", "created", "restored", "spilled")})
     return out
@@ -207,7 +238,8 @@ def run_flower(p: dict[str, Any], work: str) -> dict[str, Any]:
     client.query()(flower_register)
     client.train()(flower_feedback if work == "real" else flower_echo)
     server = ServerApp()
-    out: dict[str, Any] = {"round_seconds": [], "process_boundary_calls": [], "checksums": {}, "state_bytes": []}
+    clock = RoundClock()
+    out: dict[str, Any] = {"process_boundary_calls": [], "checksums": {}, "state_bytes": []}
     t0 = time.perf_counter()
 
     @server.main()
@@ -222,34 +254,33 @@ def run_flower(p: dict[str, Any], work: str) -> dict[str, Any]:
         node_of = {int(m.content["node"]["partition-id"]): m.metadata.src_node_id for m in got}
         assert len(node_of) == p["nodes"], f"{len(node_of)} of {p['nodes']} nodes registered"
         out["startup_seconds"] = time.perf_counter() - t0
+        pid_of = {v: k for k, v in node_of.items()}
         for r, pids, fakes, labels in round_plan(p):
-            t1 = time.perf_counter()
-            if work == "real":
-                cfg = ConfigRecord({**{k: p[k] for k in ("nodes", "seed", "batch_size", "width")}, "round": r})
-                msgs = [Message(RecordDict({"req": ArrayRecord({"fake": f, "labels": y}), "p": cfg}),
-                                dst_node_id=node_of[k], message_type="train") for k, f, y in zip(pids, fakes, labels)]
-            else:
-                msgs = [Message(RecordDict({"c": ConfigRecord({"x": r})}), dst_node_id=node_of[k], message_type="train")
-                        for k in pids]
-            replies = list(grid.send_and_receive(msgs))
-            grads = {}
-            if work == "real":
-                pid_of = {v: k for k, v in node_of.items()}
-                for m in (m for m in replies if not m.has_error()):
-                    grads[pid_of[m.metadata.src_node_id]] = m.content.array_records["reply"].to_torch_state_dict()["grad"]
-                    out["state_bytes"].append(m.content.metric_records["stats"]["state-bytes"])
-            out["round_seconds"].append(time.perf_counter() - t1)
-            ok = sum(1 for m in replies if not m.has_error())
-            assert ok == len(pids), f"round {r}: {ok} good replies of {len(pids)}"
+            with clock.round():
+                if work == "real":
+                    cfg = ConfigRecord({**{k: p[k] for k in ("nodes", "seed", "batch_size", "width")}, "round": r})
+                    msgs = [Message(RecordDict({"req": ArrayRecord({"fake": f, "labels": y}), "p": cfg}),
+                                    dst_node_id=node_of[k], message_type="train")
+                            for k, f, y in zip(pids, fakes, labels)]
+                else:
+                    msgs = [Message(RecordDict({"c": ConfigRecord({"x": r})}), dst_node_id=node_of[k],
+                                    message_type="train") for k in pids]
+                replies = [m for m in grid.send_and_receive(msgs) if not m.has_error()]
+                if work == "real":
+                    grads = {pid_of[m.metadata.src_node_id]: m.content.array_records["reply"].to_torch_state_dict()["grad"]
+                             for m in replies}
+            assert len(replies) == len(pids), f"round {r}: {len(replies)} good replies of {len(pids)}"
             out["process_boundary_calls"].append(len(replies))  # one Ray actor task per message
-            out["checksums"].update({f"{r}:{k}": checksum(g) for k, g in grads.items()})
+            if work == "real":
+                out["checksums"].update({f"{r}:{k}": checksum(g) for k, g in grads.items()})
+                out["state_bytes"] += [m.content.metric_records["stats"]["state-bytes"] for m in replies]
 
     run_simulation(server, client, num_supernodes=p["nodes"],
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": p["workers"], "include_dashboard": False,
                                                  "object_store_memory": 256 << 20}})
-    assert len(out["round_seconds"]) == p["rounds"] + 1, "the Flower ServerApp did not finish its rounds (see its log)"
-    return out
+    assert len(clock.wall) == p["rounds"] + 1, "the Flower ServerApp did not finish its rounds (see its log)"
+    return {**out, "round_seconds": clock.wall, "round_cpu_seconds": clock.cpu}
 
 
 # ---------------------------------------------------------------------- one system per child process
@@ -291,7 +322,7 @@ def _run_child(system: str, p: dict[str, Any], work_dir: Path, timeout_s: float)
 
 
 def _row(system: str, r: dict[str, Any], p: dict[str, Any], request_bytes: int, reply_bytes: int) -> dict[str, Any]:
-    first, times = r["round_seconds"][0], r["round_seconds"][1:]
+    first, times, cpu = r["round_seconds"][0], r["round_seconds"][1:], r["round_cpu_seconds"][1:]
     echo = system.endswith("echo")
     row = {"label": LABELS[system], "work": "echo x+1" if echo else "1 critic step on the node's data + reply dL_G/dx",
            "nodes": p["nodes"], "rounds": len(times), "workers": p["workers"],
@@ -300,7 +331,8 @@ def _row(system: str, r: dict[str, Any], p: dict[str, Any], request_bytes: int, 
            "request_payload_bytes_per_round": 8 if echo else request_bytes * p["per_round"],
            "reply_payload_bytes_per_round": 8 if echo else reply_bytes * p["per_round"],
            "seconds_per_round": sum(times) / len(times), "median_seconds_per_round": sorted(times)[len(times) // 2],
-           "round_seconds": times, "warmup_round_seconds": first, "startup_seconds": r["startup_seconds"],
+           "cpu_seconds_per_round": sum(cpu) / len(cpu), "round_seconds": times, "round_cpu_seconds": cpu,
+           "warmup_round_seconds": first, "startup_seconds": r["startup_seconds"],
            "wall_seconds_total": r["wall_seconds_total"],
            "peak_rss_bytes": r["peak_rss_bytes"], "peak_rss_gib": r["peak_rss_bytes"] / 2**30,
            "processes_at_peak": r["processes_at_peak"], "omp_num_threads": r["omp_num_threads"]}
@@ -345,6 +377,8 @@ def run(nodes: int = 1000, rounds: int = 4, per_round: int | None = None, worker
         "process_boundary_calls": "actor calls per round: edgegan sends one batched call per worker with work "
                                   "(NodeHost.feedback / run_job); Flower runs one Ray actor task per message "
                                   "(flwr RayBackend.process_message), shipping the node's Context both ways",
+        "cpu_seconds_per_round": "user + system CPU seconds of the whole process tree during a round (less "
+                                 "sensitive than wall time to other jobs on a shared machine)",
         "peak_rss": "sum of RSS over the child process running the system and all its descendants "
                     "(Ray GCS/raylet, workers, actors), sampled every 0.1 s",
         "threads": "OMP_NUM_THREADS=1 and torch.set_num_threads(1) in the driver, pool workers (RayPool threads=1) "
@@ -367,13 +401,15 @@ def run(nodes: int = 1000, rounds: int = 4, per_round: int | None = None, worker
     for a, b in (("flower", "edgegan"), ("flower", "edgegan_spill"), ("flower_echo", "edgegan_echo")):
         if a in res and b in res:
             ratios[f"{a}_over_{b}_seconds_per_round"] = res[a]["seconds_per_round"] / res[b]["seconds_per_round"]
+            ratios[f"{a}_over_{b}_cpu_seconds_per_round"] = (res[a]["cpu_seconds_per_round"]
+                                                             / res[b]["cpu_seconds_per_round"])
             ratios[f"{a}_over_{b}_peak_rss"] = res[a]["peak_rss_bytes"] / res[b]["peak_rss_bytes"]
     res["ratios"] = ratios
     return res
 
 
-COLUMNS = ("seconds_per_round", "median_seconds_per_round", "startup_seconds", "peak_rss_gib", "messages_per_round",
-           "process_boundary_calls_per_round", "processes_at_peak")
+COLUMNS = ("seconds_per_round", "cpu_seconds_per_round", "median_seconds_per_round", "startup_seconds", "peak_rss_gib",
+           "messages_per_round", "process_boundary_calls_per_round", "processes_at_peak")
 
 
 def main() -> int:
