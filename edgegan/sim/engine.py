@@ -27,7 +27,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -100,6 +101,21 @@ class NodeHost:
         self._crash.update(crashes or {})
         return [_info(k, d) for k, d in nodes]
 
+    def adopt_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
+                          crashes: dict[str, int], spilled_from: str) -> dict[str, str]:
+        """Host ``nodes`` of a lost worker: a node whose spill file is readable in that worker's
+        ``spilled_from`` folder continues from it (``"spilled"``); the others start with a fresh D_k
+        (``"fresh"``: their state lived only in the lost worker's memory or on another machine)."""
+        self.add_tdgan_nodes(cfg, nodes, crashes)
+        out = {}
+        for node_id, _ in nodes:
+            src = Path(spilled_from) / f"{node_id}.pt"
+            if src.is_file():
+                shutil.move(src, self._spill_path(node_id))
+                self._spilled.add(node_id)
+            out[node_id] = "spilled" if node_id in self._spilled else "fresh"
+        return out
+
     def _spill_path(self, node_id: str) -> Path:
         return self.spill_dir / f"{node_id}.pt"
 
@@ -114,7 +130,9 @@ class NodeHost:
         edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
         edge.D.to(self.device)
         if node_id in self._spilled:
-            edge.load_state_dict(load_checkpoint(self._spill_path(node_id), self.device))
+            path = self._spill_path(node_id)
+            edge.load_state_dict(load_checkpoint(path, self.device))
+            path.unlink()  # a spill file exists only while it holds the node's latest state
             self._spilled.discard(node_id)
             self.counters["restored"] += 1
         else:
@@ -161,6 +179,7 @@ class NodeHost:
         self.counters["crashed"] += 1
         self._resident.pop(node_id, None)
         self._spilled.discard(node_id)
+        self._spill_path(node_id).unlink(missing_ok=True)
         self._crash.pop(node_id, None)
 
     def stats(self) -> dict[str, Any]:
@@ -168,7 +187,7 @@ class NodeHost:
         ray_node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
         return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
                 "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": _rss_peak_bytes(),
-                "ray_node": ray_node}
+                "ray_node": ray_node, "spill_dir": str(self.spill_dir)}
 
     # ------------------------------------------------------------------ stateless jobs
     def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -194,7 +213,45 @@ def _info(node_id: str, data: TensorData) -> NodeInfo:
 
 
 # ---------------------------------------------------------------------- pools
-class InprocPool:
+def _error_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+class _Pool:
+    """What both pools share: where each worker runs (its first :meth:`NodeHost.stats`) and the
+    record of workers lost during the run (their Ray node died, or they stopped answering)."""
+
+    def _placed(self, first_stats: list[dict[str, Any]]) -> None:
+        self.placement = [{"ray_node": st["ray_node"], "spill_dir": st["spill_dir"]} for st in first_stats]
+        self.lost: dict[int, dict[str, Any]] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.placement)
+
+    def alive(self) -> list[int]:
+        """Indices of the workers still in use."""
+        return [i for i in range(self.size) if i not in self.lost]
+
+    def lose(self, host: int, error: str) -> dict[str, Any]:
+        """Stop using worker ``host``; returns its record (``summary.engine.lost_workers``), which the
+        caller completes (tick, nodes re-created)."""
+        self.lost[host] = {"index": host, "error": error, **self.placement[host]}
+        self._release(host)
+        return self.lost[host]
+
+    def _release(self, host: int) -> None:
+        pass
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each worker's counters; a lost worker is ``{"index", "lost": True, "error", …}``."""
+        return [{**self.lost[i], "lost": True} if i in self.lost else self._stats(i) for i in range(self.size)]
+
+    def _stats(self, host: int) -> dict[str, Any]:
+        return self.call_sync(host, "stats")  # type: ignore[attr-defined]
+
+
+class InprocPool(_Pool):
     """``workers`` hosts in this process, called one after another."""
 
     backend = "inproc"
@@ -205,10 +262,7 @@ class InprocPool:
         self.hosts = [NodeHost(i, resident_cap, None if spill_dir is None else f"{spill_dir}/host{i}", device)
                       for i in range(workers)]
         self.device = device
-
-    @property
-    def size(self) -> int:
-        return len(self.hosts)
+        self._placed([h.stats() for h in self.hosts])
 
     async def call(self, host: int, method: str, *args: Any) -> Any:
         return getattr(self.hosts[host], method)(*args)
@@ -218,18 +272,16 @@ class InprocPool:
 
     def map_unordered(self, fn: Callable[..., Any], jobs: Iterable[tuple[tuple, dict]]) -> Iterator[Any]:
         """Run ``fn(host, *args, **kwargs)`` per job; yields results as they finish."""
+        hosts = [self.hosts[i] for i in self.alive()]
         for i, (args, kwargs) in enumerate(jobs):
-            yield self.hosts[i % len(self.hosts)].run_job(fn, args, kwargs)
-
-    def stats(self) -> list[dict[str, Any]]:
-        return [h.stats() for h in self.hosts]
+            yield hosts[i % len(hosts)].run_job(fn, args, kwargs)
 
     def shutdown(self) -> None:
         for h in self.hosts:
             h.close()
 
 
-class RayPool:
+class RayPool(_Pool):
     """``workers`` Ray actors, each a :class:`NodeHost` with ``num_cpus`` / ``num_gpus`` resources.
 
     Joins ``address`` (``auto`` or ``ray://…``) when given, uses an already initialised Ray, or
@@ -275,11 +327,7 @@ class RayPool:
             for i in range(workers)]
         self.device = device
         self.resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-        ray.get([a.stats.remote() for a in self.actors])  # wait until every actor is up
-
-    @property
-    def size(self) -> int:
-        return len(self.actors)
+        self._placed(ray.get([a.stats.remote() for a in self.actors]))  # waits until every actor is up
 
     async def call(self, host: int, method: str, *args: Any) -> Any:
         return await getattr(self.actors[host], method).remote(*args)
@@ -291,26 +339,29 @@ class RayPool:
         """``ray.util.ActorPool.map_unordered``: each idle actor takes the next job."""
         from ray.util import ActorPool
 
-        pool = ActorPool(self.actors)
+        pool = ActorPool([self.actors[i] for i in self.alive()])
         return pool.map_unordered(lambda a, job: a.run_job.remote(fn, job[0], job[1]), list(jobs))
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Each actor's stats; a worker whose actor died (its raylet was killed) is recorded as
-        ``{"index": i, "lost": True, "error": …}`` instead of failing the whole run."""
-        out: list[dict[str, Any]] = []
-        for i, a in enumerate(self.actors):
-            try:
-                out.append(self._ray.get(a.stats.remote(), timeout=30))
-            except Exception as e:  # ActorDiedError / ActorUnavailableError / GetTimeoutError
-                out.append({"index": i, "lost": True, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
-        return out
+    def _stats(self, host: int) -> dict[str, Any]:
+        """A worker whose actor died since its last call (its raylet was killed) is lost, not fatal."""
+        try:
+            return self._ray.get(self.actors[host].stats.remote(), timeout=30)
+        except Exception as e:  # ActorDiedError / ActorUnavailableError / GetTimeoutError
+            return {**self.lose(host, _error_line(e)), "lost": True}
+
+    def _release(self, host: int) -> None:
+        try:  # a worker that stopped answering must not come back and act on its old nodes
+            self._ray.kill(self.actors[host])
+        except Exception:  # already gone with its node
+            pass
 
     def shutdown(self) -> None:
+        alive = [self.actors[i] for i in self.alive()]
         try:
-            self._ray.get([a.close.remote() for a in self.actors], timeout=30)
-        except Exception:  # an actor that died has nothing to clean up
+            self._ray.get([a.close.remote() for a in alive], timeout=30)
+        except Exception:  # an actor that died since its last call has nothing to clean up
             pass
-        for a in self.actors:
+        for a in alive:
             self._ray.kill(a)
         if self._started:
             self._ray.shutdown()
@@ -337,16 +388,27 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 def make_pool(backend: str, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0,
               num_gpus: float = 0.0, address: str | None = None, device: str = "cpu",
-              spill_dir: str | None = None) -> InprocPool | RayPool:
+              spill_dir: str | None = None, connect_timeout_s: float = 30.0) -> InprocPool | RayPool:
     """The pool for ``backend`` (``inproc`` | ``ray``); ``workers`` 0 sizes it by the machine."""
     if backend == "inproc":
         return InprocPool(workers or 1, resident_cap, device, spill_dir)
     if backend == "ray":
-        return RayPool(workers, resident_cap, num_cpus, num_gpus, address, spill_dir)
+        return RayPool(workers, resident_cap, num_cpus, num_gpus, address, spill_dir,
+                       connect_timeout_s=connect_timeout_s)
     raise EdgeganError("backend", f"unknown backend {backend!r}", "choose inproc or ray")
 
 
 # ---------------------------------------------------------------------- the feedback link
+@dataclass
+class VirtualNodes:
+    """What re-creates virtual TDGAN nodes on another worker: the TDGAN config, each node's private
+    data and its scheduled crash step."""
+
+    cfg: TDGANConfig
+    data: dict[str, TensorData]
+    crashes: dict[str, int]
+
+
 class SimLink:
     """A :class:`~edgegan.runtime.roles.FeedbackLink` over a pool of virtual nodes that follows a
     :class:`Schedule`.
@@ -356,19 +418,27 @@ class SimLink:
     nobody is online runs no generator step (recorded as idle, like a cloud waiting for nodes).
     A node that fails during its step (crash, dead worker) is dropped like a closed stream.
 
+    A worker whose call fails or times out is lost (its Ray node died): every node it hosted leaves
+    at once, as crashed, and is re-created on the surviving worker with the fewest nodes when the
+    schedule next lets it join (:meth:`NodeHost.adopt_tdgan_nodes`: from its spill file where the
+    survivor can read it, else with a fresh D_k); ``pool.lost`` records what happened.
+
     ``on_step(row)`` receives one dict per tick (``kind`` ``step`` or ``idle``) once its
     generator step is applied.
     """
 
     def __init__(self, server: TDGANServer, pool: InprocPool | RayPool, host_of: dict[str, int],
-                 infos: dict[str, NodeInfo], schedule: Schedule, on_step: Callable[[dict[str, Any]], None]) -> None:
+                 infos: dict[str, NodeInfo], schedule: Schedule, on_step: Callable[[dict[str, Any]], None],
+                 nodes: VirtualNodes) -> None:
         self.server = server
         self.pool = pool
         self.host_of = host_of
+        self.hosted = Counter(host_of.values())
+        self.nodes = nodes
         self.schedule = schedule
         self.on_step = on_step
         self.connected: set[str] = set()
-        self.dead: set[str] = set()
+        self.orphans: dict[str, int] = {}  # node -> the lost worker that hosted it, until re-created
         self.tick = 0
         self.done: tuple[int, str] | None = None
         self._row: dict[str, Any] | None = None
@@ -389,7 +459,9 @@ class SimLink:
                 if ev.kind == "leave" and ev.node_id in self.connected:
                     self.connected.discard(ev.node_id)
                     self.server.disconnected(ev.node_id)
-                elif ev.kind == "join" and ev.node_id not in self.dead and ev.node_id not in self.connected:
+                elif ev.kind == "join" and ev.node_id not in self.connected:
+                    if ev.node_id in self.orphans:
+                        self._rehost(ev.node_id, t)
                     self.connected.add(ev.node_id)
                     self.server.connected(ev.node_id)
             if self.connected:
@@ -397,6 +469,43 @@ class SimLink:
             self._idle.append({"kind": "idle", "tick": t, "step": self.server.tdgan.step, "online": []})
             t += 1
         self.tick = t
+
+    def _lose(self, host: int, why: str, tick: int) -> None:
+        """Worker ``host`` is gone: its nodes become orphans; the connected ones leave now."""
+        mine = sorted(k for k, h in self.host_of.items() if h == host)
+        record = self.pool.lose(host, why)
+        record.update(tick=tick, step=self.server.tdgan.step, nodes=len(mine),
+                      online=sorted(set(mine) & self.connected), recreated={})
+        log.warning("worker %d lost at tick %d (%s): its %d node(s) leave and are re-created on a surviving "
+                    "worker when they next join", host, tick, why, len(mine))
+        require(bool(self.pool.alive()), "engine.workers", f"every pool worker is lost (the last: worker {host}, {why})",
+                "restart the Ray nodes (`ray start`) and run the scenario again")
+        for node_id in mine:
+            self.orphans[node_id] = host
+            self.hosted[host] -= 1
+            if node_id in self.connected:
+                self.connected.discard(node_id)
+                self.server.disconnected(node_id)
+
+    def _rehost(self, node_id: str, tick: int) -> None:
+        """Re-create an orphan on the surviving worker hosting the fewest nodes."""
+        while True:
+            to = min(self.pool.alive(), key=lambda h: (self.hosted[h], h))
+            lost = self.pool.lost[self.orphans[node_id]]
+            crash = {node_id: self.nodes.crashes[node_id]} if node_id in self.nodes.crashes else {}
+            try:
+                how = self.pool.call_sync(to, "adopt_tdgan_nodes", self.nodes.cfg,
+                                          [(node_id, self.nodes.data[node_id])], crash, lost["spill_dir"])
+                break
+            except EdgeganError:
+                raise
+            except Exception as e:  # the survivor died too
+                self._lose(to, _error_line(e), tick)
+        del self.orphans[node_id]
+        self.host_of[node_id] = to
+        self.hosted[to] += 1
+        lost["recreated"][node_id] = {"worker": to, "tick": tick, "state": how[node_id]}
+        log.info("node %s re-created on worker %d (%s state)", node_id, to, how[node_id])
 
     def _complete(self) -> None:
         if self._row is not None:
@@ -425,20 +534,17 @@ class SimLink:
                 for req, ans in zip(reqs, task.result()):
                     out[req.node_id] = ans
             else:
-                why = "worker timed out" if task not in done else f"worker failed: {task.exception()!r}"
+                why = f"timed out after {timeout_s:g} s" if task not in done else _error_line(task.exception())
                 if task not in done:
                     task.cancel()
-                log.warning("worker %d %s; its %d node(s) leave", h, why, len(reqs))
                 for req in reqs:
                     out[req.node_id] = NodeFailure(FailureReason.WORKER_LOST, why)
+                self._lose(h, why, tick)
         failed = sorted(k for k, v in out.items() if isinstance(v, NodeFailure))
-        for node_id in failed:
-            if out[node_id].reason is FailureReason.WORKER_LOST:
-                self.dead.add(node_id)
+        for node_id in failed:  # a crashed node, or one of a lost worker, may rejoin in a later window
             if node_id in self.connected:
                 self.connected.discard(node_id)
                 self.server.disconnected(node_id)
-        # a crashed node may rejoin in a later window; nodes of a dead or stuck worker stay away
         m = self.server.metrics
         sent = sum(r.fake.numel() * 4 + r.labels.numel() * 8 for r in requests)
         got = sum(a.nbytes() for a in out.values() if isinstance(a, FeedbackReply))

@@ -41,7 +41,8 @@ SAMPLE_GRID_PX = 256
 @dataclass
 class EngineInfo:
     """The pool the run used; ``workers_stats`` are the workers' counters at the end of the run
-    (TDGAN node activations, pool jobs, spills, peak memory)."""
+    (TDGAN node activations, pool jobs, spills, peak memory); ``lost_workers`` the workers lost
+    mid-run (tick, error, Ray node, the nodes they hosted and how each was re-created)."""
 
     backend: str
     workers: int
@@ -49,6 +50,7 @@ class EngineInfo:
     resident_nodes: int
     num_gpus_per_worker: float
     workers_stats: list[dict[str, Any]] = field(default_factory=list)
+    lost_workers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -408,6 +410,17 @@ def _grid_md(g: GridResult) -> list[str]:
             f"{g.aggregator} over {len(g.nodes)} node densities in {g.ms:.1f} ms{ref}.", ""]
 
 
+def _lost_worker_md(w: dict[str, Any]) -> str:
+    """One line per worker lost mid-run."""
+    where = f" (Ray node {w['ray_node'][:12]})" if w.get("ray_node") else ""
+    if "tick" not in w:  # noticed only by the final stats call
+        return f"- lost worker {w['index']}{where} after its last step: {w['error']}"
+    states = [r["state"] for r in w["recreated"].values()]
+    return (f"- lost worker {w['index']}{where} at tick {w['tick']}: {w['error']}; its {w['nodes']} node(s) "
+            f"left ({len(w['online'])} online), {states.count('spilled')} re-created from spilled state, "
+            f"{states.count('fresh')} fresh, {w['nodes'] - len(states)} did not rejoin")
+
+
 def render_report(s: RunSummary) -> str:
     """``report.md``: what ran, the numbers, and the plots."""
     e = s.engine
@@ -415,6 +428,7 @@ def render_report(s: RunSummary) -> str:
              f"- pipelines: {', '.join(s.pipelines)}"
              + (f"; aggregator: {s.aggregator}" if s.aggregator else "") + f"; seed {s.seed}",
              f"- engine: {e.backend} with {e.workers} worker(s), device {e.device}",
+             *map(_lost_worker_md, e.lost_workers),
              f"- wall time: {s.wall_seconds:.1f} s", ""]
     if s.coalescence is not None:
         lines += _coalescence_md(s.coalescence)

@@ -46,7 +46,8 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     pool = make_pool(sc.engine.backend, sc.engine.workers, sc.engine.resident_nodes, res.num_cpus, num_gpus,
-                     sc.engine.ray_address, str(device) if sc.engine.backend == "inproc" else "cpu")
+                     sc.engine.ray_address, str(device) if sc.engine.backend == "inproc" else "cpu",
+                     connect_timeout_s=sc.engine.ray_connect_timeout_s)
     torch.set_num_threads(1)
     rec = RunRecorder(out)
     uses_aggregator = any(p in ("coalescence", "grid") for p in sc.pipelines)
@@ -64,6 +65,7 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
             else:
                 summary.grid = run_grid(ctx)
         summary.engine.workers_stats = pool.stats()
+        summary.engine.lost_workers = [pool.lost[i] for i in sorted(pool.lost)]
     finally:
         pool.shutdown()
         rec.close()

@@ -268,11 +268,13 @@ class EngineSpec:
     feedback_timeout_s: float = field(default=120.0, metadata={"unit": "seconds an actor may take per step"})
     ray_address: Optional[str] = field(default=None, metadata={
         "unit": "join this Ray cluster (auto, ray://host:port); null: start a local Ray sized to the machine"})
+    ray_connect_timeout_s: float = field(default=30.0, metadata={
+        "unit": "seconds to wait for ray_address to accept a connection before a one-line error"})
 
     def validate(self, prefix: str = "engine") -> None:
         check_fields(self, prefix, ("workers",), 0)
         check_fields(self, prefix, ("resident_nodes",), 1)
-        check_fields(self, prefix, ("feedback_timeout_s",), 0, strict_low=True)
+        check_fields(self, prefix, ("feedback_timeout_s", "ray_connect_timeout_s"), 0, strict_low=True)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.roles import TDGANServer
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for, partition
-from edgegan.sim.engine import SimLink
+from edgegan.sim.engine import SimLink, VirtualNodes
 from edgegan.tdgan.messages import NodeInfo
 
 EVAL_SEED = 1234  # added to the scenario seed: the fixed latent every score is drawn from
@@ -96,7 +96,8 @@ def run_tdgan(ctx: RunContext) -> TDGANResult:
     sc = ctx.sc
     data = load_dataset(sc.data.dataset, sc.data.data_root)
     av = availability_for(sc, "tdgan")
-    host_of, infos = _host_nodes(ctx, partition(sc, data), av)
+    parts = partition(sc, data)
+    host_of, infos = _host_nodes(ctx, parts, av)
     server = _server(ctx, data, av)
     evaluator = evaluator_for(sc.data.dataset, sc.data.data_root, ctx.device) if ctx.evaluate else None
     evals: list[tuple[int, GeneratorScore]] = []
@@ -119,7 +120,8 @@ def run_tdgan(ctx: RunContext) -> TDGANResult:
         if evaluator is not None and row["kind"] == "step" and server.tdgan.step % sc.evaluation.every == 0:
             score()
 
-    link = SimLink(server, ctx.pool, host_of, infos, av.to_schedule(), on_step)
+    link = SimLink(server, ctx.pool, host_of, infos, av.to_schedule(), on_step,
+                   VirtualNodes(sc.training.tdgan, dict(zip(sc.nodes.ids, parts)), av.crashes))
     t0 = time.perf_counter()
 
     async def drive() -> str:
