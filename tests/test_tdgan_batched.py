@@ -1,6 +1,6 @@
 """The batched TDGAN cloud step (seed 003 eq. 1, Alg. 1): one generator forward and one backward
 for all online nodes must be the per-node loop's maths, and a node's fake batch must not depend
-on the other nodes' labels (BatchNorm statistics per node)."""
+on the other nodes' labels (BatchNorm statistics per node); a parked (spilled) edge resumes exactly."""
 
 import copy
 import dataclasses
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgegan.data import label_histogram, partition_by_classes
+from edgegan.errors import EdgeganError
 from edgegan.tdgan import FeedbackReply, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
 from edgegan.tdgan.cloud import per_node_batch_norm
 from edgegan.tdgan.harness import build_generator
@@ -143,3 +144,23 @@ def test_per_node_batch_norm_is_each_groups_own_batch_norm(momentum):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             torch.testing.assert_close(getattr(bn, name), getattr(seq, name), msg=name)
         assert "forward" not in vars(bn)  # the module is restored after the block
+
+
+def test_a_spilled_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts, tmp_path):
+    """The engine parks virtual nodes with TDGANEdge.spill / restore (raw packed state)."""
+    cfg = dataclasses.replace(CFG, arch="mlp")
+    cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+    cloud.join(info("n0", parts[0]))
+    live = TDGANEdge("n0", parts[0], cfg=cfg)
+    reqs = [cloud.make_requests()[0] for _ in range(4)]
+    live.feedback(reqs[0])
+    nbytes = live.spill(tmp_path / "n0.pt")
+    assert nbytes == (tmp_path / "n0.pt").stat().st_size and nbytes == live.pack().numel()
+    parked = TDGANEdge("n0", parts[0], cfg=cfg)
+    assert parked.restore(tmp_path / "n0.pt") == nbytes
+    assert parked.requests_served == 1
+    for r in reqs[1:]:  # same D_k, Adam moments and real-batch RNG: identical replies
+        assert torch.equal(live.feedback(r).grad, parked.feedback(r).grad)
+    wide = TDGANEdge("n0", parts[0], cfg=dataclasses.replace(cfg, width=8))
+    with pytest.raises(EdgeganError, match=r"^state: node 'n0': packed state has \d+ bytes"):
+        wide.restore(tmp_path / "n0.pt")

@@ -11,7 +11,9 @@ Only the label histogram / n_k (:meth:`TDGANEdge.info`) and the reply ever leave
 
 from __future__ import annotations
 
+import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,16 +146,66 @@ class TDGANEdge:
         return FeedbackReply(self.node_id, req.step, grad.detach().to(req.fake.device, torch.float32).contiguous(),
                              stats)
 
+    def pack(self) -> torch.Tensor:
+        """D_k, its Adam state and the node's RNG as one flat uint8 tensor of fixed size per config:
+        float32 [parameters, buffers, Adam steps, first moments, second moments], then the RNG state
+        and ``requests_served`` (int64). A fresh optimizer packs as step 0 with zero moments, which
+        Adam treats exactly like no state."""
+        params = list(self.D.parameters())
+        state = [self.opt.state.get(p, {}) for p in params]
+        floats = torch.cat([
+            *(w.detach().flatten().float().cpu() for w in (*params, *self.D.buffers())),
+            torch.tensor([float(st.get("step", 0.0)) for st in state]),
+            *(st[k].flatten().cpu() if k in st else torch.zeros(p.numel())
+              for k in ("exp_avg", "exp_avg_sq") for p, st in zip(params, state))])
+        served = torch.tensor([self.requests_served], dtype=torch.int64)
+        return torch.cat([floats.view(torch.uint8), self._rng.get_state(), served.view(torch.uint8)])
+
+    def unpack(self, packed: torch.Tensor) -> None:
+        """Load what :meth:`pack` wrote (the same node's; same config)."""
+        params = list(self.D.parameters())
+        weights = [*params, *self.D.buffers()]
+        n_rng = self._rng.get_state().numel()
+        sizes = [w.numel() for w in weights] + [len(params)] + [p.numel() for p in params] * 2
+        n_float = 4 * sum(sizes)
+        require(packed.dtype == torch.uint8 and packed.numel() == n_float + n_rng + 8, "state",
+                f"node '{self.node_id}': packed state has {packed.numel()} bytes, this D_k needs "
+                f"{n_float + n_rng + 8}", "load a state saved with the same tdgan.arch / width")
+        dev = params[0].device
+        parts = packed[:n_float].view(torch.float32).to(dev, copy=True).split(sizes)  # one copy, then views
+        with torch.no_grad():
+            for w, v in zip(weights, parts):
+                w.copy_(v.view_as(w))
+        k = len(weights)
+        steps, first, second = parts[k].cpu(), parts[k + 1:k + 1 + len(params)], parts[k + 1 + len(params):]
+        self.opt.state.clear()
+        for i, p in enumerate(params):
+            self.opt.state[p] = {"step": steps[i], "exp_avg": first[i].view_as(p), "exp_avg_sq": second[i].view_as(p)}
+        self._rng.set_state(packed[n_float:n_float + n_rng].clone())
+        self.requests_served = int(packed[n_float + n_rng:].view(torch.int64))
+
+    def spill(self, path: str | Path) -> int:
+        """Write :meth:`pack` raw to ``path`` (temp file + rename, no fsync: a spill is a cache of a
+        live process, not a checkpoint); returns the bytes written."""
+        path = Path(path)
+        data = self.pack().numpy().tobytes()
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return len(data)
+
+    def restore(self, path: str | Path) -> int:
+        """Load a state written by :meth:`spill`; returns the bytes read."""
+        data = bytearray(Path(path).read_bytes())
+        self.unpack(torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8))
+        return len(data)
+
     def state_dict(self) -> dict[str, Any]:
-        """D_k, its optimizer and the node's RNG: enough to park and resume a virtual node."""
-        return {"node_id": self.node_id, "discriminator": self.D.state_dict(), "optimizer": self.opt.state_dict(),
-                "rng": self._rng.get_state(), "requests_served": self.requests_served}
+        """The node's id and :meth:`pack`: enough to park and resume a virtual node."""
+        return {"node_id": self.node_id, "packed": self.pack()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("node_id") != self.node_id:
             raise EdgeganError("node_id", f"state of '{state.get('node_id')}' loaded into '{self.node_id}'",
                                "load each node's own state")
-        self.D.load_state_dict(state["discriminator"])
-        self.opt.load_state_dict(state["optimizer"])
-        self._rng.set_state(state["rng"])
-        self.requests_served = int(state["requests_served"])
+        self.unpack(state["packed"])
