@@ -1,17 +1,35 @@
-"""Ray cluster robustness (issue 15 item 4): an unreachable ``--ray-address`` is a one-line
-error within a bounded time, and the pool spreads its actors over the cluster's nodes."""
+"""A real multi-node Ray cluster (issue 15 item 4): a head and a second raylet started with
+``ray start`` on this machine; the pool spreads over both and gives the in-process metrics; killing
+the second raylet mid-run loses one worker, whose nodes are re-created on the survivor, and the
+command still exits 0 with a complete run folder. An unreachable ``--ray-address`` is a one-line
+error within a bounded, configurable time."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray")
+ray = pytest.importorskip("ray")
 
 from edgegan.errors import EdgeganError  # noqa: E402
+from edgegan.sim import engine  # noqa: E402
+from edgegan.sim.availability import build_availability  # noqa: E402
 from edgegan.sim.engine import RayPool, _check_reachable  # noqa: E402
+from edgegan.sim.report import read_metrics  # noqa: E402
+from edgegan.sim.run import simulate  # noqa: E402
+from edgegan.sim.scenario import scenario_from_dict  # noqa: E402
+
+from test_sim_engine import tiny_tdgan  # noqa: E402
+from test_sim_ray import assert_same_metrics  # noqa: E402
 
 
 def _closed_port() -> int:
@@ -32,3 +50,202 @@ def test_unreachable_address_fails_fast(form):
 def test_bad_address_form():
     with pytest.raises(EdgeganError, match="HOST:PORT"):
         _check_reachable("ray://nohostport", 1.0)
+
+
+def test_connect_timeout_is_validated():
+    with pytest.raises(EdgeganError, match="engine.ray_connect_timeout_s"):
+        scenario_from_dict({**tiny_tdgan(), "engine": {"ray_connect_timeout_s": 0}})
+
+
+# ---------------------------------------------------------------------- a lost worker, in process
+def test_lost_worker_nodes_leave_and_are_recreated(tmp_path, monkeypatch):
+    """Worker 0 fails from step 8 on: its online nodes leave in that step (π over the others), every
+    node it hosted is re-created on worker 1 when the schedule next lets it join, from its spill file
+    if it was spilled, else fresh; the run finishes and report.md says so."""
+    spilled_at_loss: set[str] = set()
+    feedback = engine.NodeHost.feedback
+
+    def failing(self, requests):
+        if self.index == 0 and requests[0].step >= 8:
+            spilled_at_loss.update(self._spilled)
+            raise RuntimeError("raylet died")
+        return feedback(self, requests)
+
+    monkeypatch.setattr(engine.NodeHost, "feedback", failing)
+    sc = scenario_from_dict(tiny_tdgan(seed=7))
+    s = simulate(sc, tmp_path)
+    rows = {r["tick"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "step"}
+    assert s.tdgan.status == "finished" and sorted(rows) == list(range(24))
+    [lost] = s.engine.lost_workers
+    t = lost["tick"]
+    mine = {f"node{i}" for i in range(0, 10, 2)}  # round robin: worker 0 hosts the even nodes
+    assert lost["index"] == 0 and lost["error"] == "RuntimeError: raylet died" and lost["nodes"] == 5
+    assert t == min(k for k, r in rows.items() if r["step"] >= 8 and mine & set(r["online"]))
+    assert rows[t]["failed"] == lost["online"] == sorted(mine & set(rows[t]["online"]))
+    assert rows[t]["accepted"] == len(rows[t]["online"]) - len(lost["online"])
+    av = build_availability(sc.schedule, sc.nodes.ids, 24, sc.seed)
+
+    def joined(u: int) -> set[str]:
+        return set(av.online_at(u)) - set(av.online_at(u - 1))
+
+    joins = {k for u in range(t + 1, 24) for k in joined(u)} & mine
+    assert set(lost["recreated"]) == joins and len(joins) >= 2
+    for k, r in lost["recreated"].items():
+        assert r["worker"] == 1 and r["tick"] == min(u for u in range(t + 1, 24) if k in joined(u))
+        assert r["state"] == ("spilled" if k in spilled_at_loss else "fresh"), k
+        assert k in rows[r["tick"]]["online"]
+    assert {"spilled", "fresh"} == {r["state"] for r in lost["recreated"].values()}
+    for u in range(t + 1, 24):  # the schedule goes on: everyone online but the orphans not yet back
+        waiting = {k for k in mine - set(lost["recreated"])} | {k for k, r in lost["recreated"].items() if r["tick"] > u}
+        assert set(rows[u]["online"]) == set(av.online_at(u)) - waiting, u
+        assert rows[u]["accepted"] == len(rows[u]["online"])
+    assert s.engine.workers_stats[0]["lost"] and s.engine.workers_stats[1]["nodes"] == 5 + len(joins)
+    assert "- lost worker 0 at tick" in (tmp_path / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------- a real two-raylet cluster
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+# Ray maps a loopback --address / --node-ip-address to the machine's outward IP
+# (ray._private.services.resolve_ip_for_localhost); these tests must stay on 127.0.0.1. The head and
+# the drivers run with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's local-only switch: node IP
+# 127.0.0.1); that switch also refuses to start a non-head node, so the second raylet runs Ray's own
+# `ray start` with the loopback mapping turned off.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+                "OMP_NUM_THREADS": "1"}
+RAY_START_ON_LOOPBACK = ("import sys, ray._private.ray_constants as c, ray._private.services as s\n"
+                         "c.ENABLE_RAY_CLUSTER = True\n"
+                         "s.resolve_ip_for_localhost = lambda host: host\n"
+                         "s.get_node_ip_address = lambda address=None: '127.0.0.1'\n"
+                         "from ray.scripts.scripts import main\n"
+                         "sys.argv[0] = 'ray'\n"
+                         "main()\n")
+CPUS_PER_NODE = 2
+
+
+def _ray_start(args: list[str], temp: Path, ports: list[int]) -> list[str]:
+    return ["start", *args, "--block", "--num-cpus", str(CPUS_PER_NODE), "--node-ip-address", "127.0.0.1",
+            "--temp-dir", str(temp), "--disable-usage-stats", "--object-store-memory", str(100 << 20),
+            "--dashboard-agent-listen-port", str(ports[0]), "--dashboard-agent-grpc-port", str(ports[1]),
+            "--runtime-env-agent-port", str(ports[2]), "--metrics-export-port", str(ports[3])]
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a `ray start --block` and everything it started (its own process group)."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def two_raylets():
+    """A head and a second raylet (2 CPUs each), separate ``ray start --block`` process groups and
+    temp dirs; only those groups are stopped (``ray stop`` would stop every Ray on the machine)."""
+    root = Path(tempfile.mkdtemp(prefix="egray", dir="/tmp"))  # short: Ray's unix socket paths
+    port, client, *ports = _free_ports(10)
+    env = {**os.environ, **LOOPBACK_ENV}
+    log = (root / "ray.log").open("w")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    procs = [subprocess.Popen([ray_bin, *_ray_start(["--head", "--port", str(port), "--include-dashboard", "false",
+                                                     "--ray-client-server-port", str(client)], root / "head",
+                                                    ports[:4])],
+                              env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)]
+    addr = f"127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    mp.setattr("ray._private.ray_constants.ENABLE_RAY_CLUSTER", False)  # this process drives on loopback too
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 60:  # the head's GCS is listening
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert procs[0].poll() is None, (root / "ray.log").read_text()[-3000:]
+                time.sleep(0.3)
+        procs.append(subprocess.Popen([sys.executable, "-c", RAY_START_ON_LOOPBACK,
+                                       *_ray_start(["--address", addr], root / "second", ports[4:])],
+                                      env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
+        ray.init(address=addr, log_to_driver=False)
+        try:
+            head = ray.get_runtime_context().get_node_id()  # a driver joins the head's raylet
+            t0 = time.time()
+            while len(alive := [n["NodeID"] for n in ray.nodes() if n["Alive"]]) < 2 and time.time() - t0 < 60:
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+        assert len(alive) == 2, (root / "ray.log").read_text()[-3000:]
+        yield {"address": addr, "head": head, "second": next(n for n in alive if n != head), "second_proc": procs[1]}
+    finally:
+        mp.undo()
+        for p in reversed(procs):
+            _stop(p)
+        log.close()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_pool_spreads_over_two_raylets_and_matches_inproc(tmp_path, two_raylets):
+    data = tiny_tdgan(seed=7)
+    s = simulate(scenario_from_dict({**data, "engine": {"backend": "ray", "workers": 2, "resident_nodes": 3,
+                                                        "ray_address": two_raylets["address"]}}), tmp_path / "ray")
+    # SPREAD: 2 CPUs per node would fit both actors on one; they went one per raylet
+    assert sorted(h["ray_node"] for h in s.engine.workers_stats) == sorted([two_raylets["head"],
+                                                                            two_raylets["second"]])
+    assert not ray.is_initialized()  # the engine disconnects from a cluster it joined
+    simulate(scenario_from_dict({**data, "engine": {"backend": "inproc", "workers": 1, "resident_nodes": 100}}),
+             tmp_path / "inproc")
+    assert_same_metrics(tmp_path / "ray", tmp_path / "inproc")
+
+
+def test_killed_raylet_loses_one_worker_and_the_run_completes(tmp_path, two_raylets):
+    """`kill -9` of the second raylet's process group at tick 8 of 30: the command notices within
+    seconds, re-creates that worker's nodes on the head's worker and exits 0 with every output."""
+    sc = {**tiny_tdgan(seed=7, kind="churn", steps=30, churn={"mean_up": 5, "mean_down": 4}),
+          "training": {"steps": 30, "tdgan": {"batch_size": 8, "remind_batch_size": 8, "width": 32}},
+          "outputs": {"plots": True, "sample_grids": False}}
+    (tmp_path / "sc.yaml").write_text(json.dumps(sc))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgegan", "simulate", "--scenario", str(tmp_path / "sc.yaml"), "--out", str(out),
+           "--ray-address", two_raylets["address"], "--workers", "2", "--no-progress"]
+    with (tmp_path / "sim.log").open("w") as log:
+        sim = subprocess.Popen(cmd, env={**os.environ, **LOOPBACK_ENV}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            metrics = out / "metrics.jsonl"
+            t0 = time.time()
+            while not (metrics.exists() and '"tick": 8,' in metrics.read_text()) and time.time() - t0 < 120:
+                assert sim.poll() is None, (tmp_path / "sim.log").read_text()[-3000:]
+                time.sleep(0.1)
+            _stop(two_raylets["second_proc"], signal.SIGKILL)
+            killed = time.time()
+            while not any(r.get("failed") for r in read_metrics(metrics)) and time.time() - killed < 60:
+                time.sleep(0.1)
+            noticed_s = time.time() - killed
+            rc = sim.wait(timeout=180)
+        finally:
+            if sim.poll() is None:
+                sim.kill()
+    assert rc == 0, (tmp_path / "sim.log").read_text()[-3000:]
+    assert noticed_s < 15, noticed_s
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "report.md").exists() and (out / "fid.png").exists() and (out / "nodes_online.png").exists()
+    [lost] = summary["engine"]["lost_workers"]
+    assert lost["ray_node"] == two_raylets["second"] and lost["tick"] >= 8 and lost["nodes"] == 5
+    survivor = 1 - lost["index"]
+    assert summary["engine"]["workers_stats"][survivor]["ray_node"] == two_raylets["head"]
+    assert lost["recreated"] and all(r["worker"] == survivor for r in lost["recreated"].values())
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] in ("step", "idle")]
+    assert [r["tick"] for r in rows] == list(range(30)) and summary["tdgan"]["status"] == "finished"
+    assert any(k in r["online"] for r in rows if r["tick"] > lost["tick"] for k in lost["recreated"])
+    assert f"- lost worker {lost['index']} (Ray node {lost['ray_node'][:12]}) at tick" in (out / "report.md").read_text()
