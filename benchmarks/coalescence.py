@@ -20,14 +20,17 @@ mean ± sd over the seeds, all from this one run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -53,16 +56,18 @@ CASES = {
 TARGET_SAMPLES = [10, 100]
 SEEDS = [0, 1, 2]
 METRICS = ("fid_whole", "fid_target", "class_tv", "target_share")
+# eval_samples: generated samples per score (fixed latent); quick halves the budget and the samples
+# to stay under ~8 CPU-minutes (profile: BFA-family training ~57 %, scoring ~12 %, pre-training ~8 %)
 PRESETS = {
     "full": {"pretrain_steps": 1000, "stage1_steps": 500, "budget": 1000,
-             "iterations": [0, 100, 250, 500, 1000]},
-    "quick": {"pretrain_steps": 200, "stage1_steps": 100, "budget": 100, "iterations": [0, 25, 50, 100]},
+             "iterations": [0, 100, 250, 500, 1000], "eval_samples": 1000},
+    "quick": {"pretrain_steps": 200, "stage1_steps": 100, "budget": 50, "iterations": [0, 10, 25, 50],
+              "eval_samples": 500},
 }
 # ablation (overlapping case, smallest target): replay's share of Stage II's weight λ̃/(λ̃+λ) (0.5 =
 # paper's equal η₀), a one-critic replay batch share ρ, and Stage I at half its steps
 REPLAY_WEIGHTS = [0.25, 0.75]
 REPLAY_BATCH_SHARES = [0.5]
-EVAL_SAMPLES = 1000
 
 
 def cached_sources(xs: list[torch.Tensor], steps: int, cfg: WGANConfig, seed: int, device, folder: Path):
@@ -93,13 +98,13 @@ def stage1(gens, crits, steps: int, cfg: WGANConfig, seed: int, device) -> tuple
 class Curves:
     """Scores of one run at the checkpoint iterations: ``callback(stats, G)`` for the harness."""
 
-    def __init__(self, evaluator, classes: list[int], iterations: list[int]) -> None:
-        self.evaluator, self.classes, self.iterations = evaluator, classes, iterations
+    def __init__(self, evaluator, classes: list[int], iterations: list[int], n: int) -> None:
+        self.evaluator, self.classes, self.iterations, self.n = evaluator, classes, iterations, n
         self.points: dict[int, dict[str, float]] = {}
 
     def __call__(self, stats: dict[str, float], G) -> None:
         if stats["step"] in self.iterations:
-            s = self.evaluator.score(G, self.classes, n=EVAL_SAMPLES)
+            s = self.evaluator.score(G, self.classes, n=self.n)
             self.points[int(stats["step"])] = {m: float(getattr(s, m)) for m in METRICS}
 
     def lists(self) -> dict[str, list[float | None]]:
@@ -119,17 +124,20 @@ def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, 
     t_stage1 = time.perf_counter() - t0 - t_pre
     whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
     out: dict[str, Any] = {"seconds": {"pretrain": t_pre, "stage1": t_stage1}, "sizes": {}}
+    whole_curves: dict[str, list] = {}
     for n in TARGET_SAMPLES:
         task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:n].to(device), whole)
-        curves = {m: Curves(evaluator, case["target"], its) for m in METHODS}
-        res = compare_methods(task, budget, METHODS, cfg, bary, lambda m: curves[m], every=1, seed=seed)
-        methods = {m: c.lists() for m, c in curves.items()}
+        # Whole Data never reads the target's local samples: same run (same seed, same data) at every size
+        run = [m for m in METHODS if not (m == "whole_data" and whole_curves)]
+        curves = {m: Curves(evaluator, case["target"], its, st["eval_samples"]) for m in run}
+        res = compare_methods(task, budget, run, cfg, bary, lambda m: curves[m], every=1, seed=seed)
+        methods = {m: curves[m].lists() if m in curves else whole_curves for m in METHODS}
+        whole_curves = methods["whole_data"]
         methods["stage1"] = {k: [v[0]] + [None] * (len(its) - 1) for k, v in methods["barycentric_fa"].items()}
-        two = Curves(evaluator, case["target"], its)
+        two = Curves(evaluator, case["target"], its, st["eval_samples"])
         torch.manual_seed(seed)
         barycentric_fa(task, budget, bary2, cfg, two, 1)
-        out["sizes"][n] = {"methods": methods, "two_sources": two.lists(),
-                           "seconds": {m: r.seconds for m, r in res.items()}}
+        out["sizes"][n] = {"methods": methods, "two_sources": two.lists()}
         if n == min(TARGET_SAMPLES):
             out["ternary"] = {"bytes": len(pack_ternary(res["ternary_fa"].generator)),
                               "fp32_bytes": fp32_nbytes(res["ternary_fa"].generator)}
@@ -154,11 +162,39 @@ def run_ablation(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluat
     variants["stage1_steps_half"] = (half, {})
     out = {}
     for name, (b, kw) in variants.items():
-        c = Curves(evaluator, case["target"], its)
+        c = Curves(evaluator, case["target"], its, st["eval_samples"])
         torch.manual_seed(seed)
         barycentric_fa(task, budget, b, cfg, c, 1, **kw)
         out[name] = c.lists()
     return out
+
+
+def run_case_seed(job: tuple[int, str], st: dict, cfg: WGANConfig, data, device, folder: Path) -> dict[str, Any]:
+    """One (seed, case name): :func:`run_unit`, plus :func:`run_ablation` in the overlapping case.
+
+    Every step seeds itself and the evaluator is rebuilt from its disk cache, so the numbers do
+    not depend on the process or on which (seed, case) ran before (``--jobs``)."""
+    seed, case_name = job
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    evaluator = evaluator_for("digits", device=device)
+    unit, models = run_unit(CASES[case_name], seed, st, cfg, data, evaluator, device, folder)
+    abl = run_ablation(CASES[case_name], seed, st, cfg, data, evaluator, device, models) \
+        if case_name == "overlapping" else None
+    return {"unit": unit, "ablation": abl, "timing": {**unit["seconds"], "total": time.perf_counter() - t0},
+            "generator": model_spec(models[0][0]), "critic": model_spec(models[1][0])}
+
+
+def in_order(work, jobs_list: list, jobs: int) -> Iterator[Any]:
+    """``work(j)`` for each j of ``jobs_list``, yielded in order: in this process (``jobs`` 1) or in
+    a pool of ``jobs`` fresh (spawned) processes, one torch thread each."""
+    if jobs == 1:
+        yield from map(work, jobs_list)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(jobs_list))) as pool:
+        yield from pool.imap(work, jobs_list)
+        pool.close()
+        pool.join()
 
 
 def mean_sd(values: list[list[float | None]]) -> tuple[list[float | None], list[float | None]]:
@@ -328,7 +364,12 @@ def main() -> int:
                        "benchmarks/results/coalescence.json")
     p.add_argument("--cache-dir", default=None, help="where pre-trained sources are cached")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds (>= 3 for mean ± sd)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes over (seed, case), same numbers as 1 (default: quick min(2, cores), full 1)")
     args = p.parse_args()
+    jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.quick else 1)
+    if jobs < 1:
+        p.error(f"--jobs must be >= 1, got {jobs}")
     t_start = time.perf_counter()
     torch.set_num_threads(1)
     device = resolve_device(args.device)
@@ -340,8 +381,8 @@ def main() -> int:
     data = load_digits()
     evaluator = evaluator_for("digits", device=device)
     settings = {**st, "target_samples": TARGET_SAMPLES, "cases": CASES, "wgan": cfg.__dict__,
-                "eval_samples": EVAL_SAMPLES, "fid_reference": f"whole: all {len(data)} digits; target: the real "
-                "digits of the target's classes", "equal_budget": f"{st['budget']} generator iterations per method",
+                "fid_reference": f"whole: all {len(data)} digits; target: the real digits of the target's classes",
+                "equal_budget": f"{st['budget']} generator iterations per method",
                 "ablation": {"replay_weights": REPLAY_WEIGHTS, "replay_batch_shares": REPLAY_BATCH_SHARES,
                              "stage1_steps_half": st["stage1_steps"] // 2},
                 "verdict_rule": "paired per-seed difference d: holds if mean(d) beyond sd(d) in the claimed "
@@ -350,22 +391,22 @@ def main() -> int:
     ablation: dict[int, dict] = {}
     timing: dict[str, Any] = {}
     res: dict[str, Any] = {}
-    for seed in args.seeds:  # seed-major: a cut run still has every case at the seeds it finished
-        for case_name, case in CASES.items():
-            t0 = time.perf_counter()
-            unit, models = run_unit(case, seed, st, cfg, data, evaluator, device, folder)
-            units[case_name][seed] = unit
-            if case_name == "overlapping":
-                ablation[seed] = run_ablation(case, seed, st, cfg, data, evaluator, device, models)
-            timing[f"{case_name}/seed{seed}"] = {**unit["seconds"], "total": time.perf_counter() - t0}
-            print(f"[{mode}] {case_name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-            done = {c: u for c, u in units.items() if u}
-            res = {"benchmark": "coalescence", "mode": mode, "machine": machine(), "device": str(device),
-                   "complete": False, "seeds": args.seeds, "settings": settings,
-                   "generator": model_spec(models[0][0]), "critic": model_spec(models[1][0]),
-                   **summarize(done, ablation, st), "ternary": unit["ternary"], "timing": timing,
-                   "wall_seconds": time.perf_counter() - t_start}
-            write_json(out_json, res)  # written after every (case, seed): a cut run leaves what finished
+    # seed-major: a cut run still has every case at the seeds it finished
+    order = [(seed, case_name) for seed in args.seeds for case_name in CASES]
+    work = functools.partial(run_case_seed, st=st, cfg=cfg, data=data, device=device, folder=folder)
+    for (seed, case_name), r in zip(order, in_order(work, order, jobs)):
+        units[case_name][seed] = r["unit"]
+        if r["ablation"] is not None:
+            ablation[seed] = r["ablation"]
+        timing[f"{case_name}/seed{seed}"] = r["timing"]
+        print(f"[{mode}] {case_name} seed {seed}: {r['timing']['total']:.0f} s", flush=True)
+        done = {c: u for c, u in units.items() if u}
+        res = {"benchmark": "coalescence", "mode": mode, "machine": machine(), "device": str(device),
+               "complete": False, "seeds": args.seeds, "settings": settings,
+               "generator": r["generator"], "critic": r["critic"],
+               **summarize(done, ablation, st), "ternary": r["unit"]["ternary"], "timing": timing,
+               "wall_seconds": time.perf_counter() - t_start}
+        write_json(out_json, res)  # written after every (case, seed): a cut run leaves what finished
     res["complete"] = True
     res["png"] = plot(out_json, res)
     res["wall_seconds"] = time.perf_counter() - t_start
