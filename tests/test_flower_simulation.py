@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from edgegan.barycenter import aggregate
@@ -17,6 +18,7 @@ TINY = {"pretrain-steps": 3, "steps-per-stage": 3, "adapt-steps": 2, "batch-size
         "generator-width": 32, "critic-width": 32, "eval-samples": 200, "device": "cpu", "eta": "2.0,0.5"}
 
 
+@pytest.mark.stochastic
 def test_simulation_barycenter_equals_direct_stage_one(tmp_path):
     from flwr.simulation import run_simulation
 

@@ -65,6 +65,7 @@ def test_batched_prediction_on_device(shapes, device):
     assert torch.allclose(out.sum((1, 2)), torch.ones(2, device=device), atol=1e-4)
 
 
+@pytest.mark.stochastic
 def test_n1_barycenter_is_close_to_its_input(shapes):
     for h in shapes[:3]:
         pred = grid_barycenter(h[None], [1.0])
@@ -73,6 +74,7 @@ def test_n1_barycenter_is_close_to_its_input(shapes):
         assert np.abs(pred - ref).sum() < 0.4 and np.abs(pred - ref).sum() < np.abs(pred - np.roll(ref, 6)).sum()
 
 
+@pytest.mark.stochastic
 def test_weights_one_zero_give_the_first_input(shapes):
     a, b = shapes[0], shapes[1]
     pred = grid_barycenter(np.stack([a, b]), [1.0, 0.0])
@@ -114,6 +116,7 @@ def test_training_loss_falls_and_data_set_is_cached(tmp_path, monkeypatch):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.stochastic
 def test_aggregators_and_euclidean(shapes):
     h, w = shapes[:3], [0.2, 0.3, 0.5]
     np.testing.assert_allclose(aggregate_grid(h, w, "grid-sinkhorn"), sinkhorn_grid_barycenter(h, w))

@@ -11,6 +11,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from edgegan.checkpoint import load_checkpoint
@@ -21,6 +22,7 @@ from edgegan.runtime.tensor_codec import decode_bundle
 from grpc_procs import Procs, cloud_ready, config_port, launch_cloud, start_edge, wait_for_log, write_config
 
 
+@pytest.mark.stochastic
 def test_coalescence_end_to_end_over_grpc(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:

@@ -34,6 +34,7 @@ def procs(tmp_path: Path):
     p.kill_all()
 
 
+@pytest.mark.stochastic
 def test_cloud_logs_progress_scores_g_and_stops_cleanly_on_sigterm(procs: Procs, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cloud.yaml", steps=100000, start_nodes=2, log_every=10, eval_every=20,
                        eval_samples_per_class=20)

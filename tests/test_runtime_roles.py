@@ -149,6 +149,7 @@ def test_metrics_live_in_their_own_registry_with_units_in_names() -> None:
     assert "reason" in labels
 
 
+@pytest.mark.stochastic
 def test_cloud_evaluation_sets_feature_fid(tmp_path, nodes, digits_classifier) -> None:
     server = TDGANServer(_cfg(tmp_path, steps=6, eval_dataset="digits", eval_every=3, eval_samples_per_class=20))
     asyncio.run(server.run(InprocLink(server, [EdgeNode("e0", nodes[0])]), asyncio.Event()))

@@ -35,6 +35,7 @@ def strip(rows):
     return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
 
 
+@pytest.mark.stochastic
 def test_churn_schedule_is_honoured_and_seeded_runs_repeat(tmp_path):
     sc = scenario_from_dict(tiny_tdgan())
     s1 = simulate(sc, tmp_path / "a")
@@ -65,6 +66,7 @@ def test_churn_schedule_is_honoured_and_seeded_runs_repeat(tmp_path):
     assert other.final_fid != s1.final_fid
 
 
+@pytest.mark.stochastic
 def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
     sched = {"kind": "windows", "steps": 12, "windows": [{"node": "node1", "join": 0, "leave": 4},
                                                          {"node": "node1", "join": 8}],

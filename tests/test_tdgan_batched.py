@@ -74,6 +74,7 @@ def assert_same_step(a, b):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.stochastic
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batched_step_equals_the_per_node_loop_including_the_reminding_term(parts, arch):
     cfg = dataclasses.replace(CFG, arch=arch)
