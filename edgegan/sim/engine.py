@@ -3,7 +3,7 @@ virtual nodes whose state is parked between activations, driven by the runtime's
 
 * :class:`NodeHost` is one worker: virtual TDGAN edges (:class:`~edgegan.tdgan.edge.TDGANEdge`,
   seed 003) kept in an LRU of at most ``resident_cap`` live objects; the least recently used
-  beyond that are spilled to disk (``state_dict`` → :func:`~edgegan.checkpoint.save_checkpoint`)
+  beyond that are spilled to disk (:meth:`~edgegan.tdgan.edge.TDGANEdge.spill`, one raw file per node)
   and rebuilt on their next activation. Stateless jobs (source pre-training, Stage II methods,
   grid summaries) run on any worker.
 * :class:`InprocPool` runs the hosts in this process (tests, tiny runs); :class:`RayPool` runs
@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from edgegan.checkpoint import load_checkpoint, save_checkpoint
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.runtime.roles import NodeFailure, TDGANServer
@@ -87,7 +86,7 @@ class NodeHost:
         self._crash: dict[str, int] = {}
         self._resident: OrderedDict[str, TDGANEdge] = OrderedDict()
         self._spilled: set[str] = set()
-        self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "crashed": 0,
+        self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "spill_bytes": 0, "crashed": 0,
                          "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0, "jobs": 0, "job_s": 0.0}
 
     # ------------------------------------------------------------------ virtual TDGAN edges
@@ -131,7 +130,7 @@ class NodeHost:
         edge.D.to(self.device)
         if node_id in self._spilled:
             path = self._spill_path(node_id)
-            edge.load_state_dict(load_checkpoint(path, self.device))
+            edge.restore(path)
             path.unlink()  # a spill file exists only while it holds the node's latest state
             self._spilled.discard(node_id)
             self.counters["restored"] += 1
@@ -144,7 +143,7 @@ class NodeHost:
         """Spill least recently used edges until at most ``cap`` are resident."""
         while len(self._resident) > self.cap:
             node_id, edge = self._resident.popitem(last=False)
-            save_checkpoint(self._spill_path(node_id), edge.state_dict())
+            self.counters["spill_bytes"] += edge.spill(self._spill_path(node_id))  # raw, no fsync: a cache
             self._spilled.add(node_id)
             self.counters["spilled"] += 1
 
