@@ -1,13 +1,19 @@
-"""Scale of the simulator (issue 8): N virtual nodes with churn, each doing a light TDGAN feedback
-step (seed 003) when online, on a fixed pool of Ray actors; then the same node count with
-trivial work through Flower's ``run_simulation`` for comparison.
+"""Scale of the simulator (issues 8 and 15): N virtual TDGAN nodes (seed 003) with churn, about half
+online each step, each online node doing real work per step (one D_k update on its data and the
+feedback ∂loss_G/∂x̂), on a fixed pool of Ray actors that keep at most ``--resident`` live nodes
+each and spill the rest to disk; the cloud runs one batched generator step per tick.
 
 Reported: wall time (start-up and per step), peak resident memory of the driver and every
-process it started (Ray daemons and actors included, sampled every 0.1 s), host-side overhead
-per node activation (restore/create + park/spill, excluding the feedback compute), and Flower's
-wall time per round with the same number of nodes messaged per round.
+process it started (Ray daemons and actors included, sampled every 0.1 s), nodes spilled and
+restored (and the bytes spilled), and where the time per node activation goes (worker-side
+restore/create + park/spill, the feedback compute, the cloud). Then two trivial-echo rows at
+``--trivial-nodes`` nodes (the same pool, and Flower's ``run_simulation``): ``messages_per_round``
+is the number of nodes messaged per round; edgegan carries them in one batched actor call per
+worker (``actor_calls_per_round``), Flower in one actor task per message. The like-for-like
+comparison with the same real node work on both systems is ``benchmarks/flower_like_for_like.py``
+(``--flower-nodes``, block ``flower_like_for_like``).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sim_scale.py --nodes 1000 --json benchmarks/results/sim_scale.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sim_scale.py --nodes 10000 --json benchmarks/results/sim_scale.json
 """
 
 from __future__ import annotations
@@ -50,22 +56,47 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _name(pid: int) -> str:
+    """A short name for a process: its Ray role (ray::NodeHost, raylet, gcs_server, …) or program."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in args if a]
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0].split()[0]
+    script = next((w for w in words[1:] if w.endswith(".py")), words[0])
+    return Path(script).name
+
+
 class PeakMemory:
-    """Samples Σ RSS over this process and all its descendants; ``peak`` in bytes."""
+    """Samples Σ RSS over this process and all its descendants; ``peak`` in bytes, and at the peak
+    the RSS of each process (:meth:`breakdown`)."""
 
     def __init__(self, every: float = 0.1) -> None:
         self.every, self.peak, self.peak_procs = every, 0, 0
+        self._at_peak: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            pids = _descendants(me)
-            total = sum(_rss(p) for p in pids)
+            rss = [(p, _rss(p)) for p in _descendants(me)]
+            total = sum(r for _, r in rss)
             if total > self.peak:
-                self.peak, self.peak_procs = total, len(pids)
+                names = ["driver" if p == me else _name(p) for p, _ in rss]
+                self.peak, self.peak_procs, self._at_peak = total, len(rss), [(n, r) for n, (_, r) in zip(names, rss)]
             self._stop.wait(self.every)
+
+    def breakdown(self) -> dict[str, float]:
+        """GiB per process name at the peak (same names summed), largest first."""
+        out: dict[str, float] = {}
+        for name, r in self._at_peak:
+            out[name] = out.get(name, 0.0) + r / 2**30
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def __enter__(self) -> "PeakMemory":
         self._t.start()
@@ -77,7 +108,7 @@ class PeakMemory:
 
 
 def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: float, mean_down: float,
-                seed: int, out: Path) -> dict:
+                seed: int, out: Path, backend: str = "ray") -> dict:
     import torch
 
     from edgegan.sim.run import simulate
@@ -92,7 +123,7 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
         "schedule": {"kind": "churn", "steps": steps, "churn": {"mean_up": mean_up, "mean_down": mean_down}},
         "training": {"steps": steps, "tdgan": {"batch_size": 8, "remind_batch_size": 8, "width": 32}},
         "outputs": {"plots": False, "sample_grids": False},
-        "engine": {"backend": "ray", "workers": workers, "resident_nodes": resident},
+        "engine": {"backend": backend, "workers": workers, "resident_nodes": resident},
     })
     t0 = time.perf_counter()
     with PeakMemory() as mem:
@@ -103,19 +134,39 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     acts = sum(h["activations"] for h in hosts)
     host_overhead = sum(h["activate_s"] + h["park_s"] for h in hosts)
     compute = sum(h["compute_s"] for h in hosts)
+    spilled, restored = sum(h["spilled"] for h in hosts), sum(h["restored"] for h in hosts)
+    spill_bytes = sum(h.get("spill_bytes", 0) for h in hosts)
+    per_ms = lambda sec: 1000 * sec / max(acts, 1)  # noqa: E731
     return {
-        "nodes": nodes, "steps": td.ticks, "generator_steps": td.generator_steps, "workers": len(hosts),
-        "resident_nodes_per_worker": resident, "mean_online": td.mean_online, "activations": acts,
+        "nodes": nodes, "backend": backend, "device": "cpu", "steps": td.ticks, "generator_steps": td.generator_steps,
+        "workers": len(hosts), "resident_nodes_per_worker": resident, "mean_online": td.mean_online,
+        "activations": acts, "activations_per_step": acts / max(td.ticks, 1),
         "membership_changes": td.totals["membership_changes"],
         "wall_seconds_total": wall, "wall_seconds_steps": td.wall_seconds,
         "startup_seconds": wall - td.wall_seconds,
         "seconds_per_step": td.wall_seconds / td.ticks,
-        "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30, "processes_at_peak": mem.peak_procs,
-        "host_overhead_per_activation_ms": 1000 * host_overhead / max(acts, 1),
-        "feedback_compute_per_activation_ms": 1000 * compute / max(acts, 1),
-        "exchange_per_activation_ms": 1000 * td.exchange_seconds / max(acts, 1),
-        "end_to_end_per_activation_ms": 1000 * td.wall_seconds / max(acts, 1),
-        "spilled": sum(h["spilled"] for h in hosts), "restored": sum(h["restored"] for h in hosts),
+        "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30, "peak_rss_under_4gib": mem.peak < 4 * 2**30,
+        "processes_at_peak": mem.peak_procs, "peak_rss_gib_by_process": mem.breakdown(),
+        "end_to_end_per_activation_ms": per_ms(td.wall_seconds),
+        "time_per_activation_ms": {
+            "note": "end_to_end = wall time of the steps / activations. Worker-side rows are summed over the "
+                    "workers, which run in parallel (so they may add up to more than end_to_end); exchange = "
+                    "driver wall time waiting for the workers; cloud = the rest of the step wall time "
+                    "(batched G forward/backward, feedback validation, membership, records)",
+            "worker_restore_or_create": per_ms(sum(h["activate_s"] for h in hosts)),
+            "worker_park_and_spill": per_ms(sum(h["park_s"] for h in hosts)),
+            "worker_feedback_compute": per_ms(compute),
+            "exchange_wall": per_ms(td.exchange_seconds),
+            "cloud_wall": per_ms(td.wall_seconds - td.exchange_seconds)},
+        "host_overhead_per_activation_ms": per_ms(host_overhead),
+        "feedback_compute_per_activation_ms": per_ms(compute),
+        "exchange_per_activation_ms": per_ms(td.exchange_seconds),
+        "spilled": spilled, "restored": restored, "spill_bytes": spill_bytes,
+        "spill_bytes_per_node": spill_bytes / max(spilled, 1),
+        "spilled_per_step": spilled / max(td.ticks, 1), "restored_per_step_after_first": restored / max(td.ticks - 1, 1),
+        "spilled_every_step": "holds when activations_per_step / workers > resident_nodes_per_worker: each worker "
+                              "activates more distinct nodes per step than it may keep, so it spills on every step "
+                              "and restores the parked nodes when they are next online",
         "created": sum(h["created"] for h in hosts),
         "worker_peak_rss_bytes": [h["rss_peak_bytes"] for h in hosts],
         "accepted": td.totals["accepted"], "rejected": td.totals["rejected"],
@@ -140,8 +191,9 @@ def echo(host, node_ids: list[str], x: int) -> list[int]:
 
 
 def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, resident: int, seed: int) -> dict:
-    """The same actor pool with trivial work: per round, ``per_round`` random nodes are activated
-    (their parked state restored) and echo one number, like the trivial Flower ClientApp."""
+    """The same actor pool with trivial work: per round, ``per_round`` random nodes are messaged
+    (activated, their parked state restored) and echo one number, like the trivial Flower ClientApp.
+    The messages of a round travel as one batched actor call per worker with work."""
     import asyncio
     import random
 
@@ -165,10 +217,12 @@ def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, r
         startup = time.perf_counter() - t0
         rng = random.Random(seed)
         times: list[float] = []
+        calls: list[int] = []
 
         async def one_round(r: int) -> int:
             pick = rng.sample(ids, min(per_round, nodes))
             groups = [[k for k in pick if host_of[k] == h] for h in range(pool.size)]
+            calls.append(sum(1 for g in groups if g))
             got = await asyncio.gather(*(pool.call(h, "run_job", echo, (g, r), {}) for h, g in enumerate(groups) if g))
             return sum(len(g) for g in got)
 
@@ -181,7 +235,8 @@ def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, r
         pool.shutdown()
     steady = sorted(times[1:]) or times
     acts = sum(s["activations"] for s in stats)
-    return {"nodes": nodes, "rounds": rounds, "messages_per_round": per_round, "startup_seconds": startup,
+    return {"nodes": nodes, "rounds": rounds, "messages_per_round": per_round,
+            "actor_calls_per_round": max(calls), "startup_seconds": startup,
             "first_round_seconds": times[0], "steady_seconds_per_round": steady[len(steady) // 2],
             "round_seconds": times, "activations": acts,
             "host_overhead_per_activation_ms": 1000 * sum(s["activate_s"] + s["park_s"] for s in stats) / max(acts, 1),
@@ -189,7 +244,8 @@ def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, r
 
 
 def run_flower(nodes: int, rounds: int, per_round: int, workers: int) -> dict:
-    """Trivial ClientApp (echo one number) on ``nodes`` supernodes; ``per_round`` messaged per round."""
+    """Trivial ClientApp (echo one number) on ``nodes`` supernodes; ``per_round`` messaged per round,
+    each message one Ray actor task (flwr's RayBackend runs one ``process_message`` per message)."""
     import random
 
     from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -238,71 +294,97 @@ def run_flower(nodes: int, rounds: int, per_round: int, workers: int) -> dict:
     return {"nodes": nodes, "nodes_ready_after_seconds": (ready[0] - t0) if ready else None, "rounds": len(times),
             "first_round_seconds": times[0] if times else None,
             "steady_seconds_per_round": steady[len(steady) // 2] if steady else None,
-            "messages_per_round": per_round, "round_seconds": times,
+            "messages_per_round": per_round, "actor_tasks_per_round": per_round, "round_seconds": times,
             "seconds_per_round": sum(times) / max(len(times), 1), "replies": replies,
             "wall_seconds_total": wall, "startup_seconds": wall - sum(times),
             "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30}
 
 
+def flower_like_for_like(nodes: int, workers: int, seed: int) -> dict | None:
+    """``benchmarks/flower_like_for_like.run`` (same real node work on both systems) when that module exists."""
+    import importlib.util
+
+    if importlib.util.find_spec("flower_like_for_like") is None:
+        print("benchmarks/flower_like_for_like.py not found: no like-for-like block")
+        return None
+    import flower_like_for_like
+
+    return flower_like_for_like.run(nodes=nodes, workers=workers, seed=seed)
+
+
 def main() -> int:
     import argparse
+    import json
 
-    p = argparse.ArgumentParser(description="simulator scale: N virtual TDGAN nodes with churn vs Flower")
-    p.add_argument("--nodes", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=20, help="TDGAN generator steps (schedule length)")
+    p = argparse.ArgumentParser(description="simulator scale: N virtual TDGAN nodes with churn, trivial-echo rows, "
+                                            "like-for-like against Flower")
+    p.add_argument("--nodes", type=int, default=10000)
+    p.add_argument("--steps", type=int, default=4, help="TDGAN generator steps (schedule length)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors (edgegan) / Flower Ray CPUs")
     p.add_argument("--resident", type=int, default=256, help="virtual nodes kept in memory per actor")
+    p.add_argument("--backend", choices=("ray", "inproc"), default="ray")
     p.add_argument("--mean-up", type=float, default=10.0)
     p.add_argument("--mean-down", type=float, default=10.0)
+    p.add_argument("--trivial-nodes", type=int, default=1000, help="nodes of the trivial-echo rows (0: skip them)")
     p.add_argument("--flower-rounds", type=int, default=3)
-    p.add_argument("--skip-flower", action="store_true")
+    p.add_argument("--skip-flower", action="store_true", help="no trivial Flower row")
+    p.add_argument("--flower-nodes", type=int, default=1000,
+                   help="nodes of the like-for-like block (benchmarks/flower_like_for_like.py; 0: skip it)")
     p.add_argument("--reuse-edgegan", action="store_true", help="take the edgegan part from the existing --json")
-    p.add_argument("--quick", action="store_true", help="100 nodes, 5 steps, 2 Flower rounds")
+    p.add_argument("--quick", action="store_true", help="100 nodes, 3 steps, 2 Flower rounds, no like-for-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="benchmarks/results/sim_scale.json")
     args = p.parse_args()
     if args.quick:
-        args.nodes, args.steps, args.flower_rounds = min(args.nodes, 100), 5, 2
+        args.nodes, args.steps, args.flower_rounds, args.flower_nodes = min(args.nodes, 100), 3, 2, 0
+        args.trivial_nodes = min(args.trivial_nodes, 100)
     res: dict = {"benchmark": "sim_scale", "machine": machine(), "command": " ".join(sys.argv),
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "note": "timed on a shared 2-core machine while other jobs ran"}
     if args.reuse_edgegan:
-        import json
-
         e = json.loads(Path(args.json).read_text())["edgegan"]
     else:
         e = run_edgegan(args.nodes, args.steps, args.workers, args.resident, args.mean_up, args.mean_down,
-                        args.seed, Path("/tmp") / f"sim_scale_run_{os.getpid()}")
+                        args.seed, Path("/tmp") / f"sim_scale_run_{os.getpid()}", args.backend)
     res["edgegan"] = e
-    print_table([{k: e[k] for k in ("nodes", "steps", "mean_online", "activations", "startup_seconds",
-                                    "seconds_per_step", "peak_rss_gib", "host_overhead_per_activation_ms",
-                                    "end_to_end_per_activation_ms")}], "\nedgegan (Ray actor pool, TDGAN feedback)")
-    per_round = max(1, round(e["activations"] / e["steps"]))
-    t = run_edgegan_trivial(args.nodes, max(args.flower_rounds, 3), per_round, args.workers, args.resident, args.seed)
-    res["edgegan_trivial"] = t
-    print_table([{k: t[k] for k in ("nodes", "rounds", "messages_per_round", "startup_seconds",
-                                    "first_round_seconds", "steady_seconds_per_round", "peak_rss_gib")}],
-                "\nedgegan (same Ray actor pool, trivial work: activate + echo)")
-    if not args.skip_flower:
-        f = run_flower(args.nodes, args.flower_rounds, per_round, args.workers)
-        res["flower"] = f
-        print_table([{k: f[k] for k in ("nodes", "rounds", "messages_per_round", "startup_seconds",
-                                        "first_round_seconds", "steady_seconds_per_round", "peak_rss_gib")}],
-                    "\nFlower run_simulation (trivial ClientApp)")
-        res["comparison"] = {
-            "edgegan_seconds_per_step": e["seconds_per_step"],
-            "flower_steady_seconds_per_round": f["steady_seconds_per_round"],
-            "flower_mean_seconds_per_round_incl_first": f["seconds_per_round"],
-            "edgegan_faster_than_flower_steady": e["seconds_per_step"] < f["steady_seconds_per_round"],
-            "edgegan_trivial_seconds_per_round": t["steady_seconds_per_round"],
-            "edgegan_trivial_faster_than_flower_steady": t["steady_seconds_per_round"] < f["steady_seconds_per_round"],
-            "flower_over_edgegan_trivial": f["steady_seconds_per_round"] / t["steady_seconds_per_round"],
-            "edgegan_under_4gib": e["peak_rss_gib"] < 4.0,
-            "note": "edgegan_seconds_per_step: real TDGAN work (D_k update + feedback per node, generator step in "
-                    "the cloud); edgegan_trivial and Flower: trivial work (echo) on the same number of nodes "
-                    "per round; Flower's first round includes its actor start-up"}
-        print_table([{k: v for k, v in res["comparison"].items() if k != "note"}],
-                    "\ncomparison (same node count, same nodes messaged per round)")
+    print_table([{k: e[k] for k in ("nodes", "steps", "mean_online", "activations", "spilled", "restored",
+                                    "spill_bytes", "startup_seconds", "seconds_per_step", "peak_rss_gib",
+                                    "end_to_end_per_activation_ms")}],
+                "\nedgegan (Ray actor pool, TDGAN: D_k update + feedback per activation, batched cloud step)")
+    print_table([{k: v for k, v in e["time_per_activation_ms"].items() if k != "note"}],
+                "\nwhere the time per activation goes (ms)")
+    if args.trivial_nodes:
+        per_round = args.trivial_nodes // 2  # about half online, as in the churn scenario
+        t = run_edgegan_trivial(args.trivial_nodes, max(args.flower_rounds, 3), per_round, args.workers,
+                                args.resident, args.seed)
+        res["edgegan_trivial"] = t
+        print_table([{k: t[k] for k in ("nodes", "rounds", "messages_per_round", "actor_calls_per_round",
+                                        "startup_seconds", "first_round_seconds", "steady_seconds_per_round",
+                                        "peak_rss_gib")}],
+                    "\nedgegan (same Ray actor pool, trivial work: activate + echo)")
+        if not args.skip_flower:
+            f = run_flower(args.trivial_nodes, args.flower_rounds, per_round, args.workers)
+            res["flower"] = f
+            print_table([{k: f[k] for k in ("nodes", "rounds", "messages_per_round", "actor_tasks_per_round",
+                                            "startup_seconds", "first_round_seconds", "steady_seconds_per_round",
+                                            "peak_rss_gib")}],
+                        "\nFlower run_simulation (trivial ClientApp)")
+            res["comparison_trivial"] = {
+                "nodes": args.trivial_nodes, "messages_per_round": per_round,
+                "edgegan_trivial_seconds_per_round": t["steady_seconds_per_round"],
+                "flower_trivial_steady_seconds_per_round": f["steady_seconds_per_round"],
+                "flower_over_edgegan_trivial": f["steady_seconds_per_round"] / t["steady_seconds_per_round"],
+                "edgegan_trivial_peak_rss_gib": t["peak_rss_gib"], "flower_trivial_peak_rss_gib": f["peak_rss_gib"],
+                "note": "both rows echo one number per messaged node (no learning work); the same messages per "
+                        "round, carried by edgegan in actor_calls_per_round batched calls and by Flower in one actor "
+                        "task per message; Flower's first round includes its actor start-up. Real node work on both "
+                        "systems: flower_like_for_like"}
+            print_table([{k: v for k, v in res["comparison_trivial"].items() if k != "note"}],
+                        "\ntrivial echo: same nodes, same messages per round")
+    if args.flower_nodes:
+        lfl = flower_like_for_like(args.flower_nodes, args.workers, args.seed)
+        if lfl is not None:
+            res["flower_like_for_like"] = lfl
     write_json(args.json, res)
     return 0
 
