@@ -47,6 +47,67 @@ def test_unreachable_address_fails_fast(form):
     assert time.perf_counter() - t0 < 5 and "\n" not in str(e.value)
 
 
+@pytest.fixture
+def listener():
+    """A TCP server on 127.0.0.1 that accepts connections and sends ``reply`` (nothing: a silent service)."""
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    state = {"reply": b"", "conns": []}
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            state["conns"].append(conn)
+            if state["reply"]:
+                conn.sendall(state["reply"])
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1], state
+    srv.close()
+    for c in state["conns"]:
+        c.close()
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{}", "ray://127.0.0.1:{}"])
+def test_silent_service_fails_after_the_timeout(form, listener):
+    """A port that accepts but never answers (ray.init would retry for 108 s / 31 s): one line once
+    the configured bound is spent."""
+    port, _ = listener
+    t0 = time.perf_counter()
+    with pytest.raises(EdgeganError, match="cannot reach Ray .* within 1.5 s") as e:
+        _check_reachable(form.format(port), 1.5)
+    assert 1.4 < time.perf_counter() - t0 < 4 and "\n" not in str(e.value)
+
+
+def test_other_service_is_not_taken_for_ray(listener):
+    port, state = listener
+    state["reply"] = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+    with pytest.raises(EdgeganError, match="does not answer as a Ray"):
+        _check_reachable(f"127.0.0.1:{port}", 5.0)
+
+
+def test_cli_ray_connect_timeout(tmp_path, listener, capsys):
+    """`--ray-connect-timeout` bounds the wait (exit 2, one line); a bound <= 0 is refused."""
+    from edgegan.cli import main
+
+    port, _ = listener
+    (tmp_path / "sc.yaml").write_text(json.dumps(tiny_tdgan()))
+    args = ["simulate", "--scenario", str(tmp_path / "sc.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--ray-address", f"127.0.0.1:{port}"]
+    t0 = time.perf_counter()
+    assert main([*args, "--ray-connect-timeout", "1.5"]) == 2
+    assert 1.4 < time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "within 1.5 s" in err[0], err
+    assert not (tmp_path / "run").exists()
+    assert main([*args, "--ray-connect-timeout", "0"]) == 2
+    assert "ray-connect-timeout: must be > 0" in capsys.readouterr().err
+
+
 def test_bad_address_form():
     with pytest.raises(EdgeganError, match="HOST:PORT"):
         _check_reachable("ray://nohostport", 1.0)
@@ -196,7 +257,7 @@ def two_raylets():
         finally:
             ray.shutdown()
         assert len(alive) == 2, (root / "ray.log").read_text()[-3000:]
-        yield {"address": addr, "head": head, "second": next(n for n in alive if n != head), "second_proc": procs[1]}
+        yield {"address": addr, "client": f"ray://127.0.0.1:{client}", "head": head, "second": next(n for n in alive if n != head), "second_proc": procs[1]}
     finally:
         mp.undo()
         for p in reversed(procs):
@@ -215,6 +276,8 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
 
     from edgegan.cli import main
 
+    for form in ("address", "client"):  # the head's GCS and its Ray client server pass the gRPC check
+        _check_reachable(two_raylets[form], 10.0)
     sc = {**tiny_tdgan(seed=7, kind="churn", steps=30, churn={"mean_up": 5, "mean_down": 4}),
           "training": {"steps": 30, "tdgan": {"batch_size": 8, "remind_batch_size": 8, "width": 32}},
           "outputs": {"plots": True, "sample_grids": False}}

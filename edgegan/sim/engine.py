@@ -38,7 +38,7 @@ from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.runtime.roles import NodeFailure, TDGANServer
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.edge import TDGANEdge
+from edgegan.tdgan.edge import TDGANEdge, feedback_many
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 from edgegan.tdgan.schedule import Schedule
 
@@ -148,30 +148,36 @@ class NodeHost:
             self.counters["spilled"] += 1
 
     def feedback(self, requests: Sequence[FeedbackRequest]) -> list[FeedbackReply | NodeFailure]:
-        """Answer each request with its node's :meth:`TDGANEdge.feedback`; a node scheduled to crash
-        at this step answers :class:`NodeFailure` ``disconnected`` and its state is dropped."""
-        out: list[FeedbackReply | NodeFailure] = []
-        for req in requests:
+        """Answer each request with its node's feedback (:func:`~edgegan.tdgan.edge.feedback_many`:
+        the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over up to ``resident_cap``
+        live nodes at a time); a node scheduled to crash at this step answers :class:`NodeFailure`
+        ``disconnected`` and its state is dropped."""
+        out: list[FeedbackReply | NodeFailure | None] = [None] * len(requests)
+        todo = []
+        for i, req in enumerate(requests):
             if self._crash.get(req.node_id) == req.step:
                 self._drop(req.node_id)
-                out.append(NodeFailure(FailureReason.DISCONNECTED, f"node '{req.node_id}' left during step {req.step}"))
-                continue
+                out[i] = NodeFailure(FailureReason.DISCONNECTED, f"node '{req.node_id}' left during step {req.step}")
+            else:
+                todo.append(i)
+        c = self.counters
+        for start in range(0, len(todo), max(1, self.cap)):
+            chunk = todo[start:start + max(1, self.cap)]
             t0 = time.perf_counter()
-            edge = self._activate(req.node_id)
+            edges = [self._activate(requests[i].node_id) for i in chunk]
             t1 = time.perf_counter()
-            reply = edge.feedback(FeedbackRequest(req.node_id, req.step, req.fake.to(self.device),
-                                                  req.labels.to(self.device)))
-            reply = FeedbackReply(reply.node_id, reply.step, reply.grad.cpu(), reply.stats)
+            replies = feedback_many(edges, [FeedbackRequest(r.node_id, r.step, r.fake.to(self.device),
+                                                            r.labels.to(self.device)) for r in (requests[i] for i in chunk)])
+            for i, reply in zip(chunk, replies):
+                out[i] = FeedbackReply(reply.node_id, reply.step, reply.grad.cpu(), reply.stats)
             t2 = time.perf_counter()
             self._park()
             t3 = time.perf_counter()
-            c = self.counters
-            c["activations"] += 1
+            c["activations"] += len(chunk)
             c["activate_s"] += t1 - t0
             c["compute_s"] += t2 - t1
             c["park_s"] += t3 - t2
-            out.append(reply)
-        return out
+        return out  # type: ignore[return-value]
 
     def _drop(self, node_id: str) -> None:
         """A crashed node loses its live state (it may rejoin later with a fresh D_k)."""
@@ -366,9 +372,15 @@ class RayPool(_Pool):
             self._ray.shutdown()
 
 
+#: HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server
+#: (Ray's GCS and its client server both are) answers with a SETTINGS frame of its own.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _check_reachable(address: str, timeout_s: float) -> None:
     """Fail fast with one line when a Ray address (GCS ``HOST:PORT`` or ``ray://HOST:PORT``) does
-    not accept a TCP connection within ``timeout_s``; ``ray.init`` itself would retry for minutes."""
+    not answer as a gRPC server within ``timeout_s`` (nothing listening, a dropped route, or another
+    service on that port); ``ray.init`` itself would retry for minutes."""
     import socket
 
     if address == "auto" or address.startswith("local"):
@@ -378,11 +390,23 @@ def _check_reachable(address: str, timeout_s: float) -> None:
     if not host or not port.isdigit():
         raise EdgeganError("engine.ray_address", f"{address!r} is not HOST:PORT or ray://HOST:PORT",
                            "pass e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001")
+    deadline = time.monotonic() + timeout_s
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            sock.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:  # the server's first frame header: type byte 3 is 4 (SETTINGS)
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
     except OSError as e:
         raise EdgeganError("engine.ray_address", f"cannot reach Ray at {address} within {timeout_s:g} s ({e})",
                            "start the head with `ray start --head` there, or check host, port and firewall")
+    if len(head) < 9 or head[3] != 4:
+        raise EdgeganError("engine.ray_address", f"{address} does not answer as a Ray (gRPC) server",
+                           "pass the head's GCS port (ray start --port, 6379) or its client port (ray://…:10001)")
 
 
 def make_pool(backend: str, workers: int = 0, resident_cap: int = 512, num_cpus: float = 1.0,

@@ -33,8 +33,7 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
     ``metrics_port`` > 0 serves Prometheus ``/metrics`` while the run lasts.
     """
     metrics = metrics or Metrics()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made by RunRecorder once the pool is up: a failed start leaves no empty run folder
     if metrics_port:
         port = start_metrics_server(metrics_port, metrics.registry)
         log.info("Prometheus metrics on :%d/metrics", port)
