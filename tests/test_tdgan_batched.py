@@ -13,6 +13,7 @@ from edgegan.data import label_histogram, partition_by_classes
 from edgegan.errors import EdgeganError
 from edgegan.tdgan import FeedbackReply, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
 from edgegan.tdgan.cloud import per_node_batch_norm
+from edgegan.tdgan.edge import feedback_many
 from edgegan.tdgan.harness import build_generator
 
 CFG = TDGANConfig(batch_size=8, remind_batch_size=8, seed=5, width=16, lr=2e-3)
@@ -165,3 +166,28 @@ def test_a_spilled_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts
     wide = TDGANEdge("n0", parts[0], cfg=dataclasses.replace(cfg, width=8))
     with pytest.raises(EdgeganError, match=r"^state: node 'n0': packed state has \d+ bytes"):
         wide.restore(tmp_path / "n0.pt")
+
+
+def test_feedback_many_is_each_nodes_own_feedback(parts):
+    """The engine answers a worker's requests with feedback_many (vectorised over nodes)."""
+    cfg = dataclasses.replace(CFG, critic_steps=2)
+    cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+    one = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts)}
+    many = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts)}
+    for e in one.values():
+        cloud.join(e.info())
+    for _ in range(2):  # the second round starts from Adam state written by the first
+        reqs = cloud.make_requests()
+        expected = [one[r.node_id].feedback(r) for r in reqs]
+        got = feedback_many([many[r.node_id] for r in reqs], reqs)
+        for a, b in zip(expected, got):
+            assert (a.node_id, a.step) == (b.node_id, b.step)
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+            assert b.stats == pytest.approx(a.stats, rel=1e-4, abs=1e-5)
+        cloud.apply_feedback(expected)
+    for k in one:
+        assert many[k].requests_served == one[k].requests_served == 2
+        for p, q in zip(one[k].D.parameters(), many[k].D.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(many[k].opt.state[q][key], one[k].opt.state[p][key], rtol=1e-4, atol=1e-6)
