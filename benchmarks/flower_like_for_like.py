@@ -122,12 +122,33 @@ def tree_cpu_seconds() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def tree_memory() -> list[dict[str, Any]]:
+    """Resident memory of each process of this tree: VmRSS = RssAnon (private heap) + RssFile
+    (mapped files, e.g. torch's libraries, shared between processes) + RssShmem (shared memory,
+    e.g. Ray's object store), in bytes, with the start of its command line."""
+    from sim_scale import _descendants
+
+    out = []
+    for pid in _descendants(os.getpid()):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        kb = {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in status)
+              if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
+        out.append({"pid": pid, "cmd": " ".join(cmd.split())[:60], **kb})
+    return out
+
+
 class RoundClock:
-    """Wall seconds and process-tree CPU seconds of each timed round."""
+    """Wall seconds and process-tree CPU seconds of each timed round, and the tree's memory
+    (:func:`tree_memory`) at the round end where its total RSS was largest."""
 
     def __init__(self) -> None:
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.memory: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
     def round(self) -> Iterator[None]:
@@ -135,6 +156,9 @@ class RoundClock:
         yield
         self.wall.append(time.perf_counter() - t0)
         self.cpu.append(tree_cpu_seconds() - c0)
+        mem = tree_memory()
+        if sum(m.get("VmRSS", 0) for m in mem) > sum(m.get("VmRSS", 0) for m in self.memory):
+            self.memory = mem
 
 
 # ---------------------------------------------------------------------- edgegan (RayPool)
@@ -181,6 +205,7 @@ def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
     stats = pool.stats()
     pool.shutdown()
     out = {"startup_seconds": startup, "round_seconds": clock.wall, "round_cpu_seconds": clock.cpu,
+           "memory_at_round_end": clock.memory, "worker_rss_peak_bytes": [s["rss_peak_bytes"] for s in stats],
            "process_boundary_calls": calls, "checksums": sums,
            "resident_nodes_per_worker": resident}
     out.update({k: sum(s[k] for s in stats) for k in ("activations", "created", "restored", "spilled")})
@@ -280,7 +305,7 @@ def run_flower(p: dict[str, Any], work: str) -> dict[str, Any]:
                                    "init_args": {"num_cpus": p["workers"], "include_dashboard": False,
                                                  "object_store_memory": 256 << 20}})
     assert len(clock.wall) == p["rounds"] + 1, "the Flower ServerApp did not finish its rounds (see its log)"
-    return {**out, "round_seconds": clock.wall, "round_cpu_seconds": clock.cpu}
+    return {**out, "round_seconds": clock.wall, "round_cpu_seconds": clock.cpu, "memory_at_round_end": clock.memory}
 
 
 # ---------------------------------------------------------------------- one system per child process
@@ -336,7 +361,12 @@ def _row(system: str, r: dict[str, Any], p: dict[str, Any], request_bytes: int, 
            "wall_seconds_total": r["wall_seconds_total"],
            "peak_rss_bytes": r["peak_rss_bytes"], "peak_rss_gib": r["peak_rss_bytes"] / 2**30,
            "processes_at_peak": r["processes_at_peak"], "omp_num_threads": r["omp_num_threads"]}
-    for k in ("resident_nodes_per_worker", "activations", "created", "restored", "spilled"):
+    mem = r["memory_at_round_end"]
+    for kind, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"), ("shmem", "RssShmem")):
+        row[f"{kind}_at_round_end_gib"] = sum(m.get(key, 0) for m in mem) / 2**30
+    row["processes_at_round_end"] = [{"cmd": m["cmd"], "rss_mib": m.get("VmRSS", 0) >> 20,
+                                      "anon_mib": m.get("RssAnon", 0) >> 20} for m in mem]
+    for k in ("resident_nodes_per_worker", "activations", "created", "restored", "spilled", "worker_rss_peak_bytes"):
         if k in r:
             row[k] = r[k]
     if r.get("state_bytes"):
@@ -380,7 +410,9 @@ def run(nodes: int = 1000, rounds: int = 4, per_round: int | None = None, worker
         "cpu_seconds_per_round": "user + system CPU seconds of the whole process tree during a round (less "
                                  "sensitive than wall time to other jobs on a shared machine)",
         "peak_rss": "sum of RSS over the child process running the system and all its descendants "
-                    "(Ray GCS/raylet, workers, actors), sampled every 0.1 s",
+                    "(Ray GCS/raylet, workers, actors), sampled every 0.1 s; pages shared between processes "
+                    "(torch's libraries, Ray's object store) count once per process. *_at_round_end_gib split "
+                    "the largest round-end total into RssAnon (private), RssFile and RssShmem",
         "threads": "OMP_NUM_THREADS=1 and torch.set_num_threads(1) in the driver, pool workers (RayPool threads=1) "
                    "and Flower actors (set in the ClientApp)"}}
     with tempfile.TemporaryDirectory(prefix="flower-lfl-") as work:
@@ -409,7 +441,8 @@ def run(nodes: int = 1000, rounds: int = 4, per_round: int | None = None, worker
 
 
 COLUMNS = ("seconds_per_round", "cpu_seconds_per_round", "median_seconds_per_round", "startup_seconds", "peak_rss_gib",
-           "messages_per_round", "process_boundary_calls_per_round", "processes_at_peak")
+           "anon_at_round_end_gib", "shmem_at_round_end_gib", "messages_per_round", "process_boundary_calls_per_round",
+           "processes_at_peak")
 
 
 def main() -> int:
@@ -437,7 +470,8 @@ def main() -> int:
                    systems=tuple(s for s in args.systems.split(",") if s)))
     rows = [{"system": s, **{c: res[s][c] for c in COLUMNS}} for s in SYSTEMS if s in res]
     print_table(rows, f"\n{args.nodes} nodes, {res['setup']['per_round']} sampled per round, {args.workers} workers")
-    print_table([res["ratios"]], "\nratios (same run)")
+    if res["ratios"]:
+        print_table([res["ratios"]], "\nratios (same run)")
     if "replies" in res:
         print(f"\nreplies identical across systems: {res['replies']['identical']} "
               f"(max |checksum diff| {res['replies']['max_abs_checksum_diff']})")
