@@ -160,9 +160,13 @@ def test_a_spilled_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts
     assert nbytes == (tmp_path / "n0.pt").stat().st_size and nbytes == live.pack().numel()
     parked = TDGANEdge("n0", parts[0], cfg=cfg)
     assert parked.restore(tmp_path / "n0.pt") == nbytes
-    assert parked.requests_served == 1
+    recycled = TDGANEdge("n1", parts[1], cfg=cfg)  # another node's live object, reused by a pool
+    recycled.feedback(dataclasses.replace(reqs[0], node_id="n1", labels=torch.full_like(reqs[0].labels, 3)))
+    assert recycled.reassign("n0", tmp_path / "n0.pt", parts[0]) == nbytes
+    assert parked.requests_served == recycled.requests_served == 1 and recycled.info() == live.info()
     for r in reqs[1:]:  # same D_k, Adam moments and real-batch RNG: identical replies
-        assert torch.equal(live.feedback(r).grad, parked.feedback(r).grad)
+        expected = live.feedback(r).grad
+        assert torch.equal(expected, parked.feedback(r).grad) and torch.equal(expected, recycled.feedback(r).grad)
     wide = TDGANEdge("n0", parts[0], cfg=dataclasses.replace(cfg, width=8))
     with pytest.raises(EdgeganError, match=r"^state: node 'n0': packed state has \d+ bytes"):
         wide.restore(tmp_path / "n0.pt")

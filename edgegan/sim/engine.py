@@ -86,6 +86,7 @@ class NodeHost:
         self._crash: dict[str, int] = {}
         self._resident: OrderedDict[str, TDGANEdge] = OrderedDict()
         self._spilled: set[str] = set()
+        self._free: list[TDGANEdge] = []  # live objects of spilled nodes, reused by the next restores
         self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "spill_bytes": 0, "crashed": 0,
                          "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0, "jobs": 0, "job_s": 0.0}
 
@@ -126,15 +127,21 @@ class NodeHost:
             return edge
         require(self._cfg is not None and node_id in self._data, "node_id",
                 f"node '{node_id}' is not hosted by worker {self.index}")
-        edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
-        edge.D.to(self.device)
         if node_id in self._spilled:
             path = self._spill_path(node_id)
-            edge.restore(path)
+            if self._free:  # an evicted node's live object, reused: no new D_k and optimizer per restore
+                edge = self._free.pop()
+                edge.reassign(node_id, path, self._data[node_id])
+            else:
+                edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
+                edge.D.to(self.device)
+                edge.restore(path)
             path.unlink()  # a spill file exists only while it holds the node's latest state
             self._spilled.discard(node_id)
             self.counters["restored"] += 1
         else:
+            edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
+            edge.D.to(self.device)
             self.counters["created"] += 1
         self._resident[node_id] = edge
         return edge
@@ -144,6 +151,8 @@ class NodeHost:
         while len(self._resident) > self.cap:
             node_id, edge = self._resident.popitem(last=False)
             self.counters["spill_bytes"] += edge.spill(self._spill_path(node_id))  # raw, no fsync: a cache
+            if len(self._free) < self.cap:
+                self._free.append(edge)
             self._spilled.add(node_id)
             self.counters["spilled"] += 1
 

@@ -67,8 +67,6 @@ class TDGANEdge:
         require(len(data) > 0, "data", f"node '{node_id}' has no samples", "give every node at least one sample")
         self.cfg = cfg or TDGANConfig()
         self.cfg.validate("tdgan")
-        self.node_id = node_id
-        self._data = data
         seed = node_seed(self.cfg.seed, node_id)
         if discriminator is None:
             with torch.random.fork_rng(devices=[]):
@@ -80,11 +78,26 @@ class TDGANEdge:
                 "build D with num_classes = the data set's class count")
         self.D = discriminator
         self.opt = adam(self.D.parameters(), self.cfg)
+        self._rng = torch.Generator()
+        self._bind(node_id, data)
+
+    def _bind(self, node_id: str, data: TensorData) -> None:
+        self.node_id = node_id
+        self._data = data
         self._hist = label_histogram(data.y, data.num_classes)
         self._by_class = {c: torch.nonzero(data.y == c).flatten() for c in range(data.num_classes)
                           if self._hist[c] > 0}
-        self._rng = torch.Generator().manual_seed(seed)
+        self._rng.manual_seed(node_seed(self.cfg.seed, node_id))
         self.requests_served = 0
+
+    def reassign(self, node_id: str, path: str | Path, data: TensorData) -> int:
+        """Turn this live object into parked node ``node_id`` (its private ``data``, its state spilled
+        at ``path`` by :meth:`spill`): a pool recycles evicted objects instead of building a new D_k
+        and optimizer per restore. Returns the bytes read."""
+        require(len(data) > 0 and data.image_shape == self._data.image_shape and data.num_classes == self._data.num_classes,
+                "data", f"node '{node_id}' does not fit this edge's D_k", "reassign only between nodes of one data set")
+        self._bind(node_id, data)
+        return self.restore(path)
 
     def info(self) -> NodeInfo:
         """What this node discloses on joining: n_k and its label histogram."""
