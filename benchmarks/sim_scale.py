@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, print_table, write_json  # noqa: E402
 
+from edgegan.sim.engine import proc_memory_bytes  # noqa: E402
+
 
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
@@ -44,16 +46,6 @@ def _descendants(root: int) -> list[int]:
         out.append(pid)
         todo += children.get(pid, [])
     return out
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _name(pid: int) -> str:
@@ -84,7 +76,7 @@ class PeakMemory:
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            rss = [(p, _rss(p)) for p in _descendants(me)]
+            rss = [(p, proc_memory_bytes(p, "VmRSS")) for p in _descendants(me)]
             total = sum(r for _, r in rss)
             if total > self.peak:
                 names = ["driver" if p == me else _name(p) for p, _ in rss]

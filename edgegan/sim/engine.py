@@ -48,11 +48,12 @@ log = logging.getLogger("edgegan.sim")
 Progress = Callable[[str, int, int, str], None]
 
 
-def _rss_peak_bytes(pid: int | str = "self") -> int:
-    """Peak resident set size (VmHWM) of a process, from /proc (0 where unavailable)."""
+def proc_memory_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
+    """A memory field of /proc/PID/status in bytes (VmHWM: peak resident set size, VmRSS: now);
+    0 where unavailable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -200,7 +201,7 @@ class NodeHost:
         ray = sys.modules.get("ray")  # inside a Ray actor: which cluster node hosts this worker
         ray_node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
         return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
-                "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": _rss_peak_bytes(),
+                "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": proc_memory_bytes(),
                 "ray_node": ray_node, "spill_dir": str(self.spill_dir)}
 
     # ------------------------------------------------------------------ stateless jobs
