@@ -32,15 +32,20 @@ from test_sim_engine import tiny_tdgan  # noqa: E402
 from test_sim_ray import assert_same_metrics  # noqa: E402
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports on 127.0.0.1 that nothing listens on (their sockets are closed again)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.mark.parametrize("form", ["127.0.0.1:{}", "ray://127.0.0.1:{}"])
 def test_unreachable_address_fails_fast(form):
-    addr = form.format(_closed_port())
+    addr = form.format(_free_ports(1)[0])
     t0 = time.perf_counter()
     with pytest.raises(EdgeganError, match="cannot reach Ray") as e:
         RayPool(workers=1, address=addr, connect_timeout_s=2.0)
@@ -173,16 +178,6 @@ def test_lost_worker_nodes_leave_and_are_recreated(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- a real two-raylet cluster
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 # Ray maps a loopback --address / --node-ip-address to the machine's outward IP
 # (ray._private.services.resolve_ip_for_localhost); these tests must stay on 127.0.0.1. The head and
 # the drivers run with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's local-only switch: node IP
@@ -207,10 +202,35 @@ def _ray_start(args: list[str], temp: Path, ports: list[int]) -> list[str]:
             "--runtime-env-agent-port", str(ports[2]), "--metrics-export-port", str(ports[3])]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), e.g. a raylet's worker processes."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a `ray start --block` and everything it started (its own process group)."""
+    """Stop a `ray start --block` and everything it started (its process group and every process
+    below it: SIGKILL is a machine dying, its actors included); only processes started here."""
+    below = _descendants(proc.pid)
     try:
         os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            for pid in below:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -268,7 +288,7 @@ def two_raylets():
 
 def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets, monkeypatch):
     """`edgegan simulate --ray-address` on a head + second raylet (2 CPUs each, 2 workers): SPREAD puts
-    one worker on each raylet. `kill -9` of the second raylet's process group at tick 12 of 30: the
+    one worker on each raylet. `kill -9` of the second raylet and its processes at step 12 of 30: the
     loss is noticed within seconds, the lost worker's nodes are re-created on the head's worker, and
     the command exits 0 with summary.json, report.md and plots. Its metrics equal, row by row, an
     in-process run of the same seed in which the same worker fails at the same step."""
@@ -287,11 +307,11 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     kill: dict[str, float] = {}
 
     def kill_second_raylet() -> None:
-        # the tick-12 row is written just before G is scored (seconds, no worker call in flight), so
-        # the kill lands between calls and the in-process replay below is exact; a kill during a call
-        # can leave that call's activations half done ("may or may not have been executed")
+        # the step-11 row is written just before G is scored at step 12 (seconds, no worker call in
+        # flight), so the kill lands between calls and the in-process replay below is exact; a kill
+        # during a call can leave its activations half done ("may or may not have been executed")
         t0 = time.time()
-        while not (metrics.exists() and '"tick": 12,' in metrics.read_text()) and time.time() - t0 < 180:
+        while not (metrics.exists() and '"step": 11,' in metrics.read_text()) and time.time() - t0 < 180:
             time.sleep(0.05)
         _stop(two_raylets["second_proc"], signal.SIGKILL)
         kill["at"] = time.time()
@@ -305,6 +325,7 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
                "--ray-address", two_raylets["address"], "--ray-connect-timeout", "10"])
     killer.join(timeout=60)
     assert rc == 0 and "at" in kill
+    assert any(r["kind"] == "eval" and r["iteration"] == 12 for r in read_metrics(metrics))  # the quiet window
     assert kill["noticed_s"] < 15, kill
     summary = json.loads((out / "summary.json").read_text())
     for f in ("report.md", "fid.png", "nodes_online.png", "class_coverage.png"):
@@ -314,7 +335,7 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     survivor = 1 - lost["index"]
     # SPREAD: 2 CPUs per raylet would fit both actors on one; there was one on each
     assert lost["ray_node"] == two_raylets["second"] and stats[survivor]["ray_node"] == two_raylets["head"]
-    assert stats[lost["index"]]["lost"] and lost["tick"] > 12 and lost["nodes"] == 5
+    assert stats[lost["index"]]["lost"] and lost["step"] >= 12 and lost["nodes"] == 5
     assert lost["recreated"] and all(r["worker"] == survivor for r in lost["recreated"].values())
     assert f"- lost worker {lost['index']} (Ray node {lost['ray_node'][:12]}) at tick" in (out / "report.md").read_text()
 
