@@ -338,6 +338,7 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     assert stats[lost["index"]]["lost"] and lost["step"] >= 12 and lost["nodes"] == 5
     assert lost["recreated"] and all(r["worker"] == survivor for r in lost["recreated"].values())
     assert f"- lost worker {lost['index']} (Ray node {lost['ray_node'][:12]}) at tick" in (out / "report.md").read_text()
+    assert not Path(lost["spill_dir"]).exists()  # the survivor removed the lost worker's spill folder
 
     spilled_at_loss = fail_worker(monkeypatch, lost["index"], lost["step"])
     s = simulate(scenario_from_dict({**sc, "engine": {**sc["engine"], "backend": "inproc"}}), tmp_path / "inproc")

@@ -202,7 +202,7 @@ class NodeHost:
         ray_node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
         return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
                 "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": proc_memory_bytes(),
-                "ray_node": ray_node, "spill_dir": str(self.spill_dir)}
+                "ray_node": ray_node, "spill_dir": str(self.spill_dir), "own_spill_dir": self._own_spill}
 
     # ------------------------------------------------------------------ stateless jobs
     def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -218,6 +218,11 @@ class NodeHost:
     def close(self) -> None:
         if self._own_spill:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _remove_folders(host: NodeHost, folders: list[str]) -> None:
+    for f in folders:
+        shutil.rmtree(f, ignore_errors=True)
 
 
 def _info(node_id: str, data: TensorData) -> NodeInfo:
@@ -237,7 +242,7 @@ class _Pool:
     record of workers lost during the run (their Ray node died, or they stopped answering)."""
 
     def _placed(self, first_stats: list[dict[str, Any]]) -> None:
-        self.placement = [{"ray_node": st["ray_node"], "spill_dir": st["spill_dir"]} for st in first_stats]
+        self.placement = [{k: st[k] for k in ("ray_node", "spill_dir", "own_spill_dir")} for st in first_stats]
         self.lost: dict[int, dict[str, Any]] = {}
 
     @property
@@ -372,8 +377,12 @@ class RayPool(_Pool):
 
     def shutdown(self) -> None:
         alive = [self.actors[i] for i in self.alive()]
+        orphaned = [r["spill_dir"] for r in self.lost.values() if r["own_spill_dir"]]
+        refs = [a.close.remote() for a in alive]
+        if alive and orphaned:  # a survivor removes the temporary spill folders of lost workers it can see
+            refs.append(alive[0].run_job.remote(_remove_folders, (orphaned,), {}))
         try:
-            self._ray.get([a.close.remote() for a in alive], timeout=30)
+            self._ray.get(refs, timeout=30)
         except Exception:  # an actor that died since its last call has nothing to clean up
             pass
         for a in alive:
