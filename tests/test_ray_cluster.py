@@ -169,7 +169,7 @@ def test_lost_worker_nodes_leave_and_are_recreated(tmp_path, monkeypatch):
         assert k in rows[r["tick"]]["online"]
     assert {"spilled", "fresh"} == {r["state"] for r in lost["recreated"].values()}
     for u in range(t + 1, 24):  # the schedule goes on: everyone online but the orphans not yet back
-        waiting = {k for k in mine - set(lost["recreated"])} | {k for k, r in lost["recreated"].items() if r["tick"] > u}
+        waiting = (mine - set(lost["recreated"])) | {k for k, r in lost["recreated"].items() if r["tick"] > u}
         assert set(rows[u]["online"]) == set(av.online_at(u)) - waiting, u
         assert rows[u]["accepted"] == len(rows[u]["online"])
     assert s.engine.workers_stats[0]["lost"] and s.engine.workers_stats[1]["nodes"] == 5 + len(joins)
@@ -277,7 +277,8 @@ def two_raylets():
         finally:
             ray.shutdown()
         assert len(alive) == 2, (root / "ray.log").read_text()[-3000:]
-        yield {"address": addr, "client": f"ray://127.0.0.1:{client}", "head": head, "second": next(n for n in alive if n != head), "second_proc": procs[1]}
+        yield {"address": addr, "client": f"ray://127.0.0.1:{client}", "head": head,
+               "second": next(n for n in alive if n != head), "second_proc": procs[1]}
     finally:
         mp.undo()
         for p in reversed(procs):
@@ -334,7 +335,8 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     assert stats[lost["index"]]["lost"] and lost["step"] >= 12 and lost["nodes"] == 5
     print(f"loss noticed {kill['noticed_s']:.2f} s after the kill, at step {lost['step']}")
     assert lost["recreated"] and all(r["worker"] == survivor for r in lost["recreated"].values())
-    assert f"- lost worker {lost['index']} (Ray node {lost['ray_node'][:12]}) at tick" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"- lost worker {lost['index']} (Ray node {lost['ray_node'][:12]}) at tick" in report
     assert not Path(lost["spill_dir"]).exists()  # the survivor removed the lost worker's spill folder
 
     spilled_at_loss = fail_worker(monkeypatch, lost["index"], lost["step"])
@@ -343,5 +345,6 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     assert {k: (r["tick"], r["state"]) for k, r in replayed["recreated"].items()} == \
         {k: (r["tick"], r["state"]) for k, r in lost["recreated"].items()}
     # the survivor on the head read the killed worker's spill files (same machine): spilled ones continued
-    assert {k for k, r in lost["recreated"].items() if r["state"] == "spilled"} == spilled_at_loss & set(lost["recreated"])
+    spilled = {k for k, r in lost["recreated"].items() if r["state"] == "spilled"}
+    assert spilled == spilled_at_loss & set(lost["recreated"])
     assert_same_metrics(out, tmp_path / "inproc")

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run folder [default: runs/<scenario name>]")
     p.add_argument("--backend", choices=["ray", "inproc"], default=None, help="override engine.backend")
     p.add_argument("--workers", type=int, default=None, help="pool actors (0: sized by the machine)")
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (auto, host:port, ray://host:port)")
+    p.add_argument("--ray-address", default=None,
+                   help="join an existing Ray cluster (auto, host:port, ray://host:port)")
     p.add_argument("--ray-connect-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up on --ray-address after this long [default: engine.ray_connect_timeout_s, 30]")
     p.add_argument("--seed", type=int, default=None, help="override the scenario seed")
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         sc.engine.ray_address = args.ray_address
         sc.engine.backend = "ray"
     if args.ray_connect_timeout is not None:
-        require(args.ray_connect_timeout > 0, "ray-connect-timeout", f"must be > 0 seconds, got {args.ray_connect_timeout}")
+        require(args.ray_connect_timeout > 0, "ray-connect-timeout",
+                f"must be > 0 seconds, got {args.ray_connect_timeout}")
         sc.engine.ray_connect_timeout_s = args.ray_connect_timeout
     if args.data_root:
         sc.data.data_root = args.data_root

@@ -60,6 +60,10 @@ def proc_memory_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
     return 0
 
 
+#: Virtual nodes whose feedback one vectorised pass computes (live together, above ``resident_cap`` if need be).
+FEEDBACK_GROUP = 256
+
+
 class NodeHost:
     """One pool worker hosting many virtual nodes (plain object; :class:`RayPool` wraps it in an actor).
 
@@ -152,15 +156,16 @@ class NodeHost:
         while len(self._resident) > self.cap:
             node_id, edge = self._resident.popitem(last=False)
             self.counters["spill_bytes"] += edge.spill(self._spill_path(node_id))  # raw, no fsync: a cache
-            if len(self._free) < self.cap:
+            if len(self._free) < FEEDBACK_GROUP:
                 self._free.append(edge)
             self._spilled.add(node_id)
             self.counters["spilled"] += 1
 
     def feedback(self, requests: Sequence[FeedbackRequest]) -> list[FeedbackReply | NodeFailure]:
         """Answer each request with its node's feedback (:func:`~edgegan.tdgan.edge.feedback_many`:
-        the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over up to ``resident_cap``
-        live nodes at a time); a node scheduled to crash at this step answers :class:`NodeFailure`
+        the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over groups of up to
+        ``FEEDBACK_GROUP`` nodes, parked back to ``resident_cap`` after each group); a node
+        scheduled to crash at this step answers :class:`NodeFailure`
         ``disconnected`` and its state is dropped."""
         out: list[FeedbackReply | NodeFailure | None] = [None] * len(requests)
         todo = []
@@ -171,8 +176,8 @@ class NodeHost:
             else:
                 todo.append(i)
         c = self.counters
-        for start in range(0, len(todo), max(1, self.cap)):
-            chunk = todo[start:start + max(1, self.cap)]
+        for start in range(0, len(todo), FEEDBACK_GROUP):
+            chunk = todo[start:start + FEEDBACK_GROUP]
             t0 = time.perf_counter()
             edges = [self._activate(requests[i].node_id) for i in chunk]
             t1 = time.perf_counter()
@@ -520,7 +525,8 @@ class SimLink:
                       online=sorted(set(mine) & self.connected), recreated={})
         log.warning("worker %d lost at tick %d (%s): its %d node(s) leave and are re-created on a surviving "
                     "worker when they next join", host, tick, why, len(mine))
-        require(bool(self.pool.alive()), "engine.workers", f"every pool worker is lost (the last: worker {host}, {why})",
+        require(bool(self.pool.alive()), "engine.workers",
+                f"every pool worker is lost (the last: worker {host}, {why})",
                 "restart the Ray nodes (`ray start`) and run the scenario again")
         for node_id in mine:
             self.orphans[node_id] = host
