@@ -117,7 +117,7 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
         "outputs": {"plots": False, "sample_grids": False},
         "engine": {"backend": backend, "workers": workers, "resident_nodes": resident},
     })
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     with PeakMemory() as mem:
         s = simulate(sc, out, evaluate=False)
     wall = time.perf_counter() - t0
@@ -130,7 +130,8 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     spill_bytes = sum(h.get("spill_bytes", 0) for h in hosts)
     per_ms = lambda sec: 1000 * sec / max(acts, 1)  # noqa: E731
     return {
-        "nodes": nodes, "backend": backend, "device": "cpu", "steps": td.ticks, "generator_steps": td.generator_steps,
+        "nodes": nodes, "backend": backend, "device": "cpu",
+        "load_average_1min_before_after": [load0, os.getloadavg()[0]], "steps": td.ticks, "generator_steps": td.generator_steps,
         "workers": len(hosts), "resident_nodes_per_worker": resident, "mean_online": td.mean_online,
         "activations": acts, "activations_per_step": acts / max(td.ticks, 1),
         "membership_changes": td.totals["membership_changes"],
@@ -322,6 +323,9 @@ def main() -> int:
     p.add_argument("--skip-flower", action="store_true", help="no trivial Flower row")
     p.add_argument("--flower-nodes", type=int, default=1000,
                    help="nodes of the like-for-like block (benchmarks/flower_like_for_like.py; 0: skip it)")
+    p.add_argument("--flower-json", default=None,
+                   help="take the like-for-like block from this benchmarks/flower_like_for_like.py JSON instead of "
+                        "running it (recorded as its source)")
     p.add_argument("--reuse-edgegan", action="store_true", help="take the edgegan part from the existing --json")
     p.add_argument("--quick", action="store_true", help="100 nodes, 3 steps, 2 Flower rounds, no like-for-like")
     p.add_argument("--seed", type=int, default=0)
@@ -373,7 +377,10 @@ def main() -> int:
                         "systems: flower_like_for_like"}
             print_table([{k: v for k, v in res["comparison_trivial"].items() if k != "note"}],
                         "\ntrivial echo: same nodes, same messages per round")
-    if args.flower_nodes:
+    if args.flower_json:
+        lfl = json.loads(Path(args.flower_json).read_text())
+        res["flower_like_for_like"] = {**lfl, "source": f"{args.flower_json} (written by: {lfl.get('command')})"}
+    elif args.flower_nodes:
         lfl = flower_like_for_like(args.flower_nodes, args.workers, args.seed)
         if lfl is not None:
             res["flower_like_for_like"] = lfl

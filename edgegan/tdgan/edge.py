@@ -77,7 +77,9 @@ class TDGANEdge:
                 f"has {getattr(discriminator, 'num_classes', None)} classes, data has {data.num_classes}",
                 "build D with num_classes = the data set's class count")
         self.D = discriminator
-        self.opt = adam(self.D.parameters(), self.cfg)
+        self._params = list(self.D.parameters())  # the same objects after D.to(device)
+        self._has_buffers = next(self.D.buffers(), None) is not None
+        self.opt = adam(self._params, self.cfg)
         self._rng = torch.Generator()
         self._bind(node_id, data)
 
@@ -160,15 +162,19 @@ class TDGANEdge:
         return FeedbackReply(self.node_id, req.step, grad.detach().to(req.fake.device, torch.float32).contiguous(),
                              stats)
 
+    def _weights(self) -> list[torch.Tensor]:
+        """D_k's parameters, then its buffers (looked up again: ``D.to`` replaces buffer tensors)."""
+        return [*self._params, *self.D.buffers()] if self._has_buffers else self._params
+
     def pack(self) -> torch.Tensor:
         """D_k, its Adam state and the node's RNG as one flat uint8 tensor of fixed size per config:
         float32 [parameters, buffers, Adam steps, first moments, second moments], then the RNG state
         and ``requests_served`` (int64). A fresh optimizer packs as step 0 with zero moments, which
         Adam treats exactly like no state."""
-        params = list(self.D.parameters())
+        params = self._params
         state = [self.opt.state.get(p, {}) for p in params]
         floats = torch.cat([
-            *(w.detach().flatten().float().cpu() for w in (*params, *self.D.buffers())),
+            *(w.detach().flatten().float().cpu() for w in self._weights()),
             torch.tensor([float(st.get("step", 0.0)) for st in state]),
             *(st[k].flatten().cpu() if k in st else torch.zeros(p.numel())
               for k in ("exp_avg", "exp_avg_sq") for p, st in zip(params, state))])
@@ -177,8 +183,7 @@ class TDGANEdge:
 
     def unpack(self, packed: torch.Tensor) -> None:
         """Load what :meth:`pack` wrote (the same node's; same config)."""
-        params = list(self.D.parameters())
-        weights = [*params, *self.D.buffers()]
+        params, weights = self._params, self._weights()
         n_rng = self._rng.get_state().numel()
         sizes = [w.numel() for w in weights] + [len(params)] + [p.numel() for p in params] * 2
         n_float = 4 * sum(sizes)
@@ -230,7 +235,7 @@ def _stackable(edges: Sequence[TDGANEdge], params: list[list[nn.Parameter]], req
     buffers, one batch size, one device."""
     e0, r0 = edges[0], requests[0]
     shapes = [(p.shape, p.device) for p in params[0]]
-    return (e0.cfg.loss == "logloss" and next(e0.D.buffers(), None) is None
+    return (e0.cfg.loss == "logloss" and not e0._has_buffers
             and all(e.cfg == e0.cfg and type(e.D) is type(e0.D) and [(p.shape, p.device) for p in ps] == shapes
                     for e, ps in zip(edges, params))
             and all(r.fake.shape == r0.fake.shape for r in requests))
@@ -245,7 +250,7 @@ def feedback_many(edges: Sequence[TDGANEdge], requests: Sequence[FeedbackRequest
     which other nodes share the pass (bit for bit), so runs repeat whatever the grouping. Falls
     back to per-node calls where it cannot stack (wgan-gp, differing models)."""
     require(len(edges) == len(requests), "requests", f"{len(requests)} requests for {len(edges)} edges")
-    params = [list(e.D.parameters()) for e in edges]
+    params = [e._params for e in edges]
     if not edges or not _stackable(edges, params, requests):
         return [e.feedback(r) for e, r in zip(edges, requests)]
     cfg, D = edges[0].cfg, edges[0].D
