@@ -124,14 +124,14 @@ def test_connect_timeout_is_validated():
 
 
 # ---------------------------------------------------------------------- a lost worker, in process
-def fail_worker(monkeypatch, index: int, step: int) -> set[str]:
-    """Worker ``index`` fails every call from generator step ``step`` on, like an actor whose Ray
-    node died; returns the nodes it had spilled when it failed (filled in then)."""
+def fail_worker(monkeypatch, index: int | None, step: int) -> set[str]:
+    """Worker ``index`` (None: every worker) fails every call from generator step ``step`` on, like an
+    actor whose Ray node died; returns the nodes it had spilled when it failed (filled in then)."""
     spilled_at_loss: set[str] = set()
     feedback = engine.NodeHost.feedback
 
     def failing(self, requests):
-        if self.index == index and requests[0].step >= step:
+        if index in (None, self.index) and requests[0].step >= step:
             spilled_at_loss.update(self._spilled)
             raise RuntimeError("raylet died")
         return feedback(self, requests)
@@ -175,6 +175,13 @@ def test_lost_worker_nodes_leave_and_are_recreated(tmp_path, monkeypatch):
     assert s.engine.workers_stats[0]["lost"] and s.engine.workers_stats[1]["nodes"] == 5 + len(joins)
     assert "- lost worker 0 at tick" in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "metrics.jsonl").read_text().count('"kind": "eval"')
+
+
+def test_every_worker_lost_is_one_line(tmp_path, monkeypatch):
+    fail_worker(monkeypatch, None, 3)
+    with pytest.raises(EdgeganError, match="engine.workers: every pool worker is lost") as e:
+        simulate(scenario_from_dict(tiny_tdgan(seed=7)), tmp_path, evaluate=False)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------- a real two-raylet cluster
