@@ -22,16 +22,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 
 def ring(seed: int) -> dict:
-    """tests/test_gan.py::test_ring_wgan_gp_halves_exact_w1: ratio W1_end / W1_start."""
+    """tests/test_gan.py::test_ring_wgan_gp_cuts_exact_w1: the smallest W1 / W1_start over the checkpoints
+    (600, 700, …, 1000 steps; value), the ratio at each checkpoint, the final one, the median of the last 3
+    and the CPU seconds of training."""
     import torch
-    from test_gan import train_ring
+    from test_gan import RING_CHECKPOINTS, train_ring
 
-    w_start, w_end, _ = train_ring(seed, torch.device("cpu"))
-    return {"value": w_end / w_start, "w_start": w_start, "w_end": w_end}
+    w_start, w, cpu_seconds = train_ring(seed, torch.device("cpu"))
+    ratios = [x / w_start for x in w]
+    return {"value": min(ratios), "final": ratios[-1], "median_last3": statistics.median(ratios[-3:]),
+            "checkpoints": list(RING_CHECKPOINTS), "ratios": ratios, "w_start": w_start,
+            "cpu_seconds": cpu_seconds}
 
 
 def digits_fid(seed: int) -> dict:
-    """tests/test_gan.py::test_digits_feature_fid_falls_toward_real_split: final / noise FID."""
+    """tests/test_gan.py::test_digits_feature_fid_falls_toward_real_split: final / noise FID (value; bound
+    1/10), final / early FID (< 1), the real half-split FID (< 10) and noise FID / 20 (> 10)."""
     import torch
 
     from edgegan.data import load_digits
@@ -44,6 +50,7 @@ def digits_fid(seed: int) -> dict:
     torch.manual_seed(seed)
     perm = torch.randperm(len(digits))
     fid = FeatureFID(clf, digits.x[perm[:900]])
+    real_split = fid(digits.x[perm[900:]])
     noise = fid(torch.rand(900, 1, 8, 8) * 2 - 1)
     G, D = build_gan("mlp", (1, 8, 8), 32, width=256)
     trainer = MultiCriticWGAN(G, [D], [digits.sampler(64)], None, WGANConfig(lr=2e-4, beta2=0.9))
@@ -52,7 +59,7 @@ def digits_fid(seed: int) -> dict:
     trainer.train(350)
     final = fid(G.sample(900))
     return {"value": final / noise, "final_over_early": final / early, "noise": noise,
-            "early": early, "final": final}
+            "early": early, "final": final, "real_split": real_split, "noise_over_20": noise / 20}
 
 
 def ternary_joint(seed: int) -> dict:
@@ -65,53 +72,27 @@ def ternary_joint(seed: int) -> dict:
     return {"value": final / start, "codes_recovered": bool(torch.equal(layer.codes().float(), torch.sign(w_true)))}
 
 
-def _membership(seed: int):
+def membership_drift(seed: int) -> dict:
+    """tests/test_tdgan_membership.py::test_reminding_pulls_G_back_toward_G_prev with TDGANConfig seed 5 + seed:
+    drift(λ=1) / drift(λ=0) (bound < 1/2)."""
     import dataclasses
 
-    from edgegan.data import load_digits, partition_by_classes
-    from edgegan.tdgan import TDGANCloud, TDGANConfig, TDGANEdge
-    from edgegan.tdgan.harness import build_generator
+    from edgegan.data import load_digits
+    from test_tdgan_membership import CFG, membership_parts, reminding_drift
 
-    cfg = TDGANConfig(batch_size=16, remind_batch_size=32, seed=5 + seed)
-    parts = partition_by_classes(load_digits(), [[0, 1], [2, 3], [4]], samples_per_node=[80, 120, 50], seed=1)
-
-    def make(c):
-        cloud = TDGANCloud(build_generator(c, (1, 8, 8), 10), c)
-        return cloud, {f"n{i}": TDGANEdge(f"n{i}", q, cfg=c) for i, q in enumerate(parts)}
-
-    def step(cloud, edges):
-        return cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
-
-    return cfg, make, step, dataclasses.replace
-
-
-def membership_drift(seed: int) -> dict:
-    """tests/test_tdgan_membership.py::test_reminding_pulls_G_back_toward_G_prev: drift(λ=1) / drift(λ=0)."""
-    import torch
-
-    cfg, make, step, replace = _membership(seed)
-    drift = {}
-    for lam in (0.0, 1.0):
-        cloud, edges = make(replace(cfg, reminding_weight=lam))
-        cloud.join(edges["n0"].info())
-        for _ in range(30):
-            step(cloud, edges)
-        cloud.leave("n0")
-        cloud.join(edges["n1"].info())
-        for _ in range(150):
-            step(cloud, edges)
-        u = torch.randn(200, cfg.latent_dim, generator=torch.Generator().manual_seed(0))
-        y = torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            drift[lam] = float((cloud.G(u, y) - cloud.G_prev(u, y)).pow(2).sum(1).mean())
+    drift = reminding_drift(membership_parts(load_digits()), dataclasses.replace(CFG, seed=CFG.seed + seed))
     return {"value": drift[1.0] / drift[0.0], "drift0": drift[0.0], "drift1": drift[1.0]}
 
 
 def membership_remind(seed: int) -> dict:
     """tests/test_tdgan_membership.py::test_reminding_loss_is_zero_after_freeze_and_grows_as_G_moves:
-    mean reminding loss of steps 51-60 / mean of steps 2-6 after the join."""
-    cfg, make, step, _ = _membership(seed)
-    cloud, edges = make(cfg)
+    mean reminding loss of steps 51-60 / mean of steps 2-6 after the join, TDGANConfig seed 5 + seed."""
+    import dataclasses
+
+    from edgegan.data import load_digits
+    from test_tdgan_membership import CFG, make, membership_parts, step
+
+    cloud, edges = make(membership_parts(load_digits()), dataclasses.replace(CFG, seed=CFG.seed + seed))
     cloud.join(edges["n0"].info())
     for _ in range(20):
         step(cloud, edges)
@@ -137,30 +118,153 @@ def grid_train(seed: int) -> dict:
 
 
 def classifier(seed: int) -> dict:
-    """tests/test_eval.py: the feature classifier trained from scratch (a fresh cache) with ``seed``:
-    validation accuracy (value), the real half-split feature-FID and the class-3 FID ratio the
-    evaluator tests bound."""
+    """tests/test_eval.py (3 tests): the feature classifier trained from scratch (a fresh cache) with ``seed``:
+    validation accuracy (value) and every trained quantity the three tests bound."""
     import os
     import tempfile
 
-    import torch
-
     from edgegan.data import load_digits
-    from edgegan.eval import Evaluator, get_classifier
+    from edgegan.eval import get_classifier
+    from test_eval import conditional_scores, real_image_scores
 
     os.environ["EDGEGAN_CACHE"] = tempfile.mkdtemp(prefix="margins-")
     digits = load_digits()
     clf = get_classifier(digits, seed=seed)
-    ev = Evaluator(digits, clf)
-    half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
-    real = ev.score_samples(digits.x[half], classes=[3])
-    threes = ev.score_samples(digits.x[digits.y == 3], classes=[3])
-    return {"value": clf.val_accuracy, "fid_real_half": real.fid_whole, "class_tv_real": real.class_tv,
-            "threes_fid_ratio": threes.fid_target / threes.fid_whole}
+    threes_cov, real, threes, _ = real_image_scores(digits, clf)
+    _, good, bad = conditional_scores(digits, clf)
+    p3 = float((digits.y == 3).float().mean())
+    return {"value": clf.val_accuracy, "threes_share": threes_cov["share"][3],
+            "threes_confidence": threes_cov["confidence"][3], "fid_real_half": real.fid_whole,
+            "class_tv_real": real.class_tv, "classes_covered_real": real.classes_covered,
+            "target_share_real": real.target_share, "threes_fid_ratio": threes.fid_target / threes.fid_whole,
+            "threes_target_share": threes.target_share, "threes_tv_error": abs(threes.class_tv - (1 - p3)),
+            "good_acc_min": min(good.per_class_acc[1], good.per_class_acc[2], good.class_acc),
+            "bad_acc_class2": bad.per_class_acc[2], "bad_minus_good_fid": bad.fid_target - good.fid_target}
 
 
-STATS = {"classifier": classifier, "ring": ring, "digits_fid": digits_fid, "ternary_joint": ternary_joint,
-         "membership_drift": membership_drift, "membership_remind": membership_remind, "grid_train": grid_train}
+def tdgan_forgetting(seed: int) -> dict:
+    """tests/test_tdgan_forgetting.py: TDGAN's task-1 accuracy (value) and, after task 2, the old-class
+    accuracies of TDGAN and fine-tuning and both new-class accuracies, trained with TDGANConfig(seed)."""
+    from edgegan.data import load_digits
+    from edgegan.eval import get_classifier
+    from test_tdgan_forgetting import tdgan_and_finetune, two_tasks
+
+    digits = load_digits()
+    td, ft = tdgan_and_finetune(seed, two_tasks(digits, get_classifier(digits)))
+    task1 = td["task_acc"][0][0]
+    return {"value": task1, "task1_equal": td["task_acc"][0] == ft["task_acc"][0],
+            "td_old_minus_task1": td["old_class_acc"][1] - task1, "ft_old_minus_task1": ft["old_class_acc"][1] - task1,
+            "td_minus_ft_old": td["old_class_acc"][1] - ft["old_class_acc"][1],
+            "new_acc_min": min(td["new_class_acc"][1], ft["new_class_acc"][1]),
+            "rejected": td["rejected"] + ft["rejected"]}
+
+
+def coalescence(seed: int) -> dict:
+    """The four tests on tests/coalescence_setup.py's sources, all trained from ``seed`` (one statistic, so
+    the sources and the barycenter are trained once per seed): FID(fast adaptation) / FID(Edge-Only)
+    (value, test_fast_adapt), ternary / full-precision FA FID and ternary FID at step STEPS / step 0
+    (test_fast_adapt), node-0 class share under η = (1, 4) and (4, 1) (test_recursive), and the
+    source-only class share of Transfer and barycentric FA at steps 0 and 300 (test_baselines)."""
+    from edgegan.data import load_digits
+    from edgegan.eval import get_classifier
+    from test_baselines import source_only_shares
+    from test_fast_adapt import STEPS, fast_adapt_vs_edge_only, ternary_fast_adapt
+    from test_recursive import unequal_eta_shares
+
+    digits = load_digits()
+    clf = get_classifier(digits)
+    f_fa, f_eo, _, _ = fast_adapt_vs_edge_only(seed, digits, clf)
+    _, seen, f_full = ternary_fast_adapt(seed, digits, clf)
+    share0 = unequal_eta_shares(seed, clf)
+    tr, bf = source_only_shares(seed, digits, clf)
+    return {"value": f_fa / f_eo, "fid_fa": f_fa, "fid_edge_only": f_eo, "ternary_over_full": seen[STEPS] / f_full,
+            "ternary_end_over_start": seen[STEPS] / seen[0], "share0_favour0": share0["favour0"],
+            "share0_favour1": share0["favour1"], "transfer_start": tr[0], "transfer_end": tr[300],
+            "transfer_drop": tr[0] - tr[300], "bfa_end": bf[300], "bfa_minus_transfer": bf[300] - tr[300]}
+
+
+def tdgan_batched_remind(seed: int) -> dict:
+    """tests/test_tdgan_batched.py::test_batched_step_equals_the_per_node_loop_including_the_reminding_term:
+    the reminding loss of the fourth cloud step (value: the smaller of mlp and dcgan), TDGANConfig seed 5 + seed."""
+    import dataclasses
+
+    from edgegan.data import load_digits, partition_by_classes
+    from test_tdgan_batched import ARCHS, CFG, cloud_in_progress
+
+    parts = partition_by_classes(load_digits(), [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9]],
+                                 samples_per_node=[100, 300, 60, 80], seed=0)
+    loss = {}
+    for arch in ARCHS:
+        cloud, _, edges = cloud_in_progress(parts, dataclasses.replace(CFG, arch=arch, seed=CFG.seed + seed))
+        stats = cloud.apply_feedback([edges[r.node_id].feedback(r) for r in cloud.make_requests()])
+        loss[arch] = stats["reminding_loss"]
+    return {"value": min(loss.values()), **loss}
+
+
+def grid_shipped(seed: int) -> dict:
+    """tests/test_grid_barycenter.py (n = 1 inputs, weights (1, 0), DCNN vs linear blend): the shipped model on
+    held-out shapes random_shapes(rng(123 + seed)) (seed 0: the tests' shapes). value: the largest L1 to the
+    Sinkhorn reference of the input (bound < 0.4); also the smallest L1 to a wrong reference (shifted or the
+    other input; must stay above it), the largest centroid error (bound < 1.5 cells), L1 DCNN / L1 blend (< 1)."""
+    import numpy as np
+    import torch
+
+    from edgegan.barycenter.grid import grid_barycenter, grid_l1, sinkhorn_grid_barycenter
+    from edgegan.barycenter.grid_data import random_shapes
+    from test_grid_barycenter import centroid
+
+    shapes = random_shapes(np.random.default_rng(123 + seed), 6, 64)
+    def alone(h):  # the entropic n = 1 barycenter: a blurred input
+        return sinkhorn_grid_barycenter(h[None], [1.0])
+
+    cases = [(grid_barycenter(h[None], [1.0]), h, np.roll(alone(h), 6)) for h in shapes[:3]]
+    cases.append((grid_barycenter(shapes[:2], [1.0, 0.0]), shapes[0], alone(shapes[1])))
+    right = [float(np.abs(pred - alone(h)).sum()) for pred, h, _ in cases]
+    wrong = [float(np.abs(pred - other).sum()) for pred, _, other in cases]
+    h, w = shapes[:3], [0.2, 0.3, 0.5]
+    ref = torch.tensor(sinkhorn_grid_barycenter(h, w))
+    ratio = grid_l1(ref, torch.tensor(grid_barycenter(h, w))) / grid_l1(ref, torch.tensor(np.tensordot(w, h, 1)))
+    return {"value": max(right), "wrong_min": min(wrong),
+            "centroid_max": max(float(np.linalg.norm(centroid(pred) - centroid(h))) for pred, h, _ in cases),
+            "dcnn_over_blend": float(ratio)}
+
+
+def w2_win(seed: int) -> dict:
+    """tests/test_w2_barycenter.py::test_win_on_standardised_inputs_reaches_exact_barycenter with WIN seed
+    ``seed``: BW2-UVP % of standardised WIN (value; bound WIN_LIMIT) and paper-setting / standardised UVP
+    (bound > PAPER_FACTOR)."""
+    from test_w2_barycenter import win_uvp
+
+    uvp, _ = win_uvp(seed)
+    raw, _ = win_uvp(seed, centre=False, rescale=False)
+    return {"value": uvp, "raw": raw, "raw_over_default": raw / uvp}
+
+
+def w2_nwb(seed: int) -> dict:
+    """tests/test_w2_barycenter.py::test_nwb_on_standardised_inputs_moves_to_exact_barycenter with NWB seed
+    ``seed``: BW2-UVP % (bound NWB_LIMIT)."""
+    from test_w2_barycenter import nwb_uvp
+
+    return {"value": nwb_uvp(seed)[0]}
+
+
+def w2_tolerance(seed: int) -> dict:
+    """tests/test_w2_barycenter.py::test_tolerance_stops_when_moments_stop_moving with WIN seed ``seed``,
+    4 rounds: the largest one-round moment change % (value; must stay < 50, the stopping tolerance) and
+    the smallest (must stay > 1e-6, the tolerance that never fires)."""
+    from test_w2_barycenter import HARD_W, TOL_RUN, _hard
+
+    from edgegan.barycenter.win import win_barycenter
+
+    change = win_barycenter(_hard(d=2)[0], HARD_W, tol=1e-6, seed=seed, **TOL_RUN).log["history"]["moment_change_pct"]
+    return {"value": max(change), "min": min(change), "first": change[0]}
+
+
+STATS = {"classifier": classifier, "tdgan_forgetting": tdgan_forgetting, "coalescence": coalescence,
+         "ring": ring, "digits_fid": digits_fid, "ternary_joint": ternary_joint,
+         "membership_drift": membership_drift, "membership_remind": membership_remind, "grid_train": grid_train,
+         "tdgan_batched_remind": tdgan_batched_remind, "grid_shipped": grid_shipped,
+         "w2_win": w2_win, "w2_nwb": w2_nwb, "w2_tolerance": w2_tolerance}
 
 
 def _cell(stat: str, seeds: list[int], threads: int) -> list[dict]:
@@ -202,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1")
     p.add_argument("--caps", default=",".join(CAPABILITIES))
     p.add_argument("--quick", action="store_true", help="3 seeds, 1 thread")
+    p.add_argument("--keep", action="store_true", help="keep the stored runs of the other (capability, threads) cells")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/test_margins.json"))
     p.add_argument("--cell", help=argparse.SUPPRESS)  # child: "stat:threads", prints one JSON line
     a = p.parse_args(argv)
@@ -213,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = [1] if a.quick else [int(t) for t in a.threads.split(",")]
     for stat in a.stats.split(","):
         runs = []
+        if a.keep and a.json.exists():  # the stored runs of the cells this invocation does not rerun
+            cells = {(cap, t) for cap in a.caps.split(",") for t in threads}
+            stored = json.loads(a.json.read_text()).get(stat, {}).get("runs", [])
+            runs = [r for r in stored if (r["capability"], r["threads"]) not in cells]
         for cap in a.caps.split(","):
             for t in threads:
                 env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)}

@@ -197,16 +197,18 @@ def test_win_resumes_and_checks_checkpoint(tmp_path):
         win_barycenter(samplers, [0.5, 0.25, 0.25], cfg=cfg, checkpoint_dir=tmp_path)
 
 
+TOL_RUN = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hidden": 8, "log": True}
+
+
 @pytest.mark.stochastic
 def test_tolerance_stops_when_moments_stop_moving():
     # Largest one-round moment change of this run over seeds 0-4 x the 3 ATEN capabilities:
     # 0.003-0.007 %. tol = 50 % stops after the first round; tol = 1e-6 % never fires.
     samplers, _, _ = _hard(d=2)
-    small = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hidden": 8, "log": True}
-    res = win_barycenter(samplers, HARD_W, tol=50.0, **small)
+    res = win_barycenter(samplers, HARD_W, tol=50.0, **TOL_RUN)
     assert res.log["iterations"] == 1 and res.log["converged"] is True
     assert res.log["history"]["moment_change_pct"][0] < 50.0
-    res = win_barycenter(samplers, HARD_W, tol=1e-6, **small)
+    res = win_barycenter(samplers, HARD_W, tol=1e-6, **TOL_RUN)
     assert res.log["iterations"] == 4 and res.log["converged"] is False
 
 
