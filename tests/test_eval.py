@@ -35,10 +35,25 @@ def test_fid_of_same_features_is_zero():
     assert fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
 
 
+def real_image_scores(digits, classifier):
+    """What the trained classifier says about real images: class shares of the real 3s, the evaluator's
+    scores of a random half of the set and of the 3s alone (the tests' bodies; benchmarks/test_margins.py
+    runs them with classifiers trained from other seeds)."""
+    ev = Evaluator(digits, classifier)
+    half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
+    threes = digits.x[digits.y == 3]
+    return (class_shares(classifier, threes), ev.score_samples(digits.x[half], classes=[3]),
+            ev.score_samples(threes, classes=[3]), ev.score_samples(digits.x[half]))
+
+
 @pytest.mark.stochastic
 def test_classifier_is_accurate_and_cached(digits, digits_classifier, tmp_path, monkeypatch):
+    # Measured (classifier seeds 0-2 × ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, n = 9; the
+    # accuracies are the same under all three): validation accuracy 0.983/0.989/1.0 (min/median/max),
+    # real 3s classified 3: 0.9945/1.0/1.0 with confidence 0.987/0.997/0.999. Margins 0.033 (spread 0.017),
+    # 0.09 and 0.19; an untrained classifier gives ~0.1.
     assert digits_classifier.val_accuracy > 0.95
-    cov = class_shares(digits_classifier, digits.x[digits.y == 3])
+    cov = real_image_scores(digits, digits_classifier)[0]
     assert cov["share"][3] > 0.9 and cov["confidence"][3] > 0.8
     again = get_classifier(digits)  # same content hash → loaded from cache, same weights
     for a, b in zip(again.state_dict().values(), digits_classifier.state_dict().values()):
@@ -62,17 +77,19 @@ def test_class_metrics_closed_form():
 
 @pytest.mark.stochastic
 def test_evaluator_scores_real_images_and_class_subsets(digits, digits_classifier):
-    ev = Evaluator(digits, digits_classifier)
-    half = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:900]
-    real = ev.score_samples(digits.x[half], classes=[3])
+    _, real, threes, unconditional = real_image_scores(digits, digits_classifier)
+    # Measured (n = 9 as above): half-split FID 1.45/1.52/1.64, class TV 0.020/0.021/0.021, target share
+    # 0.1056 in all 9; bounds 3×, 2.3× and ±0.044 away. Noise images give FID ~700.
     assert real.fid_whole < 5 and real.class_tv < 0.05 and real.classes_covered == 1.0
     assert real.target_share == pytest.approx(real.class_share[3]) and 0.05 < real.target_share < 0.15
-    threes = ev.score_samples(digits.x[digits.y == 3], classes=[3])
-    # only class 3: near the class-3 reference, far from the whole set; TV = 1 − p_3 ≈ 0.9
+    # only class 3: the class-3 reference itself (FID 0 up to rounding), far from the whole set. With a
+    # share s_3 of 3s and every other class below its population share p_c, TV = s_3 − p_3 (≈ 1 − p_3 ≈ 0.9).
+    # The old bound |TV − (1 − p_3)| < 0.01 allowed one misclassified 3 of 183: measured 1 − s_3 = 0.0055
+    # for classifier seed 0 (0 for seeds 1, 2), so a second one on another CPU would have failed it.
     assert threes.fid_target < 0.1 * threes.fid_whole
     p3 = float((digits.y == 3).float().mean())
-    assert threes.target_share > 0.9 and threes.class_tv == pytest.approx(1 - p3, abs=0.01)
-    assert ev.score_samples(digits.x[half]).fid_target is None
+    assert threes.target_share > 0.9 and threes.class_tv == pytest.approx(threes.target_share - p3, abs=1e-6)
+    assert unconditional.fid_target is None
 
 
 class RealImages(Generator):
@@ -91,12 +108,20 @@ class RealImages(Generator):
         return self.x[idx] + 0 * self.w
 
 
+def conditional_scores(digits, classifier):
+    """The evaluator's scores of a conditional 'generator' that returns real images of the asked classes
+    1 and 2 ("good") and one that answers class 0 when asked for 2 ("bad") (the test's body)."""
+    ev = Evaluator(digits, classifier)
+    return (ev, ev.score(RealImages(digits), [1, 2], samples_per_class=20),
+            ev.score(RealImages(digits, wrong=2), [1, 2], samples_per_class=20))
+
+
 @pytest.mark.stochastic
 def test_evaluator_conditional_class_accuracy(digits, digits_classifier):
-    ev = Evaluator(digits, digits_classifier)
-    good = ev.score(RealImages(digits), [1, 2], samples_per_class=20)
+    ev, good, bad = conditional_scores(digits, digits_classifier)
+    # Measured (n = 9 as above): real 1s and 2s are classified correctly in all 9 (accuracy 1.0, bound 0.9);
+    # 0s asked as 2 score 0.0 as class 2 (bound 0.1); FID gap bad − good 553/653/812 (bound 0).
     assert good.per_class_acc[1] > 0.9 and good.per_class_acc[2] > 0.9 and good.class_acc > 0.9
-    bad = ev.score(RealImages(digits, wrong=2), [1, 2], samples_per_class=20)
     assert bad.per_class_acc[2] < 0.1 and bad.class_acc == pytest.approx(bad.mean_class_acc([1, 2]))
     assert bad.fid_target > good.fid_target
     with pytest.raises(EdgeganError, match="^classes"):

@@ -17,11 +17,11 @@ STEPS = 150
 
 
 @functools.lru_cache(maxsize=None)
-def full_precision_fa():
+def full_precision_fa(seed: int = 0):
     """Full-precision fast adaptation of the two-source barycenter (shared by two tests)."""
-    _, _, target, _, _ = two_sources()
-    bary = two_source_barycenter()
-    torch.manual_seed(0)
+    _, _, target, _, _ = two_sources(seed=seed)
+    bary = two_source_barycenter(seed=seed)
+    torch.manual_seed(seed)
     return fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, cfg=CFG)
 
 
@@ -30,30 +30,43 @@ def scorer(digits, classifier):
     return lambda G: evaluator.score(G)
 
 
+def fast_adapt_vs_edge_only(seed: int, digits, classifier):
+    """Feature-FIDs (whole set) of full-precision fast adaptation and of Edge-Only after STEPS iterations,
+    everything trained from ``seed``, and both results (the test's body; benchmarks/test_margins.py runs it)."""
+    _, _, target, gens, crits = two_sources(seed=seed)
+    score = scorer(digits, classifier)
+    fa = full_precision_fa(seed)
+    torch.manual_seed(seed)
+    eo = edge_only(CoalescenceTask(gens, crits, [1.0, 1.0], target.x, digits.x), STEPS, CFG)
+    return score(fa.generator).fid_whole, score(eo.generator).fid_whole, fa, eo
+
+
 @pytest.mark.stochastic
 def test_fast_adaptation_beats_edge_only_at_equal_budget(digits, digits_classifier):
     """Seed 000 fig. 5: barycentric fast adaptation reaches a far lower feature-FID than
     Edge-Only with the same number of iterations on 20 local samples."""
-    _, _, target, gens, crits = two_sources()
-    score = scorer(digits, digits_classifier)
-    fa = full_precision_fa()
-    torch.manual_seed(0)
-    eo = edge_only(CoalescenceTask(gens, crits, [1.0, 1.0], target.x, digits.x), STEPS, CFG)
-    f_fa, f_eo = score(fa.generator).fid_whole, score(eo.generator).fid_whole
+    f_fa, f_eo, fa, eo = fast_adapt_vs_edge_only(0, digits, digits_classifier)
     assert f_fa < 0.5 * f_eo, (f_fa, f_eo)
     assert fa.history[-1]["step"] == eo.history[-1]["step"] == STEPS
 
 
-@pytest.mark.stochastic
-def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_classifier):
-    _, _, target, _, _ = two_sources()
-    bary = two_source_barycenter()
-    score = scorer(digits, digits_classifier)
+def ternary_fast_adapt(seed: int, digits, classifier):
+    """Ternary fast adaptation of the two-source barycenter: the result, its feature-FID at steps 0 and
+    STEPS, and the full-precision run's final FID, all trained from ``seed`` (the test's body)."""
+    _, _, target, _, _ = two_sources(seed=seed)
+    bary = two_source_barycenter(seed=seed)
+    score = scorer(digits, classifier)
     seen = {}
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tern = fast_adapt(bary.generator, bary.critic_prev, bary.critic_new, target.x, STEPS, ternary=True,
                       cfg=CFG, callback=lambda s, G: seen.setdefault(s["step"], score(G).fid_whole), every=STEPS)
-    full = full_precision_fa()
+    return tern, seen, score(full_precision_fa(seed).generator).fid_whole
+
+
+@pytest.mark.stochastic
+def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_classifier):
+    tern, seen, f_full = ternary_fast_adapt(0, digits, digits_classifier)
+    bary = two_source_barycenter()
     layers = ternary_layers(tern.generator)
     assert tern.ternary and len(layers) == 4
     assert all(len(ternary_layers(c)) == 4 for c in (tern.critic_prev, tern.critic_new))
@@ -62,7 +75,7 @@ def test_ternary_fast_adaptation_trains_weights_and_thresholds(digits, digits_cl
     moved = [abs(float(m.threshold_pos.detach()) - float(start[n].threshold_pos.detach())) > 1e-3
              for n, m in layers.items()]
     assert all(moved)  # the thresholds were optimised with the weights
-    f_tern, f_full = seen[STEPS], score(full.generator).fid_whole
+    f_tern = seen[STEPS]
     assert f_tern < seen[0]  # training recovers from the ternarization of G*_K
     assert f_tern < 1.5 * f_full, (f_tern, f_full)
 

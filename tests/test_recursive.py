@@ -134,14 +134,22 @@ def test_average_generators():
                    "models[1]")
 
 
+def unequal_eta_shares(seed: int, classifier) -> dict[str, float]:
+    """Share of node 0's classes in 1000 samples of the barycenter for η = (1, 4) ("favour0") and
+    η = (4, 1) ("favour1"), sources and barycenter trained from ``seed`` (the test's body;
+    benchmarks/test_margins.py runs it over seeds)."""
+    _, _, _, gens, crits = two_sources(seed=seed)
+    share0 = {}
+    for label, eta in {"favour0": [1.0, 4.0], "favour1": [4.0, 1.0]}.items():
+        torch.manual_seed(seed)
+        res = recursive_barycenter(gens, crits, eta, 200, CFG)
+        x = res.generator.sample(1000, generator=torch.Generator().manual_seed(0))
+        share0[label] = target_share(class_shares(classifier, x)["share"], SOURCE_CLASSES[0])
+    return share0
+
+
 @pytest.mark.stochastic
 def test_unequal_eta_barycenter_leans_toward_more_relevant_node(digits_classifier):
     """η = (1, 4) puts more of the barycenter's samples on node 0's classes than η = (4, 1)."""
-    _, _, _, gens, crits = two_sources()
-    share0 = {}
-    for label, eta in {"favour0": [1.0, 4.0], "favour1": [4.0, 1.0]}.items():
-        torch.manual_seed(0)
-        res = recursive_barycenter(gens, crits, eta, 200, CFG)
-        x = res.generator.sample(1000, generator=torch.Generator().manual_seed(0))
-        share0[label] = target_share(class_shares(digits_classifier, x)["share"], SOURCE_CLASSES[0])
+    share0 = unequal_eta_shares(0, digits_classifier)
     assert share0["favour0"] > 0.6 and share0["favour1"] < 0.4, share0
