@@ -6,7 +6,7 @@ sampled nodes each receive a fake batch x̂ = G(u, y) with labels y drawn from t
 histogram (identical tensors in both systems), do ONE real node step — one critic update of
 D_k on its own real images versus x̂ (:meth:`edgegan.tdgan.edge.TDGANEdge.feedback`,
 ``critic_steps`` = 1) — and reply ∂loss_G/∂x̂ (the fake batch's shape). The replies are
-compared: both systems must compute the same gradients.
+compared per node and round (Σ|∂loss_G/∂x̂| within rtol 1e-5): both systems compute the same gradients.
 
 * **edgegan**: :class:`edgegan.sim.engine.RayPool` (``workers`` actors, 1 CPU and 1 torch thread
   each); the driver sends each worker ONE actor call per round carrying all its nodes'
