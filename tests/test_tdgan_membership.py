@@ -79,7 +79,6 @@ def reminding_drift(parts, cfg: TDGANConfig = CFG) -> dict[float, float]:
 def test_reminding_pulls_G_back_toward_G_prev(parts):
     # same feedback stream, λ = 1 vs λ = 0: G stays closer to G_{t-1} on old labels with λ = 1
     drift = reminding_drift(parts)
-        cloud.join(edges["n0"].info())
     assert drift[1.0] < 0.5 * drift[0.0], drift
 
 
