@@ -79,7 +79,11 @@ def reminding_drift(parts, cfg: TDGANConfig = CFG) -> dict[float, float]:
 def test_reminding_pulls_G_back_toward_G_prev(parts):
     # same feedback stream, λ = 1 vs λ = 0: G stays closer to G_{t-1} on old labels with λ = 1
     drift = reminding_drift(parts)
-    assert drift[1.0] < 0.5 * drift[0.0], drift
+    # measured drift(λ=1) / drift(λ=0) (benchmarks/test_margins.py --stats membership_drift; cfg seeds 5-9 ×
+    # ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, + avx512 2 threads, identical to 1 thread; n = 20):
+    # min 0.013, median 0.032, max 0.034 (this seed
+    # 0.014-0.016). The bound was 1/2 (15× above the worst run); 0.1 still leaves 2.9×
+    assert drift[1.0] < 0.1 * drift[0.0], drift
 
 
 def test_join_leave_rejoin_and_unknown_ids(parts):
