@@ -81,8 +81,8 @@ def test_reminding_pulls_G_back_toward_G_prev(parts):
     drift = reminding_drift(parts)
     # measured drift(λ=1) / drift(λ=0) (benchmarks/test_margins.py --stats membership_drift; cfg seeds 5-9 ×
     # ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, + avx512 2 threads, identical to 1 thread; n = 20):
-    # min 0.013, median 0.032, max 0.034 (this seed
-    # 0.014-0.016). The bound was 1/2 (15× above the worst run); 0.1 still leaves 2.9×
+    # min 0.013, median 0.032, max 0.034 (this seed 0.014-0.016). The bound was 1/2 (15× above the worst
+    # run); 0.1 still leaves 2.9×
     assert drift[1.0] < 0.1 * drift[0.0], drift
 
 
