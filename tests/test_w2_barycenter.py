@@ -206,9 +206,9 @@ TOL_RUN = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hi
 @pytest.mark.stochastic
 def test_tolerance_stops_when_moments_stop_moving():
     # One-round moment changes over 4 rounds (benchmarks/test_margins.py --stats w2_tolerance; seeds 0-4 ×
-    # ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, + avx512 2 threads, n = 20): largest 0.0028/0.0034/0.0064 %
-    # (min/median/max), smallest 0.0019/0.0023/0.0042 %. tol = 50 % stops after the first round (7800×
-    # above the largest); tol = 1e-6 % never fires (1900× below the smallest).
+    # ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, + avx512 2 threads, n = 20), min/median/max:
+    # largest 0.0028/0.0034/0.0064 %, smallest 0.0019/0.0023/0.0042 %. tol = 50 % stops after the first
+    # round (7800× above the largest); tol = 1e-6 % never fires (1900× below the smallest).
     samplers, _, _ = _hard(d=2)
     res = win_barycenter(samplers, HARD_W, tol=50.0, **TOL_RUN)
     assert res.log["iterations"] == 1 and res.log["converged"] is True
