@@ -38,26 +38,14 @@ def ring(seed: int) -> dict:
 def digits_fid(seed: int) -> dict:
     """tests/test_gan.py::test_digits_feature_fid_falls_toward_real_split: final / noise FID (value; bound
     1/10), final / early FID (< 1), the real half-split FID (< 10) and noise FID / 20 (> 10)."""
-    import torch
+    from test_gan import digits_fid_run
 
     from edgegan.data import load_digits
-    from edgegan.eval import FeatureFID, get_classifier
-    from edgegan.gan import MultiCriticWGAN, WGANConfig
-    from edgegan.nn import build_gan
+    from edgegan.eval import get_classifier
 
     digits = load_digits()
-    clf = get_classifier(digits)
-    torch.manual_seed(seed)
-    perm = torch.randperm(len(digits))
-    fid = FeatureFID(clf, digits.x[perm[:900]])
-    real_split = fid(digits.x[perm[900:]])
-    noise = fid(torch.rand(900, 1, 8, 8) * 2 - 1)
-    G, D = build_gan("mlp", (1, 8, 8), 32, width=256)
-    trainer = MultiCriticWGAN(G, [D], [digits.sampler(64)], None, WGANConfig(lr=2e-4, beta2=0.9))
-    trainer.train(150)
-    early = fid(G.sample(900))
-    trainer.train(350)
-    final = fid(G.sample(900))
+    r = digits_fid_run(seed, digits, get_classifier(digits))
+    real_split, noise, early, final = r["real_split"], r["noise"], r["early"], r["final"]
     return {"value": final / noise, "final_over_early": final / early, "noise": noise,
             "early": early, "final": final, "real_split": real_split, "noise_over_20": noise / 20}
 

@@ -78,11 +78,12 @@ def test_ring_wgan_gp_cuts_exact_w1(device):
     assert min(w) < 0.7 * w_start, (w_start, w)
 
 
-@pytest.mark.stochastic
-def test_digits_feature_fid_falls_toward_real_split(digits, digits_classifier):
-    torch.manual_seed(0)
+def digits_fid_run(seed: int, digits, classifier) -> dict[str, float]:
+    """WGAN-GP on digits, feature-FID after 150 and 500 steps against a 900-image real half, with the other
+    half and uniform noise as references; also the statistic of benchmarks/test_margins.py."""
+    torch.manual_seed(seed)
     perm = torch.randperm(len(digits))
-    fid = FeatureFID(digits_classifier, digits.x[perm[:900]])
+    fid = FeatureFID(classifier, digits.x[perm[:900]])
     real_split = fid(digits.x[perm[900:]])
     noise = fid(torch.rand(900, 1, 8, 8) * 2 - 1)
     G, D = build_gan("mlp", (1, 8, 8), 32, width=256)
@@ -90,7 +91,13 @@ def test_digits_feature_fid_falls_toward_real_split(digits, digits_classifier):
     trainer.train(150)
     early = fid(G.sample(900))
     trainer.train(350)
-    final = fid(G.sample(900))
+    return {"real_split": real_split, "noise": noise, "early": early, "final": fid(G.sample(900))}
+
+
+@pytest.mark.stochastic
+def test_digits_feature_fid_falls_toward_real_split(digits, digits_classifier):
+    r = digits_fid_run(0, digits, digits_classifier)
+    real_split, noise, early, final = r["real_split"], r["noise"], r["early"], r["final"]
     # measured (benchmarks/test_margins.py --stats digits_fid; seeds 0-4 × ATEN_CPU_CAPABILITY default/avx2/
     # avx512, 1 thread, n = 15), min/median/max: real half-split FID 4.5/5.9/6.8 (bound 10, 1.5× margin);
     # noise FID / 20 35/37/37 (bound > 10, 3.5×); final / early FID 0.12/0.18/0.22 (bound < 1, 4.5×);
