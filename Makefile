@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgegan simulate --scenario quickstart --out runs/quickstart
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
