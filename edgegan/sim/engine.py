@@ -138,17 +138,21 @@ class NodeHost:
                 edge = self._free.pop()
                 edge.reassign(node_id, path, self._data[node_id])
             else:
-                edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
-                edge.D.to(self.device)
+                edge = self._new_edge(node_id)
                 edge.restore(path)
             path.unlink()  # a spill file exists only while it holds the node's latest state
             self._spilled.discard(node_id)
             self.counters["restored"] += 1
         else:
-            edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
-            edge.D.to(self.device)
+            edge = self._new_edge(node_id)
             self.counters["created"] += 1
         self._resident[node_id] = edge
+        return edge
+
+    def _new_edge(self, node_id: str) -> TDGANEdge:
+        """A new live edge for ``node_id`` on this worker's device (fresh D_k and optimizer)."""
+        edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
+        edge.D.to(self.device)
         return edge
 
     def _park(self) -> None:
