@@ -112,10 +112,10 @@ def checksum(grad) -> float:
 def tree_cpu_seconds() -> float:
     """CPU seconds (user + system) used so far by this process and its live descendants
     (Ray daemons, workers, actors): per-round differences are robust to other jobs' load."""
-    from sim_scale import _descendants
+    from _common import descendants
 
     total = 0
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -128,10 +128,10 @@ def tree_memory() -> list[dict[str, Any]]:
     """Resident memory of each process of this tree: VmRSS = RssAnon (private heap) + RssFile
     (mapped files, e.g. torch's libraries, shared between processes) + RssShmem (shared memory,
     e.g. Ray's object store), in bytes, with the start of its command line."""
-    from sim_scale import _descendants
+    from _common import descendants
 
     out = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -315,7 +315,7 @@ def child(argv: list[str]) -> int:
     """``child SYSTEM PARAMS_JSON OUT``: run one system under a whole-process-tree memory sampler."""
     import torch
 
-    from sim_scale import PeakMemory
+    from _common import PeakMemory
 
     system, p, out = argv[0], json.loads(argv[1]), Path(argv[2])
     torch.set_num_threads(1)

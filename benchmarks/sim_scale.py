@@ -20,83 +20,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, print_table, write_json  # noqa: E402
-
-from edgegan.sim.engine import proc_memory_bytes  # noqa: E402
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def _name(pid: int) -> str:
-    """A short name for a process: its Ray role (ray::NodeHost, raylet, gcs_server, …) or program."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    words = [a.decode(errors="replace") for a in args if a]
-    if not words:
-        return "?"
-    if words[0].startswith("ray::"):
-        return words[0].split()[0]
-    script = next((w for w in words[1:] if w.endswith(".py")), words[0])
-    return Path(script).name
-
-
-class PeakMemory:
-    """Samples Σ RSS over this process and all its descendants; ``peak`` in bytes, and at the peak
-    the RSS of each process (:meth:`breakdown`)."""
-
-    def __init__(self, every: float = 0.1) -> None:
-        self.every, self.peak, self.peak_procs = every, 0, 0
-        self._at_peak: list[tuple[str, int]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.is_set():
-            rss = [(p, proc_memory_bytes(p, "VmRSS")) for p in _descendants(me)]
-            total = sum(r for _, r in rss)
-            if total > self.peak:
-                names = ["driver" if p == me else _name(p) for p, _ in rss]
-                self.peak, self.peak_procs, self._at_peak = total, len(rss), [(n, r) for n, (_, r) in zip(names, rss)]
-            self._stop.wait(self.every)
-
-    def breakdown(self) -> dict[str, float]:
-        """GiB per process name at the peak (same names summed), largest first."""
-        out: dict[str, float] = {}
-        for name, r in self._at_peak:
-            out[name] = out.get(name, 0.0) + r / 2**30
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-    def __enter__(self) -> "PeakMemory":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
+from _common import PeakMemory, machine, print_table, write_json  # noqa: E402
 
 
 def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: float, mean_down: float,
