@@ -10,7 +10,8 @@ compared per node and round (Σ|∂loss_G/∂x̂| within rtol 1e-5): both system
 
 * **edgegan**: :class:`edgegan.sim.engine.RayPool` (``workers`` actors, 1 CPU and 1 torch thread
   each); the driver sends each worker ONE actor call per round carrying all its nodes'
-  :class:`FeedbackRequest` s (``NodeHost.feedback``); D_k stays resident in the worker (row
+  requests stacked (``NodeHost.feedback`` with a ``FeedbackBatch``: one fakes and one labels
+  tensor; the replies come back as one gradient tensor); D_k stays resident in the worker (row
   ``edgegan``) or is spilled to disk after every activation and restored on the next (row
   ``edgegan_spill``: a state round trip per node step, like Flower's ``context.state``).
 * **flower**: flwr ``run_simulation`` with ``workers`` ClientApp actors (``client_resources``
@@ -171,7 +172,7 @@ def echo_job(host, node_ids: list[str], x: int) -> list[int]:
 
 def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
     """Rounds on :class:`RayPool`: one ``feedback`` (or echo job) actor call per worker per round."""
-    from edgegan.sim.engine import RayPool
+    from edgegan.sim.engine import FeedbackBatch, RayPool
     from edgegan.tdgan.messages import FeedbackRequest
 
     t0 = time.perf_counter()
@@ -191,7 +192,8 @@ def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
         def call(h: int, idx: list[int]):
             if work == "echo":
                 return pool.call(h, "run_job", echo_job, ([node_id(pids[i]) for i in idx], r), {})
-            return pool.call(h, "feedback", [FeedbackRequest(node_id(pids[i]), r, fakes[i], labels[i]) for i in idx])
+            return pool.call(h, "feedback", FeedbackBatch.of([FeedbackRequest(node_id(pids[i]), r, fakes[i], labels[i])
+                                                              for i in idx]))
 
         async def one_round() -> list:
             return await asyncio.gather(*(call(h, idx) for h, idx in groups.items()))

@@ -132,3 +132,48 @@ def test_grid_scenario_runs(tmp_path, name):
     want = aggregate_grid(g.inputs, np.array([0.5, 0.25, 0.125, 0.125]), sc.aggregator, sc.grid.model, sc.grid.reg)
     np.testing.assert_allclose(g.barycenter, np.asarray(want), rtol=0, atol=1e-6)
     assert (tmp_path / "run" / "grid_barycenter.png").is_file()
+
+
+def test_a_worker_call_carries_one_stacked_tensor_each_way(digits):
+    """NodeHost.feedback gets a FeedbackBatch (one fakes + one labels tensor) and answers a ReplyBatch
+    (one gradient tensor): pickled, as Ray ships them, they hold the payload once (not one tensor per
+    node, which made each actor keep ~3 MB per request), and they unpack to the same replies a host
+    answering the plain request list gives; a node crashing at this step is its NodeFailure in place."""
+    import pickle
+
+    import torch
+
+    from edgegan.data import partition_by_classes
+    from edgegan.runtime.roles import NodeFailure
+    from edgegan.sim.engine import FeedbackBatch, NodeHost, ReplyBatch
+    from edgegan.tdgan import TDGANConfig
+    from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest
+
+    cfg = TDGANConfig(batch_size=4, width=16, seed=2)
+    parts = partition_by_classes(digits, [[0, 1], [2, 3], [4, 5]], samples_per_node=[20, 20, 20], seed=0)
+    nodes = [(f"n{i}", p) for i, p in enumerate(parts)]
+    gen = torch.Generator().manual_seed(0)
+    reqs = [FeedbackRequest(k, 3, torch.rand(4, 1, 8, 8, generator=gen) * 2 - 1, p.y[:4].clone()) for k, p in nodes]
+    batch = FeedbackBatch.of(reqs)
+    wire = pickle.dumps(batch)
+    payload = batch.fakes.numel() * 4 + batch.labels.numel() * 8
+    assert len(wire) < payload + 2000 and len(pickle.dumps(reqs)) > len(wire)
+    for i, r in enumerate(pickle.loads(wire)):
+        assert (r.node_id, r.step) == (reqs[i].node_id, 3)
+        assert torch.equal(r.fake, reqs[i].fake) and torch.equal(r.labels, reqs[i].labels)
+
+    hosts = [NodeHost(i, resident_cap=1, spill_dir=None) for i in range(2)]
+    for h in hosts:
+        h.add_tdgan_nodes(cfg, nodes, crashes={"n1": 3})
+    try:
+        want = hosts[0].feedback(reqs)
+        got = pickle.loads(pickle.dumps(hosts[1].feedback(pickle.loads(wire))))
+        assert isinstance(got, ReplyBatch) and got.grads.shape == (8, 1, 8, 8) and len(got) == 3
+        assert isinstance(got[1], NodeFailure) and "left during step 3" in got[1].detail
+        for i in (0, 2):
+            assert isinstance(got[i], FeedbackReply) and (got[i].node_id, got[i].step) == (reqs[i].node_id, 3)
+            assert torch.equal(got[i].grad, want[i].grad) and got[i].stats == want[i].stats
+            assert got[i].grad.shape == reqs[i].fake.shape
+    finally:
+        for h in hosts:
+            h.close()

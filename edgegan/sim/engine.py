@@ -64,6 +64,67 @@ def proc_memory_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
 FEEDBACK_GROUP = 256
 
 
+def _offsets(sizes: Sequence[int]) -> list[int]:
+    out = [0]
+    for n in sizes:
+        out.append(out[-1] + n)
+    return out
+
+
+class FeedbackBatch(Sequence[FeedbackRequest]):
+    """The requests one worker call carries, as ONE fakes tensor (Σ_k B_k, C, H, W) and ONE labels
+    tensor (Σ_k B_k,) plus the node ids and steps; ``batch[i]`` is request i (views, no copy).
+    Shipping hundreds of small tensors per Ray call made each actor keep ~3 MB per request."""
+
+    def __init__(self, node_ids: list[str], steps: list[int], fakes: torch.Tensor, labels: torch.Tensor,
+                 sizes: list[int]) -> None:
+        self.node_ids, self.steps, self.fakes, self.labels, self.sizes = node_ids, steps, fakes, labels, sizes
+        self._at = _offsets(sizes)
+
+    @classmethod
+    def of(cls, requests: Sequence[FeedbackRequest]) -> FeedbackBatch:
+        if isinstance(requests, FeedbackBatch):
+            return requests
+        require(len(requests) > 0, "requests", "a worker call needs at least one request")
+        return cls([r.node_id for r in requests], [r.step for r in requests],
+                   torch.cat([r.fake for r in requests]), torch.cat([r.labels for r in requests]),
+                   [len(r.labels) for r in requests])
+
+    def to(self, device: torch.device) -> FeedbackBatch:
+        return FeedbackBatch(self.node_ids, self.steps, self.fakes.to(device), self.labels.to(device), self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    def __getitem__(self, i: int) -> FeedbackRequest:  # type: ignore[override]
+        rows = slice(self._at[i], self._at[i + 1])
+        return FeedbackRequest(self.node_ids[i], self.steps[i], self.fakes[rows], self.labels[rows])
+
+
+class ReplyBatch(Sequence[FeedbackReply | NodeFailure]):
+    """What a worker call answers, in the order of its :class:`FeedbackBatch`: the replies' gradients as
+    ONE tensor (rows of failed nodes absent), their stats, and a :class:`NodeFailure` per failed node;
+    ``batch[i]`` is node i's :class:`FeedbackReply` (a view of the gradient rows) or failure."""
+
+    def __init__(self, answers: Sequence[FeedbackReply | NodeFailure]) -> None:
+        replies = [a for a in answers if isinstance(a, FeedbackReply)]
+        self.failures = {i: a for i, a in enumerate(answers) if isinstance(a, NodeFailure)}
+        self.node_ids = [a.node_id if isinstance(a, FeedbackReply) else "" for a in answers]
+        self.steps = [a.step if isinstance(a, FeedbackReply) else -1 for a in answers]
+        self.stats = [a.stats if isinstance(a, FeedbackReply) else {} for a in answers]
+        self.sizes = [len(a.grad) if isinstance(a, FeedbackReply) else 0 for a in answers]
+        self.grads = torch.cat([r.grad.cpu() for r in replies]) if replies else torch.empty(0)
+        self._at = _offsets(self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> FeedbackReply | NodeFailure:  # type: ignore[override]
+        if i in self.failures:
+            return self.failures[i]
+        return FeedbackReply(self.node_ids[i], self.steps[i], self.grads[self._at[i]:self._at[i + 1]], self.stats[i])
+
+
 class NodeHost:
     """One pool worker hosting many virtual nodes (plain object; :class:`RayPool` wraps it in an actor).
 
@@ -165,12 +226,14 @@ class NodeHost:
             self._spilled.add(node_id)
             self.counters["spilled"] += 1
 
-    def feedback(self, requests: Sequence[FeedbackRequest]) -> list[FeedbackReply | NodeFailure]:
+    def feedback(self, requests: Sequence[FeedbackRequest]) -> ReplyBatch:
         """Answer each request with its node's feedback (:func:`~edgegan.tdgan.edge.feedback_many`:
         the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over groups of up to
         ``FEEDBACK_GROUP`` nodes, parked back to ``resident_cap`` after each group); a node
         scheduled to crash at this step answers :class:`NodeFailure`
-        ``disconnected`` and its state is dropped."""
+        ``disconnected`` and its state is dropped. Requests and replies travel stacked
+        (:class:`FeedbackBatch`, :class:`ReplyBatch`)."""
+        requests = FeedbackBatch.of(requests).to(self.device)
         out: list[FeedbackReply | NodeFailure | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
@@ -185,10 +248,8 @@ class NodeHost:
             t0 = time.perf_counter()
             edges = [self._activate(requests[i].node_id) for i in chunk]
             t1 = time.perf_counter()
-            replies = feedback_many(edges, [FeedbackRequest(r.node_id, r.step, r.fake.to(self.device),
-                                                            r.labels.to(self.device)) for r in (requests[i] for i in chunk)])
-            for i, reply in zip(chunk, replies):
-                out[i] = FeedbackReply(reply.node_id, reply.step, reply.grad.cpu(), reply.stats)
+            for i, reply in zip(chunk, feedback_many(edges, [requests[i] for i in chunk])):
+                out[i] = reply
             t2 = time.perf_counter()
             self._park()
             t3 = time.perf_counter()
@@ -196,7 +257,7 @@ class NodeHost:
             c["activate_s"] += t1 - t0
             c["compute_s"] += t2 - t1
             c["park_s"] += t3 - t2
-        return out  # type: ignore[return-value]
+        return ReplyBatch(out)  # type: ignore[arg-type]
 
     def _drop(self, node_id: str) -> None:
         """A crashed node loses its live state (it may rejoin later with a fresh D_k)."""
@@ -577,7 +638,8 @@ class SimLink:
         groups: dict[int, list[FeedbackRequest]] = {}
         for req in requests:
             groups.setdefault(self.host_of[req.node_id], []).append(req)
-        tasks = {h: asyncio.ensure_future(self.pool.call(h, "feedback", reqs)) for h, reqs in groups.items()}
+        tasks = {h: asyncio.ensure_future(self.pool.call(h, "feedback", FeedbackBatch.of(reqs)))
+                 for h, reqs in groups.items()}
         done, _ = await asyncio.wait(tasks.values(), timeout=timeout_s)
         out: dict[str, FeedbackReply | NodeFailure] = {}
         for h, task in tasks.items():
