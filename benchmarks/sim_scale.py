@@ -101,7 +101,7 @@ def echo(host, node_ids: list[str], x: int) -> list[int]:
     out = []
     for node_id in node_ids:
         t0 = time.perf_counter()
-        host._activate(node_id)
+        host._activate_many([node_id])
         t1 = time.perf_counter()
         host._park()
         host.counters["activations"] += 1

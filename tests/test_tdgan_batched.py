@@ -13,7 +13,7 @@ from edgegan.data import label_histogram, partition_by_classes
 from edgegan.errors import EdgeganError
 from edgegan.tdgan import FeedbackReply, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
 from edgegan.tdgan.cloud import per_node_batch_norm
-from edgegan.tdgan.edge import feedback_many
+from edgegan.tdgan.edge import PackedEdges, class_pools, feedback_many
 from edgegan.tdgan.harness import build_generator
 
 CFG = TDGANConfig(batch_size=8, remind_batch_size=8, seed=5, width=16, lr=2e-3)
@@ -148,28 +148,50 @@ def test_per_node_batch_norm_is_each_groups_own_batch_norm(momentum):
         assert "forward" not in vars(bn)  # the module is restored after the block
 
 
-def test_a_spilled_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts, tmp_path):
-    """The engine parks virtual nodes with TDGANEdge.spill / restore (raw packed state)."""
+def test_a_parked_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts):
+    """The engine parks virtual nodes as packed state (TDGANEdge.pack / unpack)."""
     cfg = dataclasses.replace(CFG, arch="mlp")
     cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
     cloud.join(info("n0", parts[0]))
     live = TDGANEdge("n0", parts[0], cfg=cfg)
     reqs = [cloud.make_requests()[0] for _ in range(4)]
     live.feedback(reqs[0])
-    nbytes = live.spill(tmp_path / "n0.pt")
-    assert nbytes == (tmp_path / "n0.pt").stat().st_size and nbytes == live.pack().numel()
     parked = TDGANEdge("n0", parts[0], cfg=cfg)
-    assert parked.restore(tmp_path / "n0.pt") == nbytes
-    recycled = TDGANEdge("n1", parts[1], cfg=cfg)  # another node's live object, reused by a pool
-    recycled.feedback(dataclasses.replace(reqs[0], node_id="n1", labels=torch.full_like(reqs[0].labels, 3)))
-    assert recycled.reassign("n0", tmp_path / "n0.pt", parts[0]) == nbytes
-    assert parked.requests_served == recycled.requests_served == 1 and recycled.info() == live.info()
+    parked.unpack(live.pack().clone())
+    assert parked.requests_served == 1 and parked.info() == live.info()
     for r in reqs[1:]:  # same D_k, Adam moments and real-batch RNG: identical replies
-        expected = live.feedback(r).grad
-        assert torch.equal(expected, parked.feedback(r).grad) and torch.equal(expected, recycled.feedback(r).grad)
+        assert torch.equal(live.feedback(r).grad, parked.feedback(r).grad)
     wide = TDGANEdge("n0", parts[0], cfg=dataclasses.replace(cfg, width=8))
     with pytest.raises(EdgeganError, match=r"^state: node 'n0': packed state has \d+ bytes"):
-        wide.restore(tmp_path / "n0.pt")
+        wide.unpack(live.pack())
+
+
+@pytest.mark.parametrize("critic_steps", [1, 2])
+def test_packed_edges_are_feedback_many_bit_for_bit(parts, critic_steps):
+    """The engine keeps its nodes as PackedEdges rows: a new row is the node's fresh TDGANEdge packed
+    (D_k under its seed), and answering from rows equals feedback_many on live edges bit for bit
+    (replies, stats, the state after), in any grouping of the nodes."""
+    cfg = dataclasses.replace(CFG, critic_steps=critic_steps)
+    cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
+    ids = [f"n{i}" for i in range(len(parts))]
+    live = {k: TDGANEdge(k, p, cfg=cfg) for k, p in zip(ids, parts)}
+    packed = PackedEdges(cfg, "proto", parts[0])
+    rows = {k: packed.fresh(k, p) for k, p in zip(ids, parts)}
+    assert all(torch.equal(rows[k], live[k].pack()) for k in ids)
+    nodes = {k: (k, p, class_pools(p)) for k, p in zip(ids, parts)}
+    for e in live.values():
+        cloud.join(e.info())
+    for groups in ([ids], [ids[:1], ids[1:3], ids[3:]]):
+        reqs = {r.node_id: r for r in cloud.make_requests()}
+        expected = {r.node_id: r for r in feedback_many([live[k] for k in ids], [reqs[k] for k in ids])}
+        for g in groups:
+            block = torch.stack([rows[k] for k in g])
+            for k, got in zip(g, packed.feedback(block, [nodes[k] for k in g], [reqs[k] for k in g])):
+                assert torch.equal(got.grad, expected[k].grad) and got.stats == expected[k].stats
+            rows.update(zip(g, block))
+        cloud.apply_feedback(list(expected.values()))
+    for k in ids:
+        assert torch.equal(rows[k], live[k].pack()), k
 
 
 def test_feedback_many_is_each_nodes_own_feedback(parts):

@@ -1,10 +1,10 @@
 """The simulation engine (DESIGN.md, Runtime): a fixed pool of workers, each hosting many
 virtual nodes whose state is parked between activations, driven by the runtime's roles.
 
-* :class:`NodeHost` is one worker: virtual TDGAN edges (:class:`~edgegan.tdgan.edge.TDGANEdge`,
-  seed 003) kept in an LRU of at most ``resident_cap`` live objects; the least recently used
-  beyond that are spilled to disk (:meth:`~edgegan.tdgan.edge.TDGANEdge.spill`, one raw file per node)
-  and rebuilt on their next activation. Stateless jobs (source pre-training, Stage II methods,
+* :class:`NodeHost` is one worker: virtual TDGAN edges (seed 003) kept as rows of packed state
+  (:class:`~edgegan.tdgan.edge.PackedEdges`), at most ``resident_cap`` in memory; the least recently
+  used beyond that are spilled to their fixed slot of the worker's spill file and read back on their
+  next activation. Stateless jobs (source pre-training, Stage II methods,
   grid summaries) run on any worker.
 * :class:`InprocPool` runs the hosts in this process (tests, tiny runs); :class:`RayPool` runs
   each host as a Ray actor (``ray.util.ActorPool.map_unordered`` for stateless jobs, direct
@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.runtime.roles import NodeFailure, TDGANServer
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.edge import TDGANEdge, feedback_many
+from edgegan.tdgan.edge import PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 from edgegan.tdgan.schedule import Schedule
 
@@ -62,6 +63,13 @@ def proc_memory_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
 
 #: Virtual nodes whose feedback one vectorised pass computes (live together, above ``resident_cap`` if need be).
 FEEDBACK_GROUP = 256
+#: A worker's spill file (one fixed-size slot per hosted node) and its node list in slot order.
+SLAB, SLOTS = "slab.bin", "slots.txt"
+
+
+def _tag(node_id: str) -> bytes:
+    """The 8 bytes that open a slot holding ``node_id``'s parked state (zeros: no state)."""
+    return (1 + zlib.crc32(node_id.encode())).to_bytes(8, "little")
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:
@@ -128,11 +136,16 @@ class ReplyBatch(Sequence[FeedbackReply | NodeFailure]):
 class NodeHost:
     """One pool worker hosting many virtual nodes (plain object; :class:`RayPool` wraps it in an actor).
 
+    A node's state (D_k, Adam, RNG: :class:`~edgegan.tdgan.edge.PackedEdges` rows) lives in a row of an
+    in-memory block while resident (at most ``resident_cap`` rows, least recently used first out) and
+    otherwise in its fixed slot of one spill file per worker (``slab.bin``: an 8-byte tag + the row;
+    ``slots.txt`` lists the nodes in slot order, so another worker can continue a lost worker's nodes).
+
     Parameters
     ----------
     index : the worker's index in the pool.
-    resident_cap : live virtual TDGAN edges kept in memory; the least recently used beyond are spilled.
-    spill_dir : folder for spilled node states (a temporary folder when None).
+    resident_cap : virtual TDGAN nodes kept in memory; the least recently used beyond are spilled.
+    spill_dir : folder for the spill file (a temporary folder when None).
     device : where this worker's models run.
     threads : torch intra-op threads of this worker (None: leave as is).
     """
@@ -147,12 +160,16 @@ class NodeHost:
         self._own_spill = spill_dir is None
         self.spill_dir = Path(spill_dir or tempfile.mkdtemp(prefix=f"edgegan-host{index}-"))
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        self._cfg: TDGANConfig | None = None
         self._data: dict[str, TensorData] = {}
+        self._pools: dict[str, dict[int, torch.Tensor]] = {}  # per node: indices of each class it holds
         self._crash: dict[str, int] = {}
-        self._resident: OrderedDict[str, TDGANEdge] = OrderedDict()
+        self._packed: PackedEdges | None = None
+        self._live = torch.empty(0, 0, dtype=torch.uint8)  # rows of resident nodes
+        self._free_rows: list[int] = []
+        self._resident: OrderedDict[str, int] = OrderedDict()  # node -> row, least recently used first
+        self._slot: dict[str, int] = {}  # node -> its slot in the spill file
         self._spilled: set[str] = set()
-        self._free: list[TDGANEdge] = []  # live objects of spilled nodes, reused by the next restores
+        self._fd = os.open(self.spill_dir / SLAB, os.O_RDWR | os.O_CREAT, 0o600)
         self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "spill_bytes": 0, "crashed": 0,
                          "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0, "jobs": 0, "job_s": 0.0}
 
@@ -160,74 +177,91 @@ class NodeHost:
     def add_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
                         crashes: dict[str, int] | None = None) -> list[NodeInfo]:
         """Host ``nodes`` (id, private data); their D_k are built on first activation."""
-        self._cfg = cfg
         for node_id, data in nodes:
             require(node_id not in self._data, "nodes", f"node '{node_id}' is hosted twice")
             self._data[node_id] = data
+            self._pools[node_id] = class_pools(data)
+            self._slot[node_id] = len(self._slot)
+        with open(self.spill_dir / SLOTS, "a") as f:
+            f.write("".join(f"{node_id}\n" for node_id, _ in nodes))
+        if self._packed is None and nodes:
+            self._packed = PackedEdges(cfg, nodes[0][0], nodes[0][1], self.device)
+            self._live = torch.zeros(self.cap + FEEDBACK_GROUP, self._packed.nbytes, dtype=torch.uint8)
+            self._free_rows = list(range(len(self._live)))[::-1]
         self._crash.update(crashes or {})
         return [_info(k, d) for k, d in nodes]
 
     def adopt_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
                           crashes: dict[str, int], spilled_from: str) -> dict[str, str]:
-        """Host ``nodes`` of a lost worker: a node whose spill file is readable in that worker's
-        ``spilled_from`` folder continues from it (``"spilled"``); the others start with a fresh D_k
-        (``"fresh"``: their state lived only in the lost worker's memory or on another machine)."""
+        """Host ``nodes`` of a lost worker: a node whose state is readable in its slot of that worker's
+        spill file (folder ``spilled_from``) continues from it (``"spilled"``); the others start with a
+        fresh D_k (``"fresh"``: their state lived only in the lost worker's memory or on another machine)."""
         self.add_tdgan_nodes(cfg, nodes, crashes)
+        src = Path(spilled_from)
+        try:
+            slots = {k: i for i, k in enumerate((src / SLOTS).read_text().splitlines())}
+            fd = os.open(src / SLAB, os.O_RDONLY)
+        except OSError:
+            slots, fd = {}, -1
         out = {}
-        for node_id, _ in nodes:
-            src = Path(spilled_from) / f"{node_id}.pt"
-            if src.is_file():
-                shutil.move(src, self._spill_path(node_id))
-                self._spilled.add(node_id)
-            out[node_id] = "spilled" if node_id in self._spilled else "fresh"
+        try:
+            for node_id, _ in nodes:
+                if node_id in slots:
+                    size = self._slot_bytes()
+                    state = os.pread(fd, size, slots[node_id] * size)
+                    if len(state) == size and state[:8] == _tag(node_id):
+                        os.pwrite(self._fd, state, self._slot[node_id] * size)
+                        self._spilled.add(node_id)
+                out[node_id] = "spilled" if node_id in self._spilled else "fresh"
+        finally:
+            if fd >= 0:
+                os.close(fd)
         return out
 
-    def _spill_path(self, node_id: str) -> Path:
-        return self.spill_dir / f"{node_id}.pt"
+    def _slot_bytes(self) -> int:
+        return 8 + self._packed.nbytes  # type: ignore[union-attr]
 
-    def _activate(self, node_id: str) -> TDGANEdge:
-        """The live edge of ``node_id``: resident, restored from its spill file, or new."""
-        edge = self._resident.get(node_id)
-        if edge is not None:
-            self._resident.move_to_end(node_id)
-            return edge
-        require(self._cfg is not None and node_id in self._data, "node_id",
-                f"node '{node_id}' is not hosted by worker {self.index}")
-        if node_id in self._spilled:
-            path = self._spill_path(node_id)
-            if self._free:  # an evicted node's live object, reused: no new D_k and optimizer per restore
-                edge = self._free.pop()
-                edge.reassign(node_id, path, self._data[node_id])
+    def _activate_many(self, node_ids: Sequence[str]) -> list[int]:
+        """The rows of ``node_ids`` in the live block: resident, restored from their slot, or new."""
+        rows = []
+        size = self._slot_bytes() if self._packed else 0
+        for node_id in node_ids:
+            row = self._resident.get(node_id)
+            if row is not None:
+                self._resident.move_to_end(node_id)
+                rows.append(row)
+                continue
+            require(node_id in self._data, "node_id", f"node '{node_id}' is not hosted by worker {self.index}")
+            row = self._free_rows.pop()
+            if node_id in self._spilled:
+                tag = bytearray(8)
+                offset = self._slot[node_id] * size
+                os.preadv(self._fd, [tag, self._live[row].numpy()], offset)
+                require(bytes(tag) == _tag(node_id), "spill", f"worker {self.index}: the spill slot of node "
+                        f"'{node_id}' does not hold its state", "do not share a spill folder between runs")
+                os.pwrite(self._fd, bytes(8), offset)  # a slot holds state only while the node is parked
+                self._spilled.discard(node_id)
+                self.counters["restored"] += 1
             else:
-                edge = self._new_edge(node_id)
-                edge.restore(path)
-            path.unlink()  # a spill file exists only while it holds the node's latest state
-            self._spilled.discard(node_id)
-            self.counters["restored"] += 1
-        else:
-            edge = self._new_edge(node_id)
-            self.counters["created"] += 1
-        self._resident[node_id] = edge
-        return edge
-
-    def _new_edge(self, node_id: str) -> TDGANEdge:
-        """A new live edge for ``node_id`` on this worker's device (fresh D_k and optimizer)."""
-        edge = TDGANEdge(node_id, self._data[node_id], cfg=self._cfg)
-        edge.D.to(self.device)
-        return edge
+                self._live[row] = self._packed.fresh(node_id, self._data[node_id])  # type: ignore[union-attr]
+                self.counters["created"] += 1
+            self._resident[node_id] = row
+            rows.append(row)
+        return rows
 
     def _park(self) -> None:
-        """Spill least recently used edges until at most ``cap`` are resident."""
+        """Spill least recently used nodes until at most ``cap`` are resident (raw, no fsync: a cache)."""
+        size = self._slot_bytes() if self._packed else 0
         while len(self._resident) > self.cap:
-            node_id, edge = self._resident.popitem(last=False)
-            self.counters["spill_bytes"] += edge.spill(self._spill_path(node_id))  # raw, no fsync: a cache
-            if len(self._free) < FEEDBACK_GROUP:
-                self._free.append(edge)
+            node_id, row = self._resident.popitem(last=False)
+            self.counters["spill_bytes"] += os.pwritev(self._fd, [_tag(node_id), self._live[row].numpy()],
+                                                       self._slot[node_id] * size)
+            self._free_rows.append(row)
             self._spilled.add(node_id)
             self.counters["spilled"] += 1
 
     def feedback(self, requests: Sequence[FeedbackRequest]) -> ReplyBatch:
-        """Answer each request with its node's feedback (:func:`~edgegan.tdgan.edge.feedback_many`:
+        """Answer each request with its node's feedback (:meth:`~edgegan.tdgan.edge.PackedEdges.feedback`:
         the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over groups of up to
         ``FEEDBACK_GROUP`` nodes, parked back to ``resident_cap`` after each group); a node
         scheduled to crash at this step answers :class:`NodeFailure`
@@ -236,19 +270,24 @@ class NodeHost:
         requests = FeedbackBatch.of(requests).to(self.device)
         out: list[FeedbackReply | NodeFailure | None] = [None] * len(requests)
         todo = []
-        for i, req in enumerate(requests):
-            if self._crash.get(req.node_id) == req.step:
-                self._drop(req.node_id)
-                out[i] = NodeFailure(FailureReason.DISCONNECTED, f"node '{req.node_id}' left during step {req.step}")
+        for i, (node_id, step) in enumerate(zip(requests.node_ids, requests.steps)):
+            if self._crash.get(node_id) == step:
+                self._drop(node_id)
+                out[i] = NodeFailure(FailureReason.DISCONNECTED, f"node '{node_id}' left during step {step}")
             else:
                 todo.append(i)
         c = self.counters
         for start in range(0, len(todo), FEEDBACK_GROUP):
             chunk = todo[start:start + FEEDBACK_GROUP]
+            ids = [requests.node_ids[i] for i in chunk]
             t0 = time.perf_counter()
-            edges = [self._activate(requests[i].node_id) for i in chunk]
+            rows = torch.tensor(self._activate_many(ids))
             t1 = time.perf_counter()
-            for i, reply in zip(chunk, feedback_many(edges, [requests[i] for i in chunk])):
+            block = self._live[rows]
+            replies = self._packed.feedback(block, [(k, self._data[k], self._pools[k]) for k in ids],  # type: ignore[union-attr]
+                                            [requests[i] for i in chunk])
+            self._live[rows] = block
+            for i, reply in zip(chunk, replies):
                 out[i] = reply
             t2 = time.perf_counter()
             self._park()
@@ -260,11 +299,14 @@ class NodeHost:
         return ReplyBatch(out)  # type: ignore[arg-type]
 
     def _drop(self, node_id: str) -> None:
-        """A crashed node loses its live state (it may rejoin later with a fresh D_k)."""
+        """A crashed node loses its state (it may rejoin later with a fresh D_k)."""
         self.counters["crashed"] += 1
-        self._resident.pop(node_id, None)
-        self._spilled.discard(node_id)
-        self._spill_path(node_id).unlink(missing_ok=True)
+        row = self._resident.pop(node_id, None)
+        if row is not None:
+            self._free_rows.append(row)
+        if node_id in self._spilled:
+            self._spilled.discard(node_id)
+            os.pwrite(self._fd, bytes(8), self._slot[node_id] * self._slot_bytes())
         self._crash.pop(node_id, None)
 
     def stats(self) -> dict[str, Any]:
@@ -286,6 +328,9 @@ class NodeHost:
             self.counters["job_s"] += time.perf_counter() - t0
 
     def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._own_spill:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 

@@ -11,9 +11,7 @@ Only the label histogram / n_k (:meth:`TDGANEdge.info`) and the reply ever leave
 
 from __future__ import annotations
 
-import os
 import zlib
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -49,6 +47,50 @@ def g_loss_logloss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.binary_cross_entropy_with_logits(s, torch.ones_like(s))
 
 
+def fresh_discriminator(cfg: TDGANConfig, data: TensorData, node_id: str) -> nn.Module:
+    """D_k as ``build_gan(cfg.arch, …)[1]`` initialised under the node's seed (:func:`node_seed`);
+    seeds only the CPU generator (what ``build_gan`` draws from), the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(node_seed(cfg.seed, node_id))
+        return build_gan(cfg.arch, data.image_shape, cfg.latent_dim, data.num_classes, cfg.width)[1]
+
+
+def class_pools(data: TensorData) -> dict[int, torch.Tensor]:
+    """Indices of each class present in ``data`` (p_k(x | y) is uniform over them)."""
+    hist = label_histogram(data.y, data.num_classes)
+    return {c: torch.nonzero(data.y == c).flatten() for c in range(data.num_classes) if hist[c] > 0}
+
+
+def real_like(x: torch.Tensor, pools: dict[int, torch.Tensor], y: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Real images x_i ∼ p_k(x | y_i), one per requested label (with replacement, drawn from ``rng``)."""
+    idx = torch.empty(len(y), dtype=torch.long)
+    for c in y.unique().tolist():
+        mask = y == c
+        pool = pools[c]
+        idx[mask] = pool[torch.randint(len(pool), (int(mask.sum()),), generator=rng)]
+    return x[idx]
+
+
+def check_request(node_id: str, image_shape: tuple[int, ...], pools: dict[int, torch.Tensor],
+                  req: FeedbackRequest) -> None:
+    """One-line error unless ``req`` is a float32 (B, *image_shape) finite fake batch for ``node_id``
+    with int64 labels of classes the node holds (``pools``)."""
+    who = f"node '{node_id}'"
+    require(req.node_id == node_id, "node_id", f"request for '{req.node_id}' reached {who}", "route requests by node id")
+    fake, y = req.fake, req.labels
+    require(isinstance(fake, torch.Tensor) and fake.dtype == torch.float32, "fake",
+            f"{who} needs a float32 tensor, got {getattr(fake, 'dtype', type(fake).__name__)}")
+    require(fake.dim() == 4 and tuple(fake.shape[1:]) == image_shape and fake.shape[0] >= 1, "fake",
+            f"{who} got shape {tuple(fake.shape)}", f"send (B>=1, {', '.join(map(str, image_shape))})")
+    require(bool(torch.isfinite(fake).all()), "fake", f"{who} got non-finite values")
+    require(isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (fake.shape[0],),
+            "labels", f"{who} needs int64 labels of shape ({fake.shape[0]},), got "
+            f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+    unknown = sorted(set(y.tolist()) - set(pools))
+    require(not unknown, "labels", f"{who} has no samples of class(es) {unknown}",
+            f"draw labels from its histogram (classes {sorted(pools)})")
+
+
 class TDGANEdge:
     """Edge node k: private data, a local discriminator D_k(x, y) and its optimizer.
 
@@ -67,12 +109,8 @@ class TDGANEdge:
         require(len(data) > 0, "data", f"node '{node_id}' has no samples", "give every node at least one sample")
         self.cfg = cfg or TDGANConfig()
         self.cfg.validate("tdgan")
-        seed = node_seed(self.cfg.seed, node_id)
         if discriminator is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                discriminator = build_gan(self.cfg.arch, data.image_shape, self.cfg.latent_dim,
-                                          data.num_classes, self.cfg.width)[1]
+            discriminator = fresh_discriminator(self.cfg, data, node_id)
         require(getattr(discriminator, "num_classes", data.num_classes) == data.num_classes, "discriminator",
                 f"has {getattr(discriminator, 'num_classes', None)} classes, data has {data.num_classes}",
                 "build D with num_classes = the data set's class count")
@@ -87,49 +125,19 @@ class TDGANEdge:
         self.node_id = node_id
         self._data = data
         self._hist = label_histogram(data.y, data.num_classes)
-        self._by_class = {c: torch.nonzero(data.y == c).flatten() for c in range(data.num_classes)
-                          if self._hist[c] > 0}
+        self._by_class = class_pools(data)
         self._rng.manual_seed(node_seed(self.cfg.seed, node_id))
         self.requests_served = 0
-
-    def reassign(self, node_id: str, path: str | Path, data: TensorData) -> int:
-        """Turn this live object into parked node ``node_id`` (its private ``data``, its state spilled
-        at ``path`` by :meth:`spill`): a pool recycles evicted objects instead of building a new D_k
-        and optimizer per restore. Returns the bytes read."""
-        require(len(data) > 0 and data.image_shape == self._data.image_shape and data.num_classes == self._data.num_classes,
-                "data", f"node '{node_id}' does not fit this edge's D_k", "reassign only between nodes of one data set")
-        self._bind(node_id, data)
-        return self.restore(path)
 
     def info(self) -> NodeInfo:
         """What this node discloses on joining: n_k and its label histogram."""
         return NodeInfo(self.node_id, len(self._data), tuple(int(c) for c in self._hist))
 
     def _check(self, req: FeedbackRequest) -> None:
-        who = f"node '{self.node_id}'"
-        require(req.node_id == self.node_id, "node_id",
-                f"request for '{req.node_id}' reached {who}", "route requests by node id")
-        fake, y = req.fake, req.labels
-        require(isinstance(fake, torch.Tensor) and fake.dtype == torch.float32, "fake",
-                f"{who} needs a float32 tensor, got {getattr(fake, 'dtype', type(fake).__name__)}")
-        require(fake.dim() == 4 and tuple(fake.shape[1:]) == self._data.image_shape and fake.shape[0] >= 1, "fake",
-                f"{who} got shape {tuple(fake.shape)}", f"send (B>=1, {', '.join(map(str, self._data.image_shape))})")
-        require(bool(torch.isfinite(fake).all()), "fake", f"{who} got non-finite values")
-        require(isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (fake.shape[0],),
-                "labels", f"{who} needs int64 labels of shape ({fake.shape[0]},), got "
-                f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
-        unknown = sorted(set(y.tolist()) - set(self._by_class))
-        require(not unknown, "labels", f"{who} has no samples of class(es) {unknown}",
-                f"draw labels from its histogram (classes {sorted(self._by_class)})")
+        check_request(self.node_id, self._data.image_shape, self._by_class, req)
 
     def _real_like(self, y: torch.Tensor) -> torch.Tensor:
-        """Real images x_i ∼ p_k(x | y_i), one per requested label (with replacement)."""
-        idx = torch.empty(len(y), dtype=torch.long)
-        for c in y.unique().tolist():
-            mask = y == c
-            pool = self._by_class[c]
-            idx[mask] = pool[torch.randint(len(pool), (int(mask.sum()),), generator=self._rng)]
-        return self._data.x[idx]
+        return real_like(self._data.x, self._by_class, y, self._rng)
 
     def feedback(self, req: FeedbackRequest) -> FeedbackReply:
         """Update D_k on real versus ``req.fake``; reply ∂ loss_G / ∂ fake (float32, fake's shape)."""
@@ -203,22 +211,6 @@ class TDGANEdge:
         self._rng.set_state(packed[n_float:n_float + n_rng].clone())
         self.requests_served = int(packed[n_float + n_rng:].view(torch.int64))
 
-    def spill(self, path: str | Path) -> int:
-        """Write :meth:`pack` raw to ``path`` (temp file + rename, no fsync: a spill is a cache of a
-        live process, not a checkpoint); returns the bytes written."""
-        path = Path(path)
-        data = self.pack().numpy().tobytes()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return len(data)
-
-    def restore(self, path: str | Path) -> int:
-        """Load a state written by :meth:`spill`; returns the bytes read."""
-        data = bytearray(Path(path).read_bytes())
-        self.unpack(torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8))
-        return len(data)
-
     def state_dict(self) -> dict[str, Any]:
         """The node's id and :meth:`pack`: enough to park and resume a virtual node."""
         return {"node_id": self.node_id, "packed": self.pack()}
@@ -239,6 +231,45 @@ def _stackable(edges: Sequence[TDGANEdge], params: list[list[nn.Parameter]], req
             and all(e.cfg == e0.cfg and type(e.D) is type(e0.D) and [(p.shape, p.device) for p in ps] == shapes
                     for e, ps in zip(edges, params))
             and all(r.fake.shape == r0.fake.shape for r in requests))
+
+
+def _feedback_stacked(D: nn.Module, opt: torch.optim.Optimizer, W: dict[str, torch.Tensor], m: dict[str, torch.Tensor],
+                      v: dict[str, torch.Tensor], step: torch.Tensor, reals: list[torch.Tensor], fake: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
+    """The vectorised node step of :func:`feedback_many` on K stacked D_k (``W``: name → (K, …)), their
+    Adam moments ``m``/``v`` and step counts ``step`` (K, P), updated in place: per critic step in
+    ``reals`` one Adam update of each D_k on −log D_k(x, y) − log(1 − D_k(x̂_k, y)) (torch's
+    single-tensor Adam with each node's own step count), then the replies ∂(−log D_k(x̂_k, y))/∂x̂_k
+    (K, B, C, H, W) and per node [d_loss, d_real, d_fake, g_loss]. ``D`` gives the architecture,
+    ``opt`` the Adam hyper-parameters."""
+    dev = fake.device
+    names = list(W)
+    group = opt.param_groups[0]
+    lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+
+    def d_loss(w: dict[str, torch.Tensor], real: torch.Tensor, x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        return d_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), real, x, lab)
+
+    def g_loss(x: torch.Tensor, w: dict[str, torch.Tensor], lab: torch.Tensor) -> torch.Tensor:
+        return g_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), x, lab)
+
+    for real in reals:
+        grads, loss = vmap(grad_and_value(d_loss))(W, real, fake, y)
+        step += 1
+        for i, n in enumerate(names):
+            t = step[:, i].to(dev).view((-1,) + (1,) * (W[n].dim() - 1))
+            m[n].lerp_(grads[n], 1 - b1)
+            v[n].mul_(b2).addcmul_(grads[n], grads[n], value=1 - b2)
+            denom = (v[n].sqrt() / (1 - b2 ** t).sqrt()).add_(eps)
+            W[n].addcdiv_(m[n], denom * ((1 - b1 ** t) / lr), value=-1.0)
+    with torch.no_grad():
+        score = vmap(lambda w, a, b: functional_call(D, w, (a, b)))
+        d_real, d_fake = score(W, reals[-1], y).mean(1), score(W, fake, y).mean(1)  # (K,)
+    feedback, g = vmap(grad_and_value(g_loss))(fake, W, y)                      # (K, B, C, H, W), (K,)
+    return feedback.detach(), torch.stack([loss.detach(), d_real, d_fake, g.detach()], 1).tolist()
+
+
+STATS = ("d_loss", "d_real", "d_fake", "g_loss")
 
 
 def feedback_many(edges: Sequence[TDGANEdge], requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
@@ -272,30 +303,8 @@ def feedback_many(edges: Sequence[TDGANEdge], requests: Sequence[FeedbackRequest
     m = {n: moment(i, "exp_avg") for i, n in enumerate(names)}
     v = {n: moment(i, "exp_avg_sq") for i, n in enumerate(names)}
     step = torch.tensor([[float(s.get("step", 0.0)) for s in st] for st in states])  # (K, P)
-    group = edges[0].opt.param_groups[0]
-    lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-
-    def d_loss(w: dict[str, torch.Tensor], real: torch.Tensor, x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        return d_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), real, x, lab)
-
-    def g_loss(x: torch.Tensor, w: dict[str, torch.Tensor], lab: torch.Tensor) -> torch.Tensor:
-        return g_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), x, lab)
-
-    for real in reals:  # Adam as torch's single-tensor Adam, with each node's own step count
-        grads, loss = vmap(grad_and_value(d_loss))(W, real, fake, y)
-        step += 1
-        for i, n in enumerate(names):
-            t = step[:, i].to(dev).view((-1,) + (1,) * (W[n].dim() - 1))
-            m[n].lerp_(grads[n], 1 - b1)
-            v[n].mul_(b2).addcmul_(grads[n], grads[n], value=1 - b2)
-            denom = (v[n].sqrt() / (1 - b2 ** t).sqrt()).add_(eps)
-            W[n].addcdiv_(m[n], denom * ((1 - b1 ** t) / lr), value=-1.0)
-    with torch.no_grad():
-        score = vmap(lambda w, a, b: functional_call(D, w, (a, b)))
-        d_real, d_fake = score(W, reals[-1], y).mean(1), score(W, fake, y).mean(1)  # (K,)
-    feedback, g = vmap(grad_and_value(g_loss))(fake, W, y)                      # (K, B, C, H, W), (K,)
-    feedback = feedback.detach().to(requests[0].fake.device, torch.float32)
-    stats = torch.stack([loss.detach(), d_real, d_fake, g.detach()], 1).tolist()
+    feedback, stats = _feedback_stacked(D, edges[0].opt, W, m, v, step, reals, fake, y)
+    feedback = feedback.to(requests[0].fake.device, torch.float32)
     replies = []
     with torch.no_grad():
         for k, (e, r, ps) in enumerate(zip(edges, requests, params)):
@@ -310,6 +319,94 @@ def feedback_many(edges: Sequence[TDGANEdge], requests: Sequence[FeedbackRequest
                     e.opt.state[p] = {"step": step[k, i].clone(), "exp_avg": m[n][k].clone(),
                                       "exp_avg_sq": v[n][k].clone()}
             e.requests_served += 1
-            replies.append(FeedbackReply(e.node_id, r.step, feedback[k].clone(),
-                                         dict(zip(("d_loss", "d_real", "d_fake", "g_loss"), stats[k]))))
+            replies.append(FeedbackReply(e.node_id, r.step, feedback[k].clone(), dict(zip(STATS, stats[k]))))
     return replies
+
+
+class PackedEdges:
+    """Many virtual TDGAN edges of one config and data shape held as rows of packed state (the
+    :meth:`TDGANEdge.pack` layout: D_k, Adam steps and moments, RNG, requests served), not as live
+    objects: :meth:`fresh` is a new node's row (D_k under its seed, Adam at step 0, RNG seeded), and
+    :meth:`feedback` answers a block of rows' requests with :func:`feedback_many`'s maths (the same
+    vectorised pass, bit for bit) and updates the rows in place. A pool keeps its nodes this way
+    so that an activation costs no model, optimizer or file per node.
+
+    ``proto`` (any node of the data set) fixes the layout and serves the per-node path where the
+    pass cannot stack (wgan-gp, D_k with buffers, mixed batch sizes)."""
+
+    def __init__(self, cfg: TDGANConfig, proto_id: str, proto_data: TensorData, device: str | torch.device = "cpu") -> None:
+        self.proto = TDGANEdge(proto_id, proto_data, cfg=cfg)
+        self.proto.D.to(device)
+        self.cfg, self.device = self.proto.cfg, torch.device(device)
+        weights = self.proto._weights()
+        self._names = [n for n, _ in self.proto.D.named_parameters()]
+        self._shapes = [tuple(w.shape) for w in weights]
+        P = len(self.proto._params)
+        self._sizes = [w.numel() for w in weights] + [P] + [p.numel() for p in self.proto._params] * 2
+        self.n_float = 4 * sum(self._sizes)
+        self.n_rng = self.proto._rng.get_state().numel()
+        self.nbytes = self.n_float + self.n_rng + 8
+        self._zeros = torch.zeros(sum(self._sizes[len(weights):]))
+
+    def fresh(self, node_id: str, data: TensorData) -> torch.Tensor:
+        """Node ``node_id``'s initial row: equal, byte for byte, to ``TDGANEdge(node_id, data, cfg=cfg).pack()``."""
+        D = fresh_discriminator(self.cfg, data, node_id)
+        rng = torch.Generator().manual_seed(node_seed(self.cfg.seed, node_id)).get_state()
+        floats = torch.cat([*(w.detach().flatten() for w in (*D.parameters(), *D.buffers())), self._zeros])
+        return torch.cat([floats.view(torch.uint8), rng, torch.zeros(8, dtype=torch.uint8)])
+
+    def _rows(self, block: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Views of ``block`` (K, nbytes): float32 parts (weights…, steps, first moments…, second
+        moments…) and the RNG states (K, n_rng)."""
+        floats = block[:, :self.n_float].view(torch.float32)
+        return list(floats.split(self._sizes, dim=1)), block[:, self.n_float:self.n_float + self.n_rng]
+
+    def feedback(self, block: torch.Tensor, nodes: Sequence[tuple[str, TensorData, dict[int, torch.Tensor]]],
+                 requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
+        """Answer ``requests[k]`` as node ``nodes[k]`` = (id, private data, :func:`class_pools`) whose
+        state is row k of ``block`` (K, nbytes) uint8, updated in place."""
+        require(block.shape == (len(nodes), self.nbytes) and len(nodes) == len(requests), "requests",
+                f"{len(requests)} requests for {len(nodes)} nodes and {tuple(block.shape)} state rows")
+        e = self.proto
+        shape = requests[0].fake.shape
+        if self.cfg.loss != "logloss" or e._has_buffers or any(r.fake.shape != shape for r in requests):
+            replies = []
+            for k, ((node_id, data, _), r) in enumerate(zip(nodes, requests)):  # per node, through the proto edge
+                e._bind(node_id, data)
+                e.unpack(block[k])
+                replies.append(e.feedback(r))
+                block[k] = e.pack()
+            return replies
+        for (node_id, data, pools), r in zip(nodes, requests):
+            check_request(node_id, data.image_shape, pools, r)
+        parts, rngs = self._rows(block)
+        K, P, dev = len(nodes), len(self._names), self.device
+        labels = [r.labels.cpu() for r in requests]
+        draws: list[list[torch.Tensor]] = []
+        gen = torch.Generator()
+        for k, ((_, data, pools), lab) in enumerate(zip(nodes, labels)):  # each node's own RNG, as K calls draw
+            gen.set_state(rngs[k].clone())
+            draws.append([real_like(data.x, pools, lab, gen) for _ in range(self.cfg.critic_steps)])
+            rngs[k] = gen.get_state()
+        reals = [torch.stack([d[s] for d in draws]).to(dev) for s in range(self.cfg.critic_steps)]
+        y = torch.stack(labels).to(dev)
+        fake = torch.stack([r.fake.detach() for r in requests]).to(dev)
+
+        def stacked(part: int, i: int) -> torch.Tensor:  # contiguous (K, *shape of parameter i), as feedback_many stacks
+            return parts[part].reshape((K,) + self._shapes[i]).to(dev, copy=True, memory_format=torch.contiguous_format)
+
+        W = {n: stacked(i, i) for i, n in enumerate(self._names)}
+        m = {n: stacked(P + 1 + i, i) for i, n in enumerate(self._names)}
+        v = {n: stacked(2 * P + 1 + i, i) for i, n in enumerate(self._names)}
+        step = parts[P].clone()
+        feedback, stats = _feedback_stacked(e.D, e.opt, W, m, v, step, reals, fake, y)
+        for i, n in enumerate(self._names):
+            parts[i].copy_(W[n].flatten(1))
+            parts[P + 1 + i].copy_(m[n].flatten(1))
+            parts[2 * P + 1 + i].copy_(v[n].flatten(1))
+        parts[P].copy_(step)
+        served = block[:, self.n_float + self.n_rng:].clone().view(torch.int64)
+        block[:, self.n_float + self.n_rng:] = (served + 1).view(torch.uint8)
+        feedback = feedback.to(requests[0].fake.device, torch.float32)
+        return [FeedbackReply(node_id, r.step, feedback[k], dict(zip(STATS, stats[k])))
+                for k, ((node_id, _, _), r) in enumerate(zip(nodes, requests))]
