@@ -217,3 +217,16 @@ def test_feedback_many_is_each_nodes_own_feedback(parts):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(many[k].opt.state[q][key], one[k].opt.state[p][key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_new_nodes_row_is_its_fresh_edge_packed(parts, arch):
+    """PackedEdges.fresh replays build_gan's recorded initialisation under the node's seed instead of
+    building D_k (and G) per node: byte for byte the fresh TDGANEdge's packed state, for either arch."""
+    cfg = dataclasses.replace(CFG, arch=arch)
+    packed = PackedEdges(cfg, "proto", parts[0])
+    assert packed._init.exact and packed._init.calls
+    for i, p in enumerate(parts):
+        assert torch.equal(packed.fresh(f"node{i}", p), TDGANEdge(f"node{i}", p, cfg=cfg).pack())
+    with pytest.raises(EdgeganError, match="^data: node 'odd' does not fit"):
+        packed.fresh("odd", dataclasses.replace(parts[0], num_classes=12))

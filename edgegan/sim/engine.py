@@ -164,7 +164,8 @@ class NodeHost:
         self._pools: dict[str, dict[int, torch.Tensor]] = {}  # per node: indices of each class it holds
         self._crash: dict[str, int] = {}
         self._packed: PackedEdges | None = None
-        self._live = torch.empty(0, 0, dtype=torch.uint8)  # rows of resident nodes
+        self._live = torch.empty(0, 0, dtype=torch.int64)  # rows of resident nodes (int64: fast row copies)
+        self._rows = self._block = self._live.view(torch.uint8)  # the rows' packed bytes; a group's rows
         self._free_rows: list[int] = []
         self._resident: OrderedDict[str, int] = OrderedDict()  # node -> row, least recently used first
         self._slot: dict[str, int] = {}  # node -> its slot in the spill file
@@ -186,7 +187,10 @@ class NodeHost:
             f.write("".join(f"{node_id}\n" for node_id, _ in nodes))
         if self._packed is None and nodes:
             self._packed = PackedEdges(cfg, nodes[0][0], nodes[0][1], self.device)
-            self._live = torch.zeros(self.cap + FEEDBACK_GROUP, self._packed.nbytes, dtype=torch.uint8)
+            words = -(-self._packed.nbytes // 8)
+            self._live = torch.zeros(self.cap + FEEDBACK_GROUP, words, dtype=torch.int64)
+            self._rows = self._live.view(torch.uint8)[:, :self._packed.nbytes]
+            self._block = torch.empty(FEEDBACK_GROUP, words, dtype=torch.int64)
             self._free_rows = list(range(len(self._live)))[::-1]
         self._crash.update(crashes or {})
         return [_info(k, d) for k, d in nodes]
@@ -236,14 +240,14 @@ class NodeHost:
             if node_id in self._spilled:
                 tag = bytearray(8)
                 offset = self._slot[node_id] * size
-                os.preadv(self._fd, [tag, self._live[row].numpy()], offset)
+                os.preadv(self._fd, [tag, self._rows[row].numpy()], offset)
                 require(bytes(tag) == _tag(node_id), "spill", f"worker {self.index}: the spill slot of node "
                         f"'{node_id}' does not hold its state", "do not share a spill folder between runs")
                 os.pwrite(self._fd, bytes(8), offset)  # a slot holds state only while the node is parked
                 self._spilled.discard(node_id)
                 self.counters["restored"] += 1
             else:
-                self._live[row] = self._packed.fresh(node_id, self._data[node_id])  # type: ignore[union-attr]
+                self._rows[row] = self._packed.fresh(node_id, self._data[node_id])  # type: ignore[union-attr]
                 self.counters["created"] += 1
             self._resident[node_id] = row
             rows.append(row)
@@ -254,7 +258,7 @@ class NodeHost:
         size = self._slot_bytes() if self._packed else 0
         while len(self._resident) > self.cap:
             node_id, row = self._resident.popitem(last=False)
-            self.counters["spill_bytes"] += os.pwritev(self._fd, [_tag(node_id), self._live[row].numpy()],
+            self.counters["spill_bytes"] += os.pwritev(self._fd, [_tag(node_id), self._rows[row].numpy()],
                                                        self._slot[node_id] * size)
             self._free_rows.append(row)
             self._spilled.add(node_id)
@@ -283,10 +287,11 @@ class NodeHost:
             t0 = time.perf_counter()
             rows = torch.tensor(self._activate_many(ids))
             t1 = time.perf_counter()
-            block = self._live[rows]
-            replies = self._packed.feedback(block, [(k, self._data[k], self._pools[k]) for k in ids],  # type: ignore[union-attr]
+            block = torch.index_select(self._live, 0, rows, out=self._block[:len(rows)])
+            replies = self._packed.feedback(block.view(torch.uint8)[:, :self._packed.nbytes],  # type: ignore[union-attr]
+                                            [(k, self._data[k], self._pools[k]) for k in ids],
                                             [requests[i] for i in chunk])
-            self._live[rows] = block
+            self._live.index_copy_(0, rows, block)
             for i, reply in zip(chunk, replies):
                 out[i] = reply
             t2 = time.perf_counter()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.overrides import TorchFunctionMode
 
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
@@ -55,6 +56,54 @@ def fresh_discriminator(cfg: TDGANConfig, data: TensorData, node_id: str) -> nn.
         return build_gan(cfg.arch, data.image_shape, cfg.latent_dim, data.num_classes, cfg.width)[1]
 
 
+class _InitRecorder(TorchFunctionMode):
+    """Records the in-place tensor calls (``uniform_``, ``normal_``, ``kaiming_uniform_``, ``fill_`` …)
+    made while a model is built: replayed on that model's own tensors after seeding the CPU generator,
+    they redo its initialisation without building modules again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, tuple, dict]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+class _SeededInit:
+    """``fresh_discriminator`` for many node seeds: ``build_gan`` once under a recorder, then per seed
+    only the recorded initialisation calls (G's then D's, as ``build_gan`` draws them) on that one
+    model. Used only where it reproduces ``fresh_discriminator`` bit for bit (checked on two seeds)."""
+
+    def __init__(self, cfg: TDGANConfig, data: TensorData) -> None:
+        self.cfg, self.data = cfg, data
+        rec = _InitRecorder()
+        with torch.random.fork_rng(devices=[]), rec:
+            self.D = build_gan(cfg.arch, data.image_shape, cfg.latent_dim, data.num_classes, cfg.width)[1]
+        self.calls = rec.calls
+        self._weights = [*self.D.parameters(), *self.D.buffers()]
+        self.exact = all(torch.equal(a, b) for node_id in ("a", "b")
+                         for a, b in zip(self._flat(node_id), _flat(fresh_discriminator(cfg, data, node_id))))
+
+    def _flat(self, node_id: str) -> list[torch.Tensor]:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.default_generator.manual_seed(node_seed(self.cfg.seed, node_id))
+            for func, args, kwargs in self.calls:
+                func(*args, **kwargs)
+        return [w.detach().flatten() for w in self._weights]
+
+    def flat(self, node_id: str) -> list[torch.Tensor]:
+        """D_k's parameters then buffers, flattened, as ``fresh_discriminator(cfg, data, node_id)`` has them."""
+        return self._flat(node_id) if self.exact else _flat(fresh_discriminator(self.cfg, self.data, node_id))
+
+
+def _flat(D: nn.Module) -> list[torch.Tensor]:
+    return [w.detach().flatten() for w in (*D.parameters(), *D.buffers())]
+
+
 def class_pools(data: TensorData) -> dict[int, torch.Tensor]:
     """Indices of each class present in ``data`` (p_k(x | y) is uniform over them)."""
     hist = label_histogram(data.y, data.num_classes)
@@ -63,12 +112,14 @@ def class_pools(data: TensorData) -> dict[int, torch.Tensor]:
 
 def real_like(x: torch.Tensor, pools: dict[int, torch.Tensor], y: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """Real images x_i ∼ p_k(x | y_i), one per requested label (with replacement, drawn from ``rng``)."""
-    idx = torch.empty(len(y), dtype=torch.long)
-    for c in y.unique().tolist():
-        mask = y == c
+    labels = y.tolist()
+    idx = [0] * len(labels)
+    for c in sorted(set(labels)):  # per class in ascending order, positions in order
+        where = [i for i, v in enumerate(labels) if v == c]
         pool = pools[c]
-        idx[mask] = pool[torch.randint(len(pool), (int(mask.sum()),), generator=rng)]
-    return x[idx]
+        for i, j in zip(where, pool[torch.randint(len(pool), (len(where),), generator=rng)].tolist()):
+            idx[i] = j
+    return x[torch.tensor(idx, dtype=torch.long)]
 
 
 def check_request(node_id: str, image_shape: tuple[int, ...], pools: dict[int, torch.Tensor],
@@ -347,12 +398,15 @@ class PackedEdges:
         self.n_rng = self.proto._rng.get_state().numel()
         self.nbytes = self.n_float + self.n_rng + 8
         self._zeros = torch.zeros(sum(self._sizes[len(weights):]))
+        self._init = _SeededInit(self.cfg, proto_data)
 
     def fresh(self, node_id: str, data: TensorData) -> torch.Tensor:
-        """Node ``node_id``'s initial row: equal, byte for byte, to ``TDGANEdge(node_id, data, cfg=cfg).pack()``."""
-        D = fresh_discriminator(self.cfg, data, node_id)
+        """Node ``node_id``'s initial row: equal, byte for byte, to ``TDGANEdge(node_id, data, cfg=cfg).pack()``
+        (D_k depends on the data only through its image shape and class count, the same for every node)."""
+        require(data.image_shape == self.proto._data.image_shape and data.num_classes == self.proto._data.num_classes,
+                "data", f"node '{node_id}' does not fit this pool's D_k", "host nodes of one data set per worker")
         rng = torch.Generator().manual_seed(node_seed(self.cfg.seed, node_id)).get_state()
-        floats = torch.cat([*(w.detach().flatten() for w in (*D.parameters(), *D.buffers())), self._zeros])
+        floats = torch.cat([*self._init.flat(node_id), self._zeros])
         return torch.cat([floats.view(torch.uint8), rng, torch.zeros(8, dtype=torch.uint8)])
 
     def _rows(self, block: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
