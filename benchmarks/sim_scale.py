@@ -31,6 +31,7 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
                 seed: int, out: Path, backend: str = "ray") -> dict:
     import torch
 
+    from edgegan.sim.report import read_metrics
     from edgegan.sim.run import simulate
     from edgegan.sim.scenario import scenario_from_dict
 
@@ -57,6 +58,15 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
     spilled, restored = sum(h["spilled"] for h in hosts), sum(h["restored"] for h in hosts)
     spill_bytes = sum(h.get("spill_bytes", 0) for h in hosts)
     per_ms = lambda sec: 1000 * sec / max(acts, 1)  # noqa: E731
+    steps_rows = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "step"]
+    # a step row is recorded when the next exchange starts: consecutive wall_s differ by one whole step
+    # (exchange, generator update, membership, next requests); step 0 is the rest of the steps' wall time
+    cycle = [b["wall_s"] - a["wall_s"] for a, b in zip(steps_rows, steps_rows[1:])]
+    cycle = [td.wall_seconds - sum(cycle)] + cycle
+    per_step = [{"tick": r["tick"], "online": len(r["online"]), "wall_seconds": w,
+                 "end_to_end_per_activation_ms": 1000 * w / max(len(r["online"]), 1),
+                 "exchange_per_activation_ms": 1000 * r["exchange_s"] / max(len(r["online"]), 1)}
+                for r, w in zip(steps_rows, cycle)]
     return {
         "nodes": nodes, "backend": backend, "device": "cpu",
         "load_average_1min_before_after": [load0, os.getloadavg()[0]], "steps": td.ticks, "generator_steps": td.generator_steps,
@@ -69,6 +79,8 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
         "peak_rss_bytes": mem.peak, "peak_rss_gib": mem.peak / 2**30, "peak_rss_under_4gib": mem.peak < 4 * 2**30,
         "processes_at_peak": mem.peak_procs, "peak_rss_gib_by_process": mem.breakdown(),
         "end_to_end_per_activation_ms": per_ms(td.wall_seconds),
+        "end_to_end_per_activation_ms_last_step": per_step[-1]["end_to_end_per_activation_ms"] if per_step else None,
+        "per_step": per_step,
         "time_per_activation_ms": {
             "note": "end_to_end = wall time of the steps / activations. Worker-side rows are summed over the "
                     "workers, which run in parallel (so they may add up to more than end_to_end); exchange = "
@@ -273,7 +285,7 @@ def main() -> int:
     res["edgegan"] = e
     print_table([{k: e[k] for k in ("nodes", "steps", "mean_online", "activations", "spilled", "restored",
                                     "spill_bytes", "startup_seconds", "seconds_per_step", "peak_rss_gib",
-                                    "end_to_end_per_activation_ms")}],
+                                    "end_to_end_per_activation_ms", "end_to_end_per_activation_ms_last_step")}],
                 "\nedgegan (Ray actor pool, TDGAN: D_k update + feedback per activation, batched cloud step)")
     print_table([{k: v for k, v in e["time_per_activation_ms"].items() if k != "note"}],
                 "\nwhere the time per activation goes (ms)")

@@ -131,7 +131,8 @@ class TDGANCloud:
         self.num_classes = int(generator.num_classes)
         self.device = next(generator.parameters()).device
         self.opt = adam(self.G.parameters(), self.cfg)
-        self.G_prev: Generator | None = None          # G_{t−1}, frozen at the last membership change
+        self._G_prev: Generator | None = None         # G_{t−1}, frozen at the last membership change
+        self._prev_stale = False                      # membership changed since _G_prev was copied from G
         self.remind_hist: torch.Tensor | None = None  # s_{t−1}: label counts of nodes seen before
         self._online: dict[str, NodeInfo] = {}
         self._seen: dict[str, NodeInfo] = {}
@@ -159,17 +160,32 @@ class TDGANCloud:
         """π_k = n_k / Σ_{online} n (seed 003 §3.3), capped at ``cfg.max_share`` (:func:`capped_shares`)."""
         return capped_shares({k: i.n_samples for k, i in self._online.items()}, self.cfg.max_share)
 
-    def _membership_changed(self) -> None:
-        """Freeze G_{t−1} ← G and s_{t−1} ← label counts of every node seen so far (O(|θ| + classes):
-        churn over thousands of nodes changes membership hundreds of times per step)."""
-        if self.G_prev is None:
-            self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
-        else:
+    @property
+    def G_prev(self) -> Generator | None:
+        """G_{t−1}: G as it was at the last membership change (None before the first)."""
+        self._freeze_prev()
+        return self._G_prev
+
+    def _freeze_prev(self) -> None:
+        """Copy G into G_{t−1} if membership changed since the last copy. G does not move between a
+        change and this copy (only :meth:`make_requests` and :meth:`apply_feedback` move it, and
+        both copy first), so a burst of joins and leaves costs one copy instead of one each."""
+        if self._prev_stale and self._G_prev is not None:
             with torch.no_grad():
-                for prev, now in zip([*self.G_prev.parameters(), *self.G_prev.buffers()],
+                for prev, now in zip([*self._G_prev.parameters(), *self._G_prev.buffers()],
                                      [*self.G.parameters(), *self.G.buffers()]):
                     prev.copy_(now)
-            self.G_prev.train(self.G.training)
+            self._G_prev.train(self.G.training)
+        self._prev_stale = False
+
+    def _membership_changed(self) -> None:
+        """Freeze G_{t−1} ← G (copied when next used: :meth:`_freeze_prev`) and s_{t−1} ← label counts
+        of every node seen so far (O(classes): churn over thousands of nodes changes membership
+        thousands of times per step)."""
+        if self._G_prev is None:
+            self._G_prev = copy.deepcopy(self.G).requires_grad_(False)
+        else:
+            self._prev_stale = True
         self.remind_hist = self._seen_hist.clone() if self._seen else None
         self.totals["membership_changes"] += 1
 
@@ -204,8 +220,9 @@ class TDGANCloud:
         log.info("tdgan: node %s left, online %d", node_id, len(self._online))
 
     def _require_known(self, node_id: str) -> None:
-        require(node_id in self._seen, "node_id", f"unknown node '{node_id}'",
-                "known nodes: " + (", ".join(self._seen) or "none (join first)"))
+        if node_id not in self._seen:  # the message lists every seen node: built only on failure
+            raise EdgeganError("node_id", f"unknown node '{node_id}'",
+                               "known nodes: " + (", ".join(self._seen) or "none (join first)"))
 
     # ---------------------------------------------------------------- one step
     def _latent(self, n: int) -> torch.Tensor:
@@ -220,6 +237,7 @@ class TDGANCloud:
         statistics per node: :func:`per_node_batch_norm`); the graph is kept for :meth:`apply_feedback`."""
         if step is not None:
             self.step = int(step)
+        self._freeze_prev()  # before this forward moves G's BatchNorm statistics
         self._pending.clear()
         self._fake = None
         if not self._online:
@@ -262,6 +280,7 @@ class TDGANCloud:
         With no accepted reply the generator does not step (``stats['g_stepped'] = 0``).
         Unknown node ids raise :class:`EdgeganError`.
         """
+        self._freeze_prev()  # G_{t−1} as of the last membership change, before G steps
         accepted: list[tuple[_Pending, torch.Tensor]] = []
         rejected, bytes_in = 0, 0
         stats: dict[str, float] = {}
@@ -333,11 +352,12 @@ class TDGANCloud:
 
         try:
             self.G.load_state_dict(state["generator"])
+            self._prev_stale = False
             if state["generator_prev"] is None:
-                self.G_prev = None
+                self._G_prev = None
             else:
-                self.G_prev = copy.deepcopy(self.G).requires_grad_(False)
-                self.G_prev.load_state_dict(state["generator_prev"])
+                self._G_prev = copy.deepcopy(self.G).requires_grad_(False)
+                self._G_prev.load_state_dict(state["generator_prev"])
             self.remind_hist = state["remind_hist"]
             self.opt.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
