@@ -19,7 +19,8 @@ demo: $(STAMP)
 	$(VENV)/bin/edgegan simulate --scenario quickstart --out runs/quickstart
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m "not timing" --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m timing tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

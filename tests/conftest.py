@@ -7,6 +7,18 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+#: Test files that start Ray (a local ``ray.init`` or ``ray start`` clusters).
+RAY_FILES = {"test_ray_cluster", "test_sim_ray", "test_flower_simulation"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a file's tests
+    stay on one worker, in order (module fixtures and cached sources are built once), and the files
+    that start Ray share one group, so they run one after another: ``ray.init()`` without an address
+    joins the newest ``ray start`` cluster on the machine, and two Ray tests at once would share it."""
+    for item in items:
+        name = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
 
 
 @pytest.fixture(params=["cpu", "cuda"])

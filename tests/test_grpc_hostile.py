@@ -25,6 +25,9 @@ from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.tdgan.cloud import capped_shares
 from grpc_procs import Procs, make_certs, scrape, start_cloud, start_edge, write_config
 
+# The attacks compare the honest edge's step rate with a baseline taken seconds before: other tests
+# running beside them would move that rate, so these run alone (`make test`'s second pass).
+pytestmark = pytest.mark.timing
 MiB = 1 << 20
 METHOD = "/edgegan.v1.EdgeGAN/"
 FEEDBACK_TIMEOUT_S = 3.0
