@@ -11,7 +11,7 @@ from torch import nn
 
 from edgegan.data import label_histogram, partition_by_classes
 from edgegan.errors import EdgeganError
-from edgegan.tdgan import FeedbackReply, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
+from edgegan.tdgan import FeedbackReply, FeedbackRequest, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
 from edgegan.tdgan.cloud import per_node_batch_norm
 from edgegan.tdgan.edge import PackedEdges, class_pools, feedback_many
 from edgegan.tdgan.harness import build_generator
@@ -230,3 +230,28 @@ def test_a_new_nodes_row_is_its_fresh_edge_packed(parts, arch):
         assert torch.equal(packed.fresh(f"node{i}", p), TDGANEdge(f"node{i}", p, cfg=cfg).pack())
     with pytest.raises(EdgeganError, match="^data: node 'odd' does not fit"):
         packed.fresh("odd", dataclasses.replace(parts[0], num_classes=12))
+
+
+def test_packed_edges_refuse_a_bad_request_in_one_line_and_keep_the_rows(parts):
+    """Group-wide request checks name the node at fault like TDGANEdge's own check, before any row changes."""
+    packed = PackedEdges(CFG, "proto", parts[0])
+    ids = ["n0", "n1"]
+    nodes = [(k, p, class_pools(p)) for k, p in zip(ids, parts)]
+    block = torch.stack([packed.fresh(k, p) for k, p in zip(ids, parts)])
+    before = block.clone()
+    fake = torch.zeros(4, 1, 8, 8)
+    good = [FeedbackRequest(k, 0, fake, p.y[:4].clone()) for k, p in zip(ids, parts)]
+    bad = {"nan": (1, dataclasses.replace(good[1], fake=torch.full_like(fake, float("nan"))),
+                   r"^fake: node 'n1' got non-finite values$"),
+           "class": (1, dataclasses.replace(good[1], labels=torch.tensor([3, 3, 0, 3])),
+                     r"^labels: node 'n1' has no samples of class\(es\) \[0\]"),
+           "range": (0, dataclasses.replace(good[0], labels=torch.tensor([0, 1, 10, -1])),
+                     r"^labels: node 'n0' has no samples of class\(es\) \[-1, 10\]"),
+           "route": (0, dataclasses.replace(good[0], node_id="n9"), r"^node_id: request for 'n9' reached node 'n0'")}
+    for name, (k, req, message) in bad.items():
+        reqs = list(good)
+        reqs[k] = req
+        with pytest.raises(EdgeganError, match=message):
+            packed.feedback(block, nodes, reqs)
+        assert torch.equal(block, before), name
+    assert [r.node_id for r in packed.feedback(block, nodes, good)] == ids and not torch.equal(block, before)

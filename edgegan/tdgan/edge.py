@@ -415,6 +415,26 @@ class PackedEdges:
         floats = block[:, :self.n_float].view(torch.float32)
         return list(floats.split(self._sizes, dim=1)), block[:, self.n_float:self.n_float + self.n_rng]
 
+    def _check(self, nodes: Sequence[tuple[str, TensorData, dict[int, torch.Tensor]]],
+               requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> None:
+        """:func:`check_request` for every node, as whole-group tensor checks (each node's own check, for
+        its one-line error, only where a group check fails)."""
+        r0, C = requests[0], self.proto._data.num_classes
+        ok = (r0.fake.dtype == torch.float32 and tuple(r0.fake.shape[1:]) == self.proto._data.image_shape
+              and all(r.node_id == k and r.labels.dtype == torch.int64 and r.labels.shape == r0.labels.shape
+                      for (k, _, _), r in zip(nodes, requests))
+              and r0.labels.shape == r0.fake.shape[:1] and len(r0.labels) >= 1)
+        if ok:
+            held = torch.zeros(len(nodes), C + 1, dtype=torch.bool)  # column C: labels out of range
+            for k, (_, _, pools) in enumerate(nodes):
+                held[k, list(pools)] = True
+            y = torch.stack(labels)
+            ok = (bool(torch.isfinite(torch.stack([r.fake for r in requests])).all())
+                  and bool(held.gather(1, torch.where((y >= 0) & (y < C), y, C)).all()))
+        if not ok:
+            for (node_id, data, pools), r in zip(nodes, requests):
+                check_request(node_id, data.image_shape, pools, r)
+
     def feedback(self, block: torch.Tensor, nodes: Sequence[tuple[str, TensorData, dict[int, torch.Tensor]]],
                  requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
         """Answer ``requests[k]`` as node ``nodes[k]`` = (id, private data, :func:`class_pools`) whose
@@ -431,11 +451,10 @@ class PackedEdges:
                 replies.append(e.feedback(r))
                 block[k] = e.pack()
             return replies
-        for (node_id, data, pools), r in zip(nodes, requests):
-            check_request(node_id, data.image_shape, pools, r)
-        parts, rngs = self._rows(block)
         K, P, dev = len(nodes), len(self._names), self.device
         labels = [r.labels.cpu() for r in requests]
+        self._check(nodes, requests, labels)
+        parts, rngs = self._rows(block)
         draws: list[list[torch.Tensor]] = []
         gen = torch.Generator()
         for k, ((_, data, pools), lab) in enumerate(zip(nodes, labels)):  # each node's own RNG, as K calls draw
