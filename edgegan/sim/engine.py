@@ -170,7 +170,8 @@ class NodeHost:
         self._resident: OrderedDict[str, int] = OrderedDict()  # node -> row, least recently used first
         self._slot: dict[str, int] = {}  # node -> its slot in the spill file
         self._spilled: set[str] = set()
-        self._fd = os.open(self.spill_dir / SLAB, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = os.open(self.spill_dir / SLAB, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # this run's only
+        (self.spill_dir / SLOTS).write_text("")
         self.counters = {"activations": 0, "created": 0, "restored": 0, "spilled": 0, "spill_bytes": 0, "crashed": 0,
                          "activate_s": 0.0, "park_s": 0.0, "compute_s": 0.0, "jobs": 0, "job_s": 0.0}
 
