@@ -11,9 +11,9 @@ from torch import nn
 
 from edgegan.data import label_histogram, partition_by_classes
 from edgegan.errors import EdgeganError
-from edgegan.tdgan import FeedbackReply, FeedbackRequest, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
+from edgegan.tdgan import FeedbackRequest, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
 from edgegan.tdgan.cloud import per_node_batch_norm
-from edgegan.tdgan.edge import PackedEdges, class_pools, feedback_many
+from edgegan.tdgan.edge import PackedEdges, class_pools
 from edgegan.tdgan.harness import build_generator
 
 CFG = TDGANConfig(batch_size=8, remind_batch_size=8, seed=5, width=16, lr=2e-3)
@@ -167,10 +167,11 @@ def test_a_parked_edge_resumes_exactly_and_a_wrong_size_state_is_one_line(parts)
 
 
 @pytest.mark.parametrize("critic_steps", [1, 2])
-def test_packed_edges_are_feedback_many_bit_for_bit(parts, critic_steps):
-    """The engine keeps its nodes as PackedEdges rows: a new row is the node's fresh TDGANEdge packed
-    (D_k under its seed), and answering from rows equals feedback_many on live edges bit for bit
-    (replies, stats, the state after), in any grouping of the nodes."""
+def test_packed_edges_answer_as_each_nodes_own_edge_in_any_grouping(parts, critic_steps):
+    """The engine keeps its nodes as PackedEdges rows and answers a group of them in one vectorised pass:
+    a new row is the node's fresh TDGANEdge packed (D_k under its seed); over two rounds (the second
+    starts from Adam state the first wrote) the replies and the rows after equal each node's own
+    TDGANEdge.feedback to float tolerance, and bit for bit whatever the grouping of the nodes."""
     cfg = dataclasses.replace(CFG, critic_steps=critic_steps)
     cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
     ids = [f"n{i}" for i in range(len(parts))]
@@ -181,42 +182,30 @@ def test_packed_edges_are_feedback_many_bit_for_bit(parts, critic_steps):
     nodes = {k: (k, p, class_pools(p)) for k, p in zip(ids, parts)}
     for e in live.values():
         cloud.join(e.info())
-    for groups in ([ids], [ids[:1], ids[1:3], ids[3:]]):
+    for _ in range(2):
         reqs = {r.node_id: r for r in cloud.make_requests()}
-        expected = {r.node_id: r for r in feedback_many([live[k] for k in ids], [reqs[k] for k in ids])}
-        for g in groups:
-            block = torch.stack([rows[k] for k in g])
-            for k, got in zip(g, packed.feedback(block, [nodes[k] for k in g], [reqs[k] for k in g])):
-                assert torch.equal(got.grad, expected[k].grad) and got.stats == expected[k].stats
-            rows.update(zip(g, block))
+        expected = {k: live[k].feedback(reqs[k]) for k in ids}
+        answers = []
+        for groups in ([ids], [ids[:1], ids[1:3], ids[3:]]):
+            got, after = {}, {}
+            for g in groups:
+                block = torch.stack([rows[k] for k in g])
+                got.update(zip(g, packed.feedback(block, [nodes[k] for k in g], [reqs[k] for k in g])))
+                after.update(zip(g, block))
+            answers.append((got, after))
+        (got, rows), (split, split_rows) = answers
+        for k in ids:
+            assert torch.equal(got[k].grad, split[k].grad) and got[k].stats == split[k].stats, k
+            assert torch.equal(rows[k], split_rows[k]), k
+            assert (got[k].node_id, got[k].step) == (k, expected[k].step)
+            torch.testing.assert_close(got[k].grad, expected[k].grad, rtol=1e-4, atol=1e-7)
+            assert got[k].stats == pytest.approx(expected[k].stats, rel=1e-4, abs=1e-5)
         cloud.apply_feedback(list(expected.values()))
-    for k in ids:
-        assert torch.equal(rows[k], live[k].pack()), k
-
-
-def test_feedback_many_is_each_nodes_own_feedback(parts):
-    """The engine answers a worker's requests with feedback_many (vectorised over nodes)."""
-    cfg = dataclasses.replace(CFG, critic_steps=2)
-    cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10), cfg)
-    one = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts)}
-    many = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts)}
-    for e in one.values():
-        cloud.join(e.info())
-    for _ in range(2):  # the second round starts from Adam state written by the first
-        reqs = cloud.make_requests()
-        expected = [one[r.node_id].feedback(r) for r in reqs]
-        got = feedback_many([many[r.node_id] for r in reqs], reqs)
-        for a, b in zip(expected, got):
-            assert (a.node_id, a.step) == (b.node_id, b.step)
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
-            assert b.stats == pytest.approx(a.stats, rel=1e-4, abs=1e-5)
-        cloud.apply_feedback(expected)
-    for k in one:
-        assert many[k].requests_served == one[k].requests_served == 2
-        for p, q in zip(one[k].D.parameters(), many[k].D.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
-            for key in ("step", "exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(many[k].opt.state[q][key], one[k].opt.state[p][key], rtol=1e-4, atol=1e-6)
+    n = packed.n_float
+    for k in ids:  # D_k, Adam steps and moments to float tolerance; RNG state and requests served exactly
+        want = live[k].pack()
+        torch.testing.assert_close(rows[k][:n].view(torch.float32), want[:n].view(torch.float32), rtol=1e-4, atol=1e-6)
+        assert torch.equal(rows[k][n:], want[n:]) and live[k].requests_served == 2, k
 
 
 @pytest.mark.parametrize("arch", ARCHS)

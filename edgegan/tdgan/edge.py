@@ -273,21 +273,10 @@ class TDGANEdge:
         self.unpack(state["packed"])
 
 
-def _stackable(edges: Sequence[TDGANEdge], params: list[list[nn.Parameter]], requests: Sequence[FeedbackRequest]) -> bool:
-    """Whether :func:`feedback_many` can vectorise: logloss, one config, same D_k shapes, no
-    buffers, one batch size, one device."""
-    e0, r0 = edges[0], requests[0]
-    shapes = [(p.shape, p.device) for p in params[0]]
-    return (e0.cfg.loss == "logloss" and not e0._has_buffers
-            and all(e.cfg == e0.cfg and type(e.D) is type(e0.D) and [(p.shape, p.device) for p in ps] == shapes
-                    for e, ps in zip(edges, params))
-            and all(r.fake.shape == r0.fake.shape for r in requests))
-
-
 def _feedback_stacked(D: nn.Module, opt: torch.optim.Optimizer, W: dict[str, torch.Tensor], m: dict[str, torch.Tensor],
                       v: dict[str, torch.Tensor], step: torch.Tensor, reals: list[torch.Tensor], fake: torch.Tensor,
                       y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
-    """The vectorised node step of :func:`feedback_many` on K stacked D_k (``W``: name → (K, …)), their
+    """The vectorised node step of :meth:`PackedEdges.feedback` on K stacked D_k (``W``: name → (K, …)), their
     Adam moments ``m``/``v`` and step counts ``step`` (K, P), updated in place: per critic step in
     ``reals`` one Adam update of each D_k on −log D_k(x, y) − log(1 − D_k(x̂_k, y)) (torch's
     single-tensor Adam with each node's own step count), then the replies ∂(−log D_k(x̂_k, y))/∂x̂_k
@@ -323,64 +312,14 @@ def _feedback_stacked(D: nn.Module, opt: torch.optim.Optimizer, W: dict[str, tor
 STATS = ("d_loss", "d_real", "d_fake", "g_loss")
 
 
-def feedback_many(edges: Sequence[TDGANEdge], requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
-    """``[e.feedback(r) for e, r in zip(edges, requests)]`` computed as one vectorised pass over the
-    K nodes' stacked D_k (``torch.func.vmap``): per node k, ``critic_steps`` Adam updates of D_k on
-    −log D_k(x, y) − log(1 − D_k(x̂_k, y)) and the reply ∂(−log D_k(x̂_k, y))/∂x̂_k (seed 003 Alg. 1
-    lines 3–8 and 15) — the same maths and the same per-node real batches as K calls (equal to
-    float tolerance), without K times the per-call overhead. A node's result does not depend on
-    which other nodes share the pass (bit for bit), so runs repeat whatever the grouping. Falls
-    back to per-node calls where it cannot stack (wgan-gp, differing models)."""
-    require(len(edges) == len(requests), "requests", f"{len(requests)} requests for {len(edges)} edges")
-    params = [e._params for e in edges]
-    if not edges or not _stackable(edges, params, requests):
-        return [e.feedback(r) for e, r in zip(edges, requests)]
-    cfg, D = edges[0].cfg, edges[0].D
-    dev = params[0][0].device
-    names = [n for n, _ in D.named_parameters()]
-    for e, r in zip(edges, requests):
-        e._check(r)
-    labels = [r.labels.cpu() for r in requests]
-    y = torch.stack(labels).to(dev)                                               # (K, B)
-    fake = torch.stack([r.fake.detach() for r in requests]).to(dev)               # (K, B, C, H, W)
-    reals = [torch.stack([e._real_like(lab) for e, lab in zip(edges, labels)]).to(dev)
-             for _ in range(cfg.critic_steps)]  # per node, in the order K calls would draw them
-    W = {n: torch.stack([ps[i].detach() for ps in params]) for i, n in enumerate(names)}
-    states = [[e.opt.state.get(p) or {} for p in ps] for e, ps in zip(edges, params)]
-
-    def moment(i: int, key: str) -> torch.Tensor:
-        return torch.stack([st[i][key] if key in st[i] else torch.zeros_like(params[0][i]) for st in states])
-
-    m = {n: moment(i, "exp_avg") for i, n in enumerate(names)}
-    v = {n: moment(i, "exp_avg_sq") for i, n in enumerate(names)}
-    step = torch.tensor([[float(s.get("step", 0.0)) for s in st] for st in states])  # (K, P)
-    feedback, stats = _feedback_stacked(D, edges[0].opt, W, m, v, step, reals, fake, y)
-    feedback = feedback.to(requests[0].fake.device, torch.float32)
-    replies = []
-    with torch.no_grad():
-        for k, (e, r, ps) in enumerate(zip(edges, requests, params)):
-            for i, (n, p) in enumerate(zip(names, ps)):  # copies: a view would pin this pass's whole stack
-                p.copy_(W[n][k])
-                st = states[k][i]
-                if st:
-                    st["step"].copy_(step[k, i])
-                    st["exp_avg"].copy_(m[n][k])
-                    st["exp_avg_sq"].copy_(v[n][k])
-                else:
-                    e.opt.state[p] = {"step": step[k, i].clone(), "exp_avg": m[n][k].clone(),
-                                      "exp_avg_sq": v[n][k].clone()}
-            e.requests_served += 1
-            replies.append(FeedbackReply(e.node_id, r.step, feedback[k].clone(), dict(zip(STATS, stats[k]))))
-    return replies
-
-
 class PackedEdges:
     """Many virtual TDGAN edges of one config and data shape held as rows of packed state (the
     :meth:`TDGANEdge.pack` layout: D_k, Adam steps and moments, RNG, requests served), not as live
     objects: :meth:`fresh` is a new node's row (D_k under its seed, Adam at step 0, RNG seeded), and
-    :meth:`feedback` answers a block of rows' requests with :func:`feedback_many`'s maths (the same
-    vectorised pass, bit for bit) and updates the rows in place. A pool keeps its nodes this way
-    so that an activation costs no model, optimizer or file per node.
+    :meth:`feedback` answers a block of rows' requests in one vectorised pass (``torch.func.vmap`` over
+    the stacked D_k: :meth:`TDGANEdge.feedback`'s maths per node, equal to float tolerance, and a
+    node's result bit for bit the same whatever nodes share its pass) and updates the rows in place.
+    A pool keeps its nodes this way so that an activation costs no model, optimizer or file per node.
 
     ``proto`` (any node of the data set) fixes the layout and serves the per-node path where the
     pass cannot stack (wgan-gp, D_k with buffers, mixed batch sizes)."""
@@ -465,7 +404,7 @@ class PackedEdges:
         y = torch.stack(labels).to(dev)
         fake = torch.stack([r.fake.detach() for r in requests]).to(dev)
 
-        def stacked(part: int, i: int) -> torch.Tensor:  # contiguous (K, *shape of parameter i), as feedback_many stacks
+        def stacked(part: int, i: int) -> torch.Tensor:  # contiguous (K, *shape of parameter i)
             return parts[part].reshape((K,) + self._shapes[i]).to(dev, copy=True, memory_format=torch.contiguous_format)
 
         W = {n: stacked(i, i) for i, n in enumerate(self._names)}
