@@ -28,7 +28,7 @@ from _common import PeakMemory, machine, print_table, write_json  # noqa: E402
 
 
 def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: float, mean_down: float,
-                seed: int, out: Path, backend: str = "ray") -> dict:
+                seed: int, out: Path, backend: str = "ray", device: str = "cpu", num_gpus: float = 0.0) -> dict:
     import torch
 
     from edgegan.sim.report import read_metrics
@@ -40,11 +40,11 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
         "name": f"sim-scale-{nodes}", "seed": seed, "pipeline": "tdgan",
         "data": {"dataset": "digits", "partition": "classes", "disjoint": False, "samples_per_node": 20,
                  "classes": [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [1, 7], [3, 8], [0, 6]]},
-        "nodes": {"count": nodes},
+        "nodes": {"count": nodes, "resources": {"num_gpus": num_gpus}},
         "schedule": {"kind": "churn", "steps": steps, "churn": {"mean_up": mean_up, "mean_down": mean_down}},
         "training": {"steps": steps, "tdgan": {"batch_size": 8, "remind_batch_size": 8, "width": 32}},
         "outputs": {"plots": False, "sample_grids": False},
-        "engine": {"backend": backend, "workers": workers, "resident_nodes": resident},
+        "engine": {"backend": backend, "workers": workers, "resident_nodes": resident, "device": device},
     })
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     with PeakMemory() as mem:
@@ -68,7 +68,8 @@ def run_edgegan(nodes: int, steps: int, workers: int, resident: int, mean_up: fl
                  "exchange_per_activation_ms": 1000 * r["exchange_s"] / max(len(r["online"]), 1)}
                 for r, w in zip(steps_rows, cycle)]
     return {
-        "nodes": nodes, "backend": backend, "device": "cpu",
+        "nodes": nodes, "backend": backend, "device": s.engine.device,
+        "num_gpus_per_worker": s.engine.num_gpus_per_worker,
         "load_average_1min_before_after": [load0, os.getloadavg()[0]], "steps": td.ticks, "generator_steps": td.generator_steps,
         "workers": len(hosts), "resident_nodes_per_worker": resident, "mean_online": td.mean_online,
         "activations": acts, "activations_per_step": acts / max(td.ticks, 1),
@@ -256,6 +257,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="Ray actors (edgegan) / Flower Ray CPUs")
     p.add_argument("--resident", type=int, default=256, help="virtual nodes kept in memory per actor")
     p.add_argument("--backend", choices=("ray", "inproc"), default="ray")
+    p.add_argument("--device", default="cpu", help="cloud device (cpu, cuda, cuda:N, auto); with cuda, Ray workers "
+                                                  "get --num-gpus each and run their nodes there")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPU share per Ray worker (0.5: two workers per GPU)")
     p.add_argument("--mean-up", type=float, default=10.0)
     p.add_argument("--mean-down", type=float, default=10.0)
     p.add_argument("--trivial-nodes", type=int, default=1000, help="nodes of the trivial-echo rows (0: skip them)")
@@ -281,7 +285,8 @@ def main() -> int:
         e = json.loads(Path(args.json).read_text())["edgegan"]
     else:
         e = run_edgegan(args.nodes, args.steps, args.workers, args.resident, args.mean_up, args.mean_down,
-                        args.seed, Path("/tmp") / f"sim_scale_run_{os.getpid()}", args.backend)
+                        args.seed, Path("/tmp") / f"sim_scale_run_{os.getpid()}", args.backend, args.device,
+                        args.num_gpus)
     res["edgegan"] = e
     print_table([{k: e[k] for k in ("nodes", "steps", "mean_online", "activations", "spilled", "restored",
                                     "spill_bytes", "startup_seconds", "seconds_per_step", "peak_rss_gib",
@@ -329,4 +334,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from edgegan.errors import EdgeganError
+
+    try:
+        raise SystemExit(main())
+    except EdgeganError as err:  # e.g. --device cuda without a GPU: one line, exit 2
+        print(f"sim_scale: {err}", file=sys.stderr)
+        raise SystemExit(2)
