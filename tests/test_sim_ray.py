@@ -3,6 +3,8 @@ the in-process backend for the same seed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -14,9 +16,10 @@ from edgegan.sim.scenario import scenario_from_dict  # noqa: E402
 from test_sim_engine import strip, tiny_tdgan  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False)
+    """A local Ray with 2 CPUs and one *declared* GPU (Ray only does the accounting: nothing runs on it)."""
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -32,6 +35,24 @@ def test_ray_pool_matches_inproc(tmp_path, ray_cluster):
     sc_in = scenario_from_dict({**data, "engine": {"backend": "inproc", "workers": 1, "resident_nodes": 100}})
     simulate(sc_in, tmp_path / "inproc")
     assert_same_metrics(tmp_path / "ray", tmp_path / "inproc")
+
+
+def test_fractional_gpus_put_two_workers_on_one_gpu(ray_cluster):
+    """``nodes.resources.num_gpus = 0.5``: the pool sizes itself by GPU share (2 × 0.5 of the one GPU),
+    both workers are handed the same device and run their nodes on CUDA, and the GPU is fully booked."""
+    from edgegan.sim.engine import RayPool
+
+    pool = RayPool(workers=0, num_cpus=1, num_gpus=0.5)
+    try:
+        assert pool.size == 2 and pool.device == "cuda" and pool.resources == {"num_cpus": 1, "num_gpus": 0.5}
+        assert ray.available_resources().get("GPU", 0.0) == 0.0
+        assert [(st["gpu_ids"], st["device"]) for st in pool.stats()] == [([0], "cuda"), ([0], "cuda")]
+    finally:
+        pool.shutdown()
+    t0 = time.monotonic()  # killed actors hand their share back asynchronously
+    while ray.available_resources().get("GPU") != 1.0 and time.monotonic() - t0 < 20:
+        time.sleep(0.2)
+    assert ray.available_resources().get("GPU") == 1.0
 
 
 def assert_same_metrics(run_a, run_b) -> None:

@@ -316,11 +316,13 @@ class NodeHost:
         self._crash.pop(node_id, None)
 
     def stats(self) -> dict[str, Any]:
-        ray = sys.modules.get("ray")  # inside a Ray actor: which cluster node hosts this worker
-        ray_node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+        ray = sys.modules.get("ray")  # inside a Ray actor: which cluster node hosts this worker, which GPUs
+        in_ray = ray is not None and ray.is_initialized()
         return {**self.counters, "index": self.index, "pid": os.getpid(), "resident": len(self._resident),
                 "spilled_now": len(self._spilled), "nodes": len(self._data), "rss_peak_bytes": proc_memory_bytes(),
-                "ray_node": ray_node, "spill_dir": str(self.spill_dir), "own_spill_dir": self._own_spill}
+                "ray_node": ray.get_runtime_context().get_node_id() if in_ray else None,
+                "gpu_ids": [int(i) for i in ray.get_gpu_ids()] if in_ray else [], "device": str(self.device),
+                "spill_dir": str(self.spill_dir), "own_spill_dir": self._own_spill}
 
     # ------------------------------------------------------------------ stateless jobs
     def run_job(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
