@@ -4,7 +4,9 @@ Each *statistic* reproduces the body of one training test with a seed parameter 
 number the test compares to its threshold. Every (statistic, capability, threads) cell runs in a
 fresh subprocess with ``ATEN_CPU_CAPABILITY`` set, so the CPU kernels differ as on other machines.
 
-    benchmarks/test_margins.py [--quick] [--stats ring,...] [--seeds 5] [--threads 1,2] --json OUT
+    benchmarks/test_margins.py [--quick] [--stats ring,...] [--seeds 5] [--first-seed 0] [--threads 1,2]
+                               [--caps default,avx2,avx512] [--keep] --json OUT
+    benchmarks/test_margins.py --report [--stats ...]  # stored runs per thread count: n, min/median/max
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CAPABILITIES = ["default", "avx2", "avx512"]
@@ -255,11 +258,19 @@ STATS = {"classifier": classifier, "tdgan_forgetting": tdgan_forgetting, "coales
          "w2_win": w2_win, "w2_nwb": w2_nwb, "w2_tolerance": w2_tolerance}
 
 
-def _cell(stat: str, seeds: list[int], threads: int) -> list[dict]:
+RUN = "run: "  # the child's prefix of one finished seed's JSON row on stdout
+
+
+def _cell(stat: str, seeds: list[int], threads: int) -> None:
+    """Print each seed's row (with its wall and process CPU seconds) as soon as it is done."""
     import torch
 
     torch.set_num_threads(threads)
-    return [{"seed": s, **STATS[stat](s)} for s in seeds]
+    for s in seeds:
+        wall, cpu = time.perf_counter(), time.process_time()
+        row = STATS[stat](s)
+        row = {"seed": s, "wall_s": time.perf_counter() - wall, "process_cpu_s": time.process_time() - cpu, **row}
+        print(RUN + json.dumps(row), flush=True)
 
 
 def summarise(stat: str, runs: list[dict]) -> dict:
@@ -267,6 +278,20 @@ def summarise(stat: str, runs: list[dict]) -> dict:
     vals = [r["value"] for r in runs]
     return {"doc": STATS[stat].__doc__, "n": len(vals), "min": min(vals), "median": statistics.median(vals),
             "max": max(vals), "runs": runs}
+
+
+def report(table: dict, stats: list[str]) -> None:
+    """Print n and min / median / max of every numeric field per statistic and thread count."""
+    for stat in stats:
+        runs = table.get(stat, {}).get("runs", [])
+        for t in sorted({r["threads"] for r in runs}):
+            rows = [r for r in runs if r["threads"] == t]
+            caps = sorted({r["capability"] for r in rows})
+            print(f"{stat} threads={t} n={len(rows)} caps={','.join(caps)} seeds={sorted({r['seed'] for r in rows})}")
+            for k, v in rows[0].items():
+                vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+                if k not in ("seed", "threads") and len(vals) == len(rows):
+                    print(f"  {k:22s} min={min(vals):.4g} median={statistics.median(vals):.4g} max={max(vals):.4g}")
 
 
 def store(path: Path, stat: str, row: dict) -> None:
@@ -290,34 +315,44 @@ def store(path: Path, stat: str, row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stats", default=",".join(STATS))
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1")
+    p.add_argument("--report", action="store_true", help="print the stored distributions per thread count; run nothing")
     p.add_argument("--threads", default="1")
     p.add_argument("--caps", default=",".join(CAPABILITIES))
     p.add_argument("--quick", action="store_true", help="3 seeds, 1 thread")
-    p.add_argument("--keep", action="store_true", help="keep the stored runs of the other (capability, threads) cells")
+    p.add_argument("--keep", action="store_true", help="keep the stored runs of the other (capability, threads, seed)s")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/test_margins.json"))
-    p.add_argument("--cell", help=argparse.SUPPRESS)  # child: "stat:threads", prints one JSON line
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # child: "stat:threads", prints one RUN line per seed
     a = p.parse_args(argv)
+    seeds = list(range(a.first_seed, a.first_seed + (3 if a.quick else a.seeds)))
     if a.cell:
         stat, threads = a.cell.split(":")
-        print(json.dumps(_cell(stat, list(range(a.seeds)), int(threads))))
+        _cell(stat, seeds, int(threads))
         return 0
-    seeds = 3 if a.quick else a.seeds
+    if a.report:
+        report(json.loads(a.json.read_text()), a.stats.split(","))
+        return 0
     threads = [1] if a.quick else [int(t) for t in a.threads.split(",")]
     for stat in a.stats.split(","):
         runs = []
-        if a.keep and a.json.exists():  # the stored runs of the cells this invocation does not rerun
-            cells = {(cap, t) for cap in a.caps.split(",") for t in threads}
+        if a.keep and a.json.exists():  # the stored runs this invocation does not rerun
+            rerun = {(cap, t, s) for cap in a.caps.split(",") for t in threads for s in seeds}
             stored = json.loads(a.json.read_text()).get(stat, {}).get("runs", [])
-            runs = [r for r in stored if (r["capability"], r["threads"]) not in cells]
+            runs = [r for r in stored if (r["capability"], r["threads"], r["seed"]) not in rerun]
         for cap in a.caps.split(","):
             for t in threads:
                 env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)}
-                out = subprocess.run([sys.executable, __file__, "--cell", f"{stat}:{t}", "--seeds", str(seeds)],
-                                     env=env, check=True, capture_output=True, text=True).stdout
-                runs += [{"capability": cap, "threads": t, **r} for r in json.loads(out.splitlines()[-1])]
-                row = summarise(stat, runs)
-                store(a.json, stat, row)  # written after every cell: a long run keeps what ran
+                cmd = [sys.executable, __file__, "--cell", f"{stat}:{t}", "--seeds", str(len(seeds)),
+                       "--first-seed", str(seeds[0])]
+                with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) as child:
+                    for line in child.stdout:
+                        if line.startswith(RUN):  # written after every seed: a long run keeps what ran
+                            runs.append({"capability": cap, "threads": t, **json.loads(line[len(RUN):])})
+                            row = summarise(stat, runs)
+                            store(a.json, stat, row)
+                if child.returncode:
+                    raise subprocess.CalledProcessError(child.returncode, cmd)
         print(f"{stat:18s} n={row['n']:3d} min={row['min']:.4g} median={row['median']:.4g} max={row['max']:.4g}",
               flush=True)
         for r in runs:
