@@ -292,13 +292,16 @@ def report(table: dict, stats: list[str]) -> None:
                 vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
                 if k not in ("seed", "threads") and len(vals) == len(rows):
                     print(f"  {k:22s} min={min(vals):.4g} median={statistics.median(vals):.4g} max={max(vals):.4g}")
-        one = {(r["capability"], r["seed"]): r["value"] for r in runs if r["threads"] == 1}
-        pairs = [(one[r["capability"], r["seed"]], r["value"]) for r in runs
-                 if r["threads"] != 1 and (r["capability"], r["seed"]) in one]
-        if pairs:  # the same (capability, seed) at 1 thread and at more
-            rel = max(abs(b - a) / max(abs(a), 1e-300) for a, b in pairs)
-            print(f"{stat} value, same (capability, seed) at 1 and 2 threads: {sum(a == b for a, b in pairs)} of "
-                  f"{len(pairs)} identical, largest relative difference {rel:.3g}")
+        value = {(r["capability"], r["threads"], r["seed"]): r["value"] for r in runs}
+        same = {"1 vs 2 threads": [((c, 1, s), (c, 2, s)) for c, t, s in value if t == 1]}
+        same.update({f"avx2 vs avx512 at {n} threads": [(("avx2", n, s), ("avx512", n, s)) for c, t, s in value
+                                                        if (c, t) == ("avx2", n)] for n in (1, 2)})
+        for what, keys in same.items():  # the same run measured both ways
+            pairs = [(value[a], value[b]) for a, b in keys if a in value and b in value]
+            if pairs:
+                rel = max(abs(y - x) / max(abs(x), 1e-300) for x, y in pairs)
+                print(f"{stat} value, {what}: {sum(x == y for x, y in pairs)} of {len(pairs)} identical, "
+                      f"largest relative difference {rel:.3g}")
 
 
 def store(path: Path, stat: str, row: dict) -> None:
