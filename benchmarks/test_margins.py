@@ -281,7 +281,8 @@ def summarise(stat: str, runs: list[dict]) -> dict:
 
 
 def report(table: dict, stats: list[str]) -> None:
-    """Print n and min / median / max of every numeric field per statistic and thread count."""
+    """Print n and min / median / max of every numeric field per statistic and thread count, and how many
+    runs repeat exactly (every field but the timings) at 1 vs 2 threads and under avx2 vs avx512."""
     for stat in stats:
         runs = table.get(stat, {}).get("runs", [])
         for t in sorted({r["threads"] for r in runs}):
@@ -292,16 +293,19 @@ def report(table: dict, stats: list[str]) -> None:
                 vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
                 if k not in ("seed", "threads") and len(vals) == len(rows):
                     print(f"  {k:22s} min={min(vals):.4g} median={statistics.median(vals):.4g} max={max(vals):.4g}")
-        value = {(r["capability"], r["threads"], r["seed"]): r["value"] for r in runs}
+        cell = ("capability", "threads", "wall_s", "process_cpu_s", "cpu_seconds")  # how, not what, was measured
+        value = {(r["capability"], r["threads"], r["seed"]): {k: v for k, v in r.items() if k not in cell}
+                 for r in runs}
         same = {"1 vs 2 threads": [((c, 1, s), (c, 2, s)) for c, t, s in value if t == 1]}
         same.update({f"avx2 vs avx512 at {n} threads": [(("avx2", n, s), ("avx512", n, s)) for c, t, s in value
                                                         if (c, t) == ("avx2", n)] for n in (1, 2)})
         for what, keys in same.items():  # the same run measured both ways
             pairs = [(value[a], value[b]) for a, b in keys if a in value and b in value]
             if pairs:
-                rel = max(abs(y - x) / max(abs(x), 1e-300) for x, y in pairs)
-                print(f"{stat} value, {what}: {sum(x == y for x, y in pairs)} of {len(pairs)} identical, "
-                      f"largest relative difference {rel:.3g}")
+                same_value = sum(x["value"] == y["value"] for x, y in pairs)
+                rel = max(abs(y["value"] - x["value"]) / max(abs(x["value"]), 1e-300) for x, y in pairs)
+                print(f"{stat}, {what}: {sum(x == y for x, y in pairs)} of {len(pairs)} runs identical in every "
+                      f"field, {same_value} in value; largest relative difference of value {rel:.3g}")
 
 
 def store(path: Path, stat: str, row: dict) -> None:
