@@ -21,6 +21,7 @@ The pipelines live in :mod:`edgegan.sim.coalescence`, :mod:`edgegan.sim.tdgan` a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import shutil
@@ -72,13 +73,6 @@ def _tag(node_id: str) -> bytes:
     return (1 + zlib.crc32(node_id.encode())).to_bytes(8, "little")
 
 
-def _offsets(sizes: Sequence[int]) -> list[int]:
-    out = [0]
-    for n in sizes:
-        out.append(out[-1] + n)
-    return out
-
-
 class FeedbackBatch(Sequence[FeedbackRequest]):
     """The requests one worker call carries, as ONE fakes tensor (Σ_k B_k, C, H, W) and ONE labels
     tensor (Σ_k B_k,) plus the node ids and steps; ``batch[i]`` is request i (views, no copy).
@@ -87,7 +81,7 @@ class FeedbackBatch(Sequence[FeedbackRequest]):
     def __init__(self, node_ids: list[str], steps: list[int], fakes: torch.Tensor, labels: torch.Tensor,
                  sizes: list[int]) -> None:
         self.node_ids, self.steps, self.fakes, self.labels, self.sizes = node_ids, steps, fakes, labels, sizes
-        self._at = _offsets(sizes)
+        self._at = list(itertools.accumulate(sizes, initial=0))
 
     @classmethod
     def of(cls, requests: Sequence[FeedbackRequest]) -> FeedbackBatch:
@@ -122,7 +116,7 @@ class ReplyBatch(Sequence[FeedbackReply | NodeFailure]):
         self.stats = [a.stats if isinstance(a, FeedbackReply) else {} for a in answers]
         self.sizes = [len(a.grad) if isinstance(a, FeedbackReply) else 0 for a in answers]
         self.grads = torch.cat([r.grad.cpu() for r in replies]) if replies else torch.empty(0)
-        self._at = _offsets(self.sizes)
+        self._at = list(itertools.accumulate(self.sizes, initial=0))
 
     def __len__(self) -> int:
         return len(self.sizes)
