@@ -84,7 +84,6 @@ class _SeededInit:
         with torch.random.fork_rng(devices=[]), rec:
             self.D = build_gan(cfg.arch, data.image_shape, cfg.latent_dim, data.num_classes, cfg.width)[1]
         self.calls = rec.calls
-        self._weights = [*self.D.parameters(), *self.D.buffers()]
         self.exact = all(torch.equal(a, b) for node_id in ("a", "b")
                          for a, b in zip(self._flat(node_id), _flat(fresh_discriminator(cfg, data, node_id))))
 
@@ -93,7 +92,7 @@ class _SeededInit:
             torch.default_generator.manual_seed(node_seed(self.cfg.seed, node_id))
             for func, args, kwargs in self.calls:
                 func(*args, **kwargs)
-        return [w.detach().flatten() for w in self._weights]
+        return _flat(self.D)
 
     def flat(self, node_id: str) -> list[torch.Tensor]:
         """D_k's parameters then buffers, flattened, as ``fresh_discriminator(cfg, data, node_id)`` has them."""
