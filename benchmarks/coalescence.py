@@ -54,6 +54,7 @@ CASES = {
     "non_overlapping": {"sources": [[0, 1, 2], [2, 3, 4], [4, 5, 6]], "target": [7, 8, 9]},
 }
 TARGET_SAMPLES = [10, 100]
+WIDTHS = {"generator": 256, "critic": 256}  # MLP hidden sizes of every method's G and D
 SEEDS = [0, 1, 2]
 METRICS = ("fid_whole", "fid_target", "class_tv", "target_share")
 # eval_samples: generated samples per score (fixed latent); quick halves the budget and the samples
@@ -71,15 +72,16 @@ REPLAY_BATCH_SHARES = [0.5]
 
 
 def cached_sources(xs: list[torch.Tensor], steps: int, cfg: WGANConfig, seed: int, device, folder: Path):
-    """Pre-trained (G_k, D_k) per source node, cached by settings + data hash."""
-    h = hashlib.sha256(json.dumps([steps, cfg.__dict__, seed]).encode())
+    """Pre-trained (G_k, D_k) per source node, cached by settings, widths + data hash."""
+    h = hashlib.sha256(json.dumps([steps, cfg.__dict__, seed, WIDTHS]).encode())
     for x in xs:
         h.update(x.numpy().tobytes())
     path = folder / f"coalescence-sources-{h.hexdigest()[:16]}.pt"
     if path.is_file():
         ck = load_checkpoint(path)
         return [unpack_model(m, device) for m in ck["generators"]], [unpack_model(m, device) for m in ck["critics"]]
-    gens, crits = pretrain_sources([x.to(device) for x in xs], steps=steps, cfg=cfg, seed=seed)
+    gens, crits = pretrain_sources([x.to(device) for x in xs], generator_width=WIDTHS["generator"],
+                                   critic_width=WIDTHS["critic"], steps=steps, cfg=cfg, seed=seed)
     save_checkpoint(path, {"generators": [pack_model(g) for g in gens], "critics": [pack_model(c) for c in crits]})
     return gens, crits
 
@@ -125,7 +127,7 @@ def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, 
     whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
     out: dict[str, Any] = {"seconds": {"pretrain": t_pre, "stage1": t_stage1}, "sizes": {}}
     whole_curves: dict[str, list] = {}
-    for n in TARGET_SAMPLES:
+    for n in st["target_samples"]:
         task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:n].to(device), whole)
         # Whole Data never reads the target's local samples: same run (same seed, same data) at every size
         run = [m for m in METHODS if not (m == "whole_data" and whole_curves)]
@@ -138,7 +140,7 @@ def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, 
         torch.manual_seed(seed)
         barycentric_fa(task, budget, bary2, cfg, two, 1)
         out["sizes"][n] = {"methods": methods, "two_sources": two.lists()}
-        if n == min(TARGET_SAMPLES):
+        if n == min(st["target_samples"]):
             out["ternary"] = {"bytes": len(pack_ternary(res["ternary_fa"].generator)),
                               "fp32_bytes": fp32_nbytes(res["ternary_fa"].generator)}
     return out, (gens, crits, bary)
@@ -149,7 +151,7 @@ def run_ablation(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluat
     gens, crits, bary = models
     sources, target = digits_split(data, case["sources"], case["target"], max(TARGET_SAMPLES), seed)
     whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
-    task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:min(TARGET_SAMPLES)].to(device),
+    task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:min(st["target_samples"])].to(device),
                            whole)
     its, budget = st["iterations"], st["budget"]
     variants: dict[str, tuple[BarycenterResult, dict]] = {}
@@ -180,7 +182,7 @@ def run_case_seed(job: tuple[int, str], st: dict, cfg: WGANConfig, data, device,
     evaluator = evaluator_for("digits", device=device)
     unit, models = run_unit(CASES[case_name], seed, st, cfg, data, evaluator, device, folder)
     abl = run_ablation(CASES[case_name], seed, st, cfg, data, evaluator, device, models) \
-        if case_name == "overlapping" else None
+        if case_name == "overlapping" and st["ablation"] else None
     return {"unit": unit, "ablation": abl, "timing": {**unit["seconds"], "total": time.perf_counter() - t0},
             "generator": model_spec(models[0][0]), "critic": model_spec(models[1][0])}
 
@@ -272,24 +274,24 @@ def summarize(units: dict[str, dict[int, dict]], ablation: dict[int, dict], st: 
     for case, by_seed in units.items():
         seeds = sorted(by_seed)
         sizes = {}
-        for n in TARGET_SAMPLES:
+        for n in st["target_samples"]:
             per_seed = [{**by_seed[s]["sizes"][n]["methods"], "two_sources": by_seed[s]["sizes"][n]["two_sources"]}
                         for s in seeds]
             mean, sd = aggregate(per_seed)
             two_m, two_sd = mean.pop("two_sources"), sd.pop("two_sources")
             sizes[str(n)] = {"methods": mean, "sd": sd, "two_sources": {"mean": two_m, "sd": two_sd},
                              "claims": claims_for(per_seed, its)}
-        first = sizes[str(min(TARGET_SAMPLES))]
-        cases[case] = {"iterations": its, "target_samples": min(TARGET_SAMPLES), "seeds": seeds,
+        first = sizes[str(min(st["target_samples"]))]
+        cases[case] = {"iterations": its, "target_samples": min(st["target_samples"]), "seeds": seeds,
                        "source_classes": CASES[case]["sources"], "target_classes": CASES[case]["target"],
                        "methods": first["methods"], "sd": first["sd"], "by_target_samples": sizes}
     out: dict[str, Any] = {"cases": cases, "sd": {c: v["sd"] for c, v in cases.items()}}
     if ablation:
         seeds = sorted(ablation)
-        base = [{"paper (replay weight 0.5)": units["overlapping"][s]["sizes"][min(TARGET_SAMPLES)]["methods"][
+        base = [{"paper (replay weight 0.5)": units["overlapping"][s]["sizes"][min(st["target_samples"])]["methods"][
             "barycentric_fa"], **ablation[s]} for s in seeds]
         mean, sd = aggregate(base)
-        out["ablation"] = {"case": "overlapping", "target_samples": min(TARGET_SAMPLES), "seeds": seeds,
+        out["ablation"] = {"case": "overlapping", "target_samples": min(st["target_samples"]), "seeds": seeds,
                            "iterations": its, "methods": mean, "sd": sd}
     return out
 
@@ -364,6 +366,9 @@ def main() -> int:
                        "benchmarks/results/coalescence.json")
     p.add_argument("--cache-dir", default=None, help="where pre-trained sources are cached")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds (>= 3 for mean ± sd)")
+    p.add_argument("--target-samples", type=int, nargs="+", default=TARGET_SAMPLES, choices=TARGET_SAMPLES,
+                   help="target sizes to run (default: all)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the Stage II ablation")
     p.add_argument("--jobs", type=int, default=None,
                    help="processes over (seed, case), same numbers as 1 (default: quick min(2, cores), full 1)")
     args = p.parse_args()
@@ -374,13 +379,13 @@ def main() -> int:
     torch.set_num_threads(1)
     device = resolve_device(args.device)
     mode = "quick" if args.quick else "full"
-    st = PRESETS[mode]
-    cfg = WGANConfig(lr=2e-4, beta2=0.9)  # same for every method; foundation's measured digits setting
+    st = {**PRESETS[mode], "target_samples": sorted(args.target_samples), "ablation": not args.no_ablation}
+    cfg = WGANConfig()  # the same for every method: the project's defaults
     out_json = Path(args.json)
     folder = Path(args.cache_dir) if args.cache_dir else cache_dir() / "benchmarks"
     data = load_digits()
     evaluator = evaluator_for("digits", device=device)
-    settings = {**st, "target_samples": TARGET_SAMPLES, "cases": CASES, "wgan": cfg.__dict__,
+    settings = {**st, "cases": CASES, "wgan": cfg.__dict__, "widths": WIDTHS,
                 "fid_reference": f"whole: all {len(data)} digits; target: the real digits of the target's classes",
                 "equal_budget": f"{st['budget']} generator iterations per method",
                 "ablation": {"replay_weights": REPLAY_WEIGHTS, "replay_batch_shares": REPLAY_BATCH_SHARES,

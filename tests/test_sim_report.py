@@ -1,5 +1,6 @@
-"""The simulation report (issues 13, 16, 18): typed results in, the coalescence benchmark's
-metrics and one winner sentence out; readable sample grids; no aggregator for TDGAN-only runs."""
+"""The simulation report: typed results in, the coalescence benchmark's metrics, winners only where
+a direction is better and the target share judged against its ideal out; readable sample grids;
+no aggregator for TDGAN-only runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from edgegan.sim.report import EngineInfo, RunSummary, _grid_image, render_repor
     write_outputs
 from edgegan.sim.scenario import OutputsSpec
 from edgegan.sim.tdgan import TDGANResult
+from edgegan.sim.verdicts import FORGOT, LEARNED, MISSED, population_share, share_sentence, share_verdict
 
 
 def score(fid_whole, fid_target, tv, share):
@@ -28,9 +30,21 @@ def summary(pipelines, coalescence=None, tdgan=None):
 def test_winner_sentence_names_the_best_method_per_metric():
     s = winners({"barycentric_fa": score(30.0, 50.0, 0.2, 0.5), "edge_only": score(90.0, 40.0, 0.6, 0.9),
                  "transfer": score(60.0, 45.0, 0.1, 0.7)})
-    assert s == ("Of the Stage II methods, barycentric_fa won on feature-FID vs whole data set (30); "
-                 "edge_only won on feature-FID vs target classes (40) and target-class share (0.9); "
-                 "transfer won on class-histogram TV vs population (0.1).")
+    assert s == ("Of the Stage II methods, barycentric_fa won on feature-FID vs whole data set (30, lower is "
+                 "better); edge_only won on feature-FID vs target classes (40, lower is better); transfer won on "
+                 "class-histogram TV vs population (0.1, lower is better).")
+
+
+def test_target_share_is_judged_against_its_ideal_not_won():
+    assert population_share([10, 10, 20, 60], [0, 2]) == 0.3
+    assert [share_verdict(x, 0.3) for x in (0.1, 0.3, 0.5, 0.6, 0.7, None)] == [
+        MISSED, LEARNED, LEARNED, LEARNED, FORGOT, None]
+    methods = {"barycentric_fa": score(30.0, 50.0, 0.2, 0.4), "edge_only": score(90.0, 40.0, 0.6, 1.0),
+               "ensemble": score(20.0, 80.0, 0.1, 0.1)}
+    assert "target-class share" not in winners(methods)
+    assert share_sentence(methods, 0.3).endswith(
+        "learned the target, kept the rest: barycentric_fa (0.40); forgot the rest: edge_only (1.00); "
+        "missed the target: ensemble (0.10).")
 
 
 def test_report_uses_the_benchmark_metrics_and_tdgan_only_names_no_aggregator(tmp_path):
@@ -39,14 +53,15 @@ def test_report_uses_the_benchmark_metrics_and_tdgan_only_names_no_aggregator(tm
                for m, f in (("barycentric_fa", 25.0), ("edge_only", 95.0))}
     co = CoalescenceResult(["node0", "node1"], ["node2"], Stage1Outcome("recursive_w1", 2.0, [.5, .5],
                                                                           score(40.0, 60.0, 0.4, 0.3)),
-                           {"node0": 50.0, "node1": 55.0}, "fid_whole", [2, 5, 8], 20, methods)
+                           {"node0": 50.0, "node1": 55.0}, "fid_whole", [2, 5, 8], 20, methods, [0.1] * 10)
     s = summary(["coalescence"], coalescence=co)
     write_outputs(tmp_path, s, [{"kind": "online", "pipeline": "coalescence", "tick": t, "online": ["node0", "node1"]}
                                 for t in range(5)], OutputsSpec())
     md = (tmp_path / "report.md").read_text()
-    assert "| method | feature-FID whole | feature-FID target | class TV | target share |" in md
-    assert "| barycentric_fa | 25.0 | 20.0 | 0.300 | 0.600 |" in md
-    assert "barycentric_fa won on feature-FID vs whole data set (25)" in md and "aggregator: recursive-w1" in md
+    assert "| method | feature-FID whole ↓ | feature-FID target ↓ | class TV ↓ | target share (ideal 0.30) |" in md
+    assert "| barycentric_fa | 25.0 | 20.0 | 0.300 | 0.600 | learned the target, kept the rest |" in md
+    assert "barycentric_fa won on feature-FID vs whole data set (25, lower is better)" in md
+    assert "aggregator: recursive-w1" in md and "target-class share (" not in md
     js = json.loads((tmp_path / "summary.json").read_text())
     assert js["final_fid"] == {"barycentric_fa": 25.0, "edge_only": 95.0}
     assert js["coalescence"]["methods"]["edge_only"]["curve"][1]["fid_target"] == 20.0

@@ -39,7 +39,8 @@ Callback = Callable[[dict[str, float], Generator], Any]
 
 @dataclass
 class FastAdaptResult:
-    """The adapted generator G*_0, its critics ψ̃_0 / ψ_0, per-iteration stats and wall time."""
+    """The adapted generator G*_0 (the weight average when ``cfg.ema_decay`` > 0), its critics
+    ψ̃_0 / ψ_0, per-iteration stats and wall time."""
 
     generator: Generator
     critic_prev: nn.Module
@@ -63,20 +64,22 @@ def tensor_sampler(x: torch.Tensor, field_name: str = "local_data") -> BatchSamp
 
 def train_critics(generator: Generator, critics: Sequence[nn.Module], samplers: Sequence[BatchSampler],
                   lambdas: Sequence[float] | None, steps: int, cfg: WGANConfig | None,
-                  callback: Callback | None, every: int) -> tuple[list[dict[str, float]], float]:
-    """Run a :class:`MultiCriticWGAN` for ``steps`` iterations; returns (history, seconds).
+                  callback: Callback | None, every: int) -> tuple[Generator, list[dict[str, float]], float]:
+    """Run a :class:`MultiCriticWGAN` for ``steps`` iterations; returns (G, history, seconds).
 
-    ``callback(stats, generator)`` fires once before training (``{"step": 0}``) and every
-    ``every`` iterations. Shared by fast adaptation and the baselines so budgets match.
+    G is the trainer's :attr:`~MultiCriticWGAN.generator` (the weight average of ``generator`` when
+    ``cfg.ema_decay`` > 0), the model ``callback(stats, G)`` sees once before training
+    (``{"step": 0}``) and every ``every`` iterations. Shared by fast adaptation and the baselines
+    so budgets match.
     """
     require(isinstance(steps, int) and steps >= 0, "steps", f"must be an integer >= 0, got {steps!r}")
     require(isinstance(every, int) and every >= 1, "every", f"must be an integer >= 1, got {every!r}")
     trainer = MultiCriticWGAN(generator, critics, samplers, lambdas, cfg)
     if callback is not None:
-        callback({"step": 0}, generator)
+        callback({"step": 0}, trainer.generator)
     t0 = time.perf_counter()
-    history = trainer.train(steps, (lambda s: callback(s, generator)) if callback else None, every)
-    return history, time.perf_counter() - t0
+    history = trainer.train(steps, (lambda s: callback(s, trainer.generator)) if callback else None, every)
+    return trainer.generator, history, time.perf_counter() - t0
 
 
 def _check_local(generator: Generator, local_data: torch.Tensor) -> torch.Tensor:
@@ -139,5 +142,5 @@ def fast_adapt(generator: Generator, critic_prev: nn.Module, critic_new: nn.Modu
         critics, samplers = [psi_tilde, psi], [replay, tensor_sampler(local)]
     else:
         critics, samplers, lambdas = [psi], [mixed_sampler(replay, tensor_sampler(local), replay_share)], None
-    history, seconds = train_critics(G, critics, samplers, lambdas, steps, cfg, callback, every)
+    G, history, seconds = train_critics(G, critics, samplers, lambdas, steps, cfg, callback, every)
     return FastAdaptResult(G, psi_tilde, psi, history, ternary, seconds)

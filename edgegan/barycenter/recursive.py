@@ -141,6 +141,56 @@ def _unpack(entry: dict[str, Any], like: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+@dataclass
+class _Progress:
+    """Alg. 1's state after a finished recursion step: G*_k, ψ̃*_k, ψ*_k and Λ_k = Σ_{j≤k} λ_j."""
+
+    generator: Generator
+    critic_prev: nn.Module
+    critic_new: nn.Module
+    accumulated: float
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    next_index: int = 1
+    resumed_from: int | None = None
+
+
+def _resume(folder: Path, fingerprint: str, gens: Sequence[nn.Module], crits: Sequence[nn.Module],
+            device: torch.device) -> _Progress | None:
+    """The progress saved in ``folder``'s last finished step (RNG state restored), or None."""
+    require(not folder.exists() or folder.is_dir(), "checkpoint_dir", f"'{folder}' is not a folder")
+    last = _last_checkpoint(folder, len(gens)) if folder.exists() else None
+    if last is None:
+        return None
+    ck = load_checkpoint(last, map_location=device)
+    if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != fingerprint:
+        raise EdgeganError("checkpoint_dir", f"'{folder}' holds a different run (other models, "
+                           "radii or settings)", "use an empty folder for a new run")
+    _set_rng_state(ck["rng"], device)
+    stage = int(ck["stage"])
+    return _Progress(_unpack(ck["generator"], gens[0], last), _unpack(ck["critic_prev"], crits[0], last),
+                     _unpack(ck["critic_new"], crits[0], last), float(ck["accumulated_lambda"]),
+                     list(ck["stages"]), list(ck.get("history", [])), stage, stage)
+
+
+def _coalesce(p: _Progress, generator: Generator, critic: nn.Module, lam_new: float, steps: int,
+              cfg: WGANConfig, on_step: Callable[[dict[str, float]], Any]) -> dict[str, Any]:
+    """One recursion step (Alg. 1 lines 5–7): the 2-critic WGAN between ν*_{k−1} (weight Λ_{k−1})
+    and node k's µ_k (weight λ_k), from G_k ← G*_{k−1}, ψ̃_k ← ψ̃*_{k−1}, ψ_k ← D_k. Updates ``p`` to
+    G*_k (the trainer's :attr:`~edgegan.gan.MultiCriticWGAN.generator`), ψ̃*_k, ψ*_k; returns the
+    step's summary."""
+    lam_prev = p.accumulated
+    psi_tilde, psi = p.critic_prev, copy.deepcopy(critic)
+    trainer = MultiCriticWGAN(p.generator, [psi_tilde, psi],
+                              [generator_sampler(p.generator), generator_sampler(generator)], [lam_prev, lam_new], cfg)
+    t0 = time.perf_counter()
+    steps_run = trainer.train(steps, on_step, 1)
+    p.generator, p.critic_prev, p.critic_new = trainer.generator, psi_tilde, psi
+    p.accumulated += lam_new
+    return {"lambda_prev": lam_prev, "lambda_new": lam_new, "w1_estimate": steps_run[-1]["w1_estimate"],
+            "seconds": time.perf_counter() - t0}
+
+
 def recursive_barycenter(generators: Sequence[Generator], critics: Sequence[nn.Module],
                          eta: Sequence[float], steps_per_stage: int, cfg: WGANConfig | None = None,
                          checkpoint_dir: str | Path | None = None,
@@ -153,7 +203,8 @@ def recursive_barycenter(generators: Sequence[Generator], critics: Sequence[nn.M
     generators, critics : the K uploaded (G_k, D_k), same architecture each; not modified.
     eta : relevance radii η_k > 0; λ_k = 1/η_k, most relevant nodes coalesced last.
     steps_per_stage : generator iterations for each of the K − 1 recursion steps.
-    cfg : WGAN-GP settings (seed 000 table 1 by default).
+    cfg : WGAN-GP settings (seed 000 table 1 by default); with ``ema_decay`` > 0 each step's
+        G*_k is the weight average of its run.
     checkpoint_dir : after each finished step k the state is written atomically to
         ``stage_<k>.pt``; a rerun with the same inputs resumes after the last finished step
         and reproduces the uninterrupted result (RNG state is saved too).
@@ -167,70 +218,34 @@ def recursive_barycenter(generators: Sequence[Generator], critics: Sequence[nn.M
     check_models(generators, critics, eta, steps_per_stage)
     cfg = cfg or WGANConfig()
     cfg.validate("cfg")
-    lambdas = relevance_weights(eta)
-    order = coalescence_order(eta)
-    gens = [generators[i] for i in order]
-    crits = [critics[i] for i in order]
+    lambdas, order = relevance_weights(eta), coalescence_order(eta)
+    gens, crits = [generators[i] for i in order], [critics[i] for i in order]
     device = next(gens[0].parameters()).device
-    num_stages = len(gens)
-
-    # ν*_1 = G_1, ψ̃*_1 = D_1 (Alg. 1 line 3); with K = 1 both critics are D_1.
-    G = copy.deepcopy(gens[0])
-    critic_prev, critic_new = copy.deepcopy(crits[0]), copy.deepcopy(crits[0])
-    accumulated = lambdas[order[0]]
-    stages: list[dict[str, Any]] = []
-    history: list[dict[str, float]] = []
-    start, resumed_from = 1, None
-
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     fingerprint = _fingerprint(list(gens) + list(crits), eta, steps_per_stage, cfg) if folder else ""
-    if folder is not None:
-        require(not folder.exists() or folder.is_dir(), "checkpoint_dir", f"'{folder}' is not a folder")
-        last = _last_checkpoint(folder, num_stages) if folder.exists() else None
-        if last is not None:
-            ck = load_checkpoint(last, map_location=device)
-            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != fingerprint:
-                raise EdgeganError("checkpoint_dir", f"'{folder}' holds a different run (other models, "
-                                   "radii or settings)", "use an empty folder for a new run")
-            G = _unpack(ck["generator"], gens[0], last)
-            critic_prev = _unpack(ck["critic_prev"], crits[0], last)
-            critic_new = _unpack(ck["critic_new"], crits[0], last)
-            accumulated, stages = float(ck["accumulated_lambda"]), list(ck["stages"])
-            history = list(ck.get("history", []))
-            start = resumed_from = int(ck["stage"])
-            _set_rng_state(ck["rng"], device)
-
-    for j in range(start, num_stages):
+    # ν*_1 = G_1, ψ̃*_1 = D_1 (Alg. 1 line 3); with K = 1 both critics are D_1.
+    p = (_resume(folder, fingerprint, gens, crits, device) if folder is not None else None) or _Progress(
+        copy.deepcopy(gens[0]), copy.deepcopy(crits[0]), copy.deepcopy(crits[0]), lambdas[order[0]])
+    for j in range(p.next_index, len(gens)):
         stage, node = j + 1, order[j]
-        lam_prev, lam_new = accumulated, lambdas[node]
-        # G_k ← G*_{k−1}; ψ̃_k ← ψ̃*_{k−1}; ψ_k ← D_k (Alg. 1 line 5)
-        psi_tilde, psi = critic_prev, copy.deepcopy(crits[j])
-        trainer = MultiCriticWGAN(G, [psi_tilde, psi], [generator_sampler(G), generator_sampler(gens[j])],
-                                  [lam_prev, lam_new], cfg)
 
         def on_step(stats: dict[str, float], stage: int = stage, node: int = node) -> None:
             stats = {**stats, "stage": stage, "node": node}
             if log:
-                history.append(stats)
+                p.history.append(stats)
             if callback is not None:
                 callback(stats)
 
-        t0 = time.perf_counter()
-        steps = trainer.train(steps_per_stage, on_step, 1)
-        critic_prev, critic_new = psi_tilde, psi
-        accumulated += lam_new
-        stages.append({"stage": stage, "node": node, "lambda_prev": lam_prev, "lambda_new": lam_new,
-                       "w1_estimate": steps[-1]["w1_estimate"], "seconds": time.perf_counter() - t0})
+        p.stages.append({"stage": stage, "node": node,
+                         **_coalesce(p, gens[j], crits[j], lambdas[node], steps_per_stage, cfg, on_step)})
         if folder is not None:
             save_checkpoint(_stage_path(folder, stage), {
                 "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "stage": stage,
-                "num_stages": num_stages, "order": order, "eta": [float(e) for e in eta],
-                "generator": pack_model(G), "critic_prev": pack_model(critic_prev),
-                "critic_new": pack_model(critic_new),
-                "accumulated_lambda": accumulated, "stages": stages, "history": history,
-                "rng": _rng_state(device)})
-
-    out_log: dict[str, Any] = {"stages": stages, "resumed_from_stage": resumed_from}
+                "num_stages": len(gens), "order": order, "eta": [float(e) for e in eta],
+                "generator": pack_model(p.generator), "critic_prev": pack_model(p.critic_prev),
+                "critic_new": pack_model(p.critic_new), "accumulated_lambda": p.accumulated,
+                "stages": p.stages, "history": p.history, "rng": _rng_state(device)})
+    out_log: dict[str, Any] = {"stages": p.stages, "resumed_from_stage": p.resumed_from}
     if log:
-        out_log["history"] = history
-    return BarycenterResult(G, critic_prev, critic_new, order, lambdas, out_log)
+        out_log["history"] = p.history
+    return BarycenterResult(p.generator, p.critic_prev, p.critic_new, order, lambdas, out_log)

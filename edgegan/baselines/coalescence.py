@@ -28,7 +28,7 @@ from edgegan.barycenter.weight_average import average_generators, average_models
 from edgegan.barycenter.weights import relevance_weights
 from edgegan.data import TensorData, partition_by_classes
 from edgegan.errors import EdgeganError, require
-from edgegan.gan import WGANConfig, train_wgan_gp
+from edgegan.gan import WGANConfig
 from edgegan.nn import Generator, build_from_spec, build_gan, model_spec
 
 METHODS = ("barycentric_fa", "ternary_fa", "edge_only", "transfer", "ensemble", "weight_average",
@@ -83,7 +83,7 @@ def edge_only(task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
               callback: Callback | None = None, every: int = 1) -> MethodResult:
     """WGAN-GP from a fresh initialisation on node 0's local data only."""
     G, D = _fresh(task.generators[0]), _fresh(task.critics[0])
-    hist, sec = train_critics(G, [D], [tensor_sampler(task.local_data.to(_device(task)))], None, steps,
+    G, hist, sec = train_critics(G, [D], [tensor_sampler(task.local_data.to(_device(task)))], None, steps,
                               cfg, callback, every)
     return MethodResult("edge_only", G, hist, sec)
 
@@ -95,7 +95,7 @@ def transfer(task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
     k = task.most_relevant if source is None else source
     require(0 <= k < len(task.generators), "source", f"no pre-trained model {k}")
     G, D = copy.deepcopy(task.generators[k]), copy.deepcopy(task.critics[k])
-    hist, sec = train_critics(G, [D], [tensor_sampler(task.local_data.to(_device(task)))], None, steps,
+    G, hist, sec = train_critics(G, [D], [tensor_sampler(task.local_data.to(_device(task)))], None, steps,
                               cfg, callback, every)
     return MethodResult("transfer", G, hist, sec)
 
@@ -114,7 +114,7 @@ def ensemble(task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
         synthetic.append(g.eval().sample(synthetic_per_model))
         g.train(was)
     pool = torch.cat([task.local_data.to(_device(task)), *synthetic])
-    hist, sec = train_critics(G, [D], [tensor_sampler(pool)], None, steps, cfg, callback, every)
+    G, hist, sec = train_critics(G, [D], [tensor_sampler(pool)], None, steps, cfg, callback, every)
     return MethodResult("ensemble", G, hist, sec)
 
 
@@ -130,7 +130,7 @@ def whole_data(task: CoalescenceTask, steps: int, cfg: WGANConfig | None = None,
                callback: Callback | None = None, every: int = 1) -> MethodResult:
     """WGAN-GP from a fresh initialisation on all nodes' data gathered at node 0."""
     G, D = _fresh(task.generators[0]), _fresh(task.critics[0])
-    hist, sec = train_critics(G, [D], [tensor_sampler(task.whole_data.to(_device(task)), "whole_data")],
+    G, hist, sec = train_critics(G, [D], [tensor_sampler(task.whole_data.to(_device(task)), "whole_data")],
                               None, steps, cfg, callback, every)
     return MethodResult("whole_data", G, hist, sec)
 
@@ -198,7 +198,7 @@ def pretrain_sources(datasets: Sequence[torch.Tensor], arch: str = "mlp", genera
         G = build_gan(arch, shape, latent_dim, width=generator_width)[0]
         D = build_gan(arch, shape, latent_dim, width=critic_width)[1]
         G, D = G.to(x.device), D.to(x.device)
-        train_wgan_gp(G, D, tensor_sampler(x, f"datasets[{k}]"), steps, cfg)
+        G = train_critics(G, [D], [tensor_sampler(x, f"datasets[{k}]")], None, steps, cfg, None, 1)[0]
         gens.append(G)
         crits.append(D)
     return gens, crits

@@ -7,6 +7,7 @@ One generator iteration = ``critic_steps`` updates of every critic on
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
@@ -42,12 +43,17 @@ class WGANConfig:
     gp_weight: float = field(default=10.0, metadata={"unit": "gradient-penalty coefficient"})
     batch_size: int = field(default=64, metadata={"unit": "samples per batch"})
     latent_dim: int = field(default=32, metadata={"unit": "latent dimensions"})
+    ema_decay: float = field(default=0.0, metadata={
+        "unit": "per-iteration decay of the moving average of G's weights (0 = off)"})
+    critic_lr_ratio: float = field(default=1.0, metadata={"unit": "critic step size / generator step size"})
+    critic_warmup: int = field(default=0, metadata={
+        "unit": "critic-only updates before a run's first generator iteration"})
 
     def validate(self, prefix: str = "") -> None:
-        check_fields(self, prefix, ("lr",), 0, strict_low=True)
-        check_fields(self, prefix, ("beta1", "beta2"), 0, 1)
+        check_fields(self, prefix, ("lr", "critic_lr_ratio"), 0, strict_low=True)
+        check_fields(self, prefix, ("beta1", "beta2", "ema_decay"), 0, 1)
         check_fields(self, prefix, ("critic_steps", "latent_dim"), 1)
-        check_fields(self, prefix, ("gp_weight",), 0)
+        check_fields(self, prefix, ("gp_weight", "critic_warmup"), 0)
         check_fields(self, prefix, ("batch_size",), 2)
 
     def settings(self) -> "WGANConfig":
@@ -55,9 +61,32 @@ class WGANConfig:
         return WGANConfig(**{f.name: getattr(self, f.name) for f in fields(WGANConfig)})
 
 
-def adam(params, cfg: WGANConfig) -> torch.optim.Adam:
-    """Adam(lr, (β1, β2)) of ``cfg``: the only place a trainer's optimiser is built."""
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+def adam(params, cfg: WGANConfig, scale: float = 1.0) -> torch.optim.Adam:
+    """Adam(scale·lr, (β1, β2)) of ``cfg``: the only place a trainer's optimiser is built."""
+    return torch.optim.Adam(params, lr=scale * cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (Yazıcı et al., ICLR 2019):
+
+        θ̄_t = d_t θ̄_{t−1} + (1 − d_t) θ_t,   d_t = min(d, (1 + t)/(10 + t)),
+
+    the ramp on d_t (as in TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``) keeps a
+    fresh initialisation from dominating the first iterations. Buffers are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, p in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.model.buffers(), model.buffers()):
+            avg.copy_(b)
+        self.updates += 1
 
 
 def _split(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -69,6 +98,8 @@ class MultiCriticWGAN:
 
     Seed 000 eq. 7 with the gradient penalty. K = 1 is plain WGAN-GP. Samplers return a
     tensor, or ``(x, y)`` for a conditional G (the fakes then use the same labels).
+    :attr:`generator` is the model to evaluate and hand on: G's weight average when
+    ``cfg.ema_decay`` > 0, else G itself.
     """
 
     def __init__(self, generator: nn.Module, critics: Sequence[nn.Module],
@@ -80,20 +111,26 @@ class MultiCriticWGAN:
         self.lambdas = normalize_weights(lambdas or [1.0] * len(critics))
         self.cfg = cfg or WGANConfig()
         self.opt_g = adam(self.G.parameters(), self.cfg)
-        self.opt_d = [adam(c.parameters(), self.cfg) for c in self.critics]
+        self.opt_d = [adam(c.parameters(), self.cfg, self.cfg.critic_lr_ratio) for c in self.critics]
+        self.average = WeightAverage(self.G, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
         self.steps_done = 0
         self.device = next(self.G.parameters()).device
+
+    @property
+    def generator(self) -> nn.Module:
+        """G's weight average (``cfg.ema_decay`` > 0) or G: what evaluation and later stages use."""
+        return self.average.model if self.average is not None else self.G
 
     def _fake(self, labels: torch.Tensor | None) -> torch.Tensor:
         z = torch.randn(labels.shape[0] if labels is not None else self.cfg.batch_size,
                         self.G.latent_dim, device=self.device)
         return self.G(z) if labels is None else self.G(z, labels)
 
-    def step(self) -> dict[str, float]:
-        """One generator iteration; returns the critic's W1 estimate and the losses."""
+    def critic_updates(self, n: int) -> list[float]:
+        """``n`` updates of every critic against the current G; the last W1 estimate of each."""
         m = self.cfg.batch_size
         w1 = [0.0] * len(self.critics)
-        for _ in range(self.cfg.critic_steps):
+        for _ in range(n):
             for k, (critic, sampler, opt) in enumerate(zip(self.critics, self.samplers, self.opt_d)):
                 real, y = _split(sampler(m))
                 real = real.to(self.device)
@@ -108,6 +145,16 @@ class MultiCriticWGAN:
                     s_r = critic(real) if y is None else critic(real, y)
                     s_f = critic(fake) if y is None else critic(fake, y)
                     w1[k] = float(s_r.mean() - s_f.mean())
+        return w1
+
+    def step(self) -> dict[str, float]:
+        """One generator iteration; returns the critic's W1 estimate and the losses.
+
+        A run's first iteration is preceded by ``cfg.critic_warmup`` critic-only updates."""
+        if self.steps_done == 0 and self.cfg.critic_warmup:
+            self.critic_updates(self.cfg.critic_warmup)
+        m = self.cfg.batch_size
+        w1 = self.critic_updates(self.cfg.critic_steps)
         g_loss = 0.0
         self.opt_g.zero_grad(set_to_none=True)
         for k, (critic, sampler) in enumerate(zip(self.critics, self.samplers)):
@@ -117,6 +164,8 @@ class MultiCriticWGAN:
             loss.backward()
             g_loss += float(loss.detach())
         self.opt_g.step()
+        if self.average is not None:
+            self.average.update(self.G)
         self.steps_done += 1
         return {"step": self.steps_done, "g_loss": g_loss, "w1_estimate": sum(
             lam * w for lam, w in zip(self.lambdas, w1)), **{f"w1_critic{k}": w for k, w in enumerate(w1)}}
@@ -134,14 +183,19 @@ class MultiCriticWGAN:
         return history
 
     def state_dict(self) -> dict[str, Any]:
+        avg = None if self.average is None else {"model": self.average.model.state_dict(),
+                                                  "updates": self.average.updates}
         return {"opt_g": self.opt_g.state_dict(), "opt_d": [o.state_dict() for o in self.opt_d],
-                "steps_done": self.steps_done}
+                "steps_done": self.steps_done, "average": avg}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt_g.load_state_dict(state["opt_g"])
         for o, s in zip(self.opt_d, state["opt_d"]):
             o.load_state_dict(s)
         self.steps_done = int(state["steps_done"])
+        if self.average is not None and state.get("average") is not None:
+            self.average.model.load_state_dict(state["average"]["model"])
+            self.average.updates = int(state["average"]["updates"])
 
 
 def train_wgan_gp(generator: nn.Module, critic: nn.Module, sampler: BatchSampler, steps: int,

@@ -27,6 +27,7 @@ from edgegan.nn import Generator
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for
 from edgegan.sim.scenario import Scenario
+from edgegan.sim.verdicts import class_population, population_share
 
 log = logging.getLogger("edgegan.sim")
 
@@ -72,6 +73,12 @@ class CoalescenceResult:
     target_classes: list[int]
     target_samples: int
     methods: dict[str, MethodOutcome] = field(default_factory=dict)
+    population: list[float] | None = None
+
+    @property
+    def target_population_share(self) -> float | None:
+        """The ideal target share: the population share of the target's classes."""
+        return None if self.population is None else population_share(self.population, self.target_classes)
 
     @property
     def final_fid(self) -> dict[str, float]:
@@ -240,7 +247,9 @@ def _stage2(ctx: RunContext, src: _Sources, up: _Uploads, bary: AggregateResult,
     ctx.metrics.feature_fid.set(s1.fid_whole)
     ctx.record(_eval_row(f"stage1_{bary.aggregator}", 0, s1))
     out = CoalescenceResult([ids[k] for k in up.order], up.left, Stage1Outcome(bary.aggregator, seconds, bary.weights, s1),
-                            per_source, "fid_whole", sc.target.classes, sc.target.samples)
+                            per_source, "fid_whole", sc.target.classes, sc.target.samples,
+                            population=class_population(evaluator_for(sc.data.dataset, sc.data.data_root,
+                                                                      ctx.device).population))
     eta_all = sc.nodes.eta_of()
     whole = torch.cat(src.xs + [src.target.x]).to(ctx.device)
     task = CoalescenceTask(up.generators, up.critics, [eta_all[k] for k in up.order], src.target.x.to(ctx.device),

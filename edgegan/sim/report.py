@@ -7,7 +7,8 @@ timeline, ``class_coverage.png`` class share per method (coalescence) and class 
 (TDGAN), ``samples_<method>.png`` (≥ 256 px wide), ``grid_barycenter.png``.
 
 The report scores every method with the coalescence benchmark's metrics
-(:class:`edgegan.eval.GeneratorScore`) and names the winner of each.
+(:class:`edgegan.eval.GeneratorScore`); :mod:`edgegan.sim.verdicts` names a winner for each metric
+with a better direction and reads the target share against its ideal.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from edgegan.sim.coalescence import CoalescenceResult, MethodOutcome
 from edgegan.sim.grid import GridResult
 from edgegan.sim.scenario import OutputsSpec
 from edgegan.sim.tdgan import TDGANResult
+from edgegan.sim.verdicts import coalescence_md, fmt, share_verdict, winners
 
-#: (field of :class:`GeneratorScore`, name in the report, True when lower is better)
-METRICS = (("fid_whole", "feature-FID vs whole data set", True),
-           ("fid_target", "feature-FID vs target classes", True),
-           ("class_tv", "class-histogram TV vs population", True),
-           ("target_share", "target-class share", False))
+__all__ = ["EngineInfo", "RunRecorder", "RunSummary", "read_metrics", "render_report", "summary_json", "winners",
+           "write_outputs"]
+
 SAMPLE_GRID_PX = 256
 
 
@@ -132,11 +132,14 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
     if co is not None:
         st = co.stage1
         out["coalescence"] = {
-            "uploaded": co.uploaded, "left": co.left, "target": {"classes": co.target_classes, "samples": co.target_samples},
+            "uploaded": co.uploaded, "left": co.left, "target": {
+                "classes": co.target_classes, "samples": co.target_samples,
+                "ideal_share": co.target_population_share},
             "stage1": {"aggregator": st.aggregator, "seconds": st.seconds, "weights": st.weights,
                        **_score_json(st.score), **({"bw2_uvp": st.bw2_uvp} if st.bw2_uvp is not None else {})},
             "sources": {co.source_metric: co.sources},
-            "methods": {name: _method_json(m) for name, m in co.methods.items()}}
+            "methods": {name: {**_method_json(m), "share_verdict": share_verdict(
+                m.final.target_share, co.target_population_share)} for name, m in co.methods.items()}}
     td = s.tdgan
     if td is not None:
         out["tdgan"] = {**{f.name: getattr(td, f.name) for f in dataclasses.fields(td) if f.name not in ("evals", "samples")},
@@ -251,16 +254,17 @@ def plot_online(rows: list[dict[str, Any]], nodes: list[str], path: Path) -> boo
 
 
 def plot_coverage(s: RunSummary, path: Path) -> bool:
-    """Class share of each Stage II method's samples (coalescence) and TDGAN's class accuracy,
-    one panel each."""
+    """Class share of each Stage II method's samples (coalescence; the population's share, the
+    ideal, as a dashed step) and TDGAN's class accuracy (higher is better), one panel each."""
     panels: list[tuple[str, str, dict[str, list[float]]]] = []
+    ideal = s.coalescence.population if s.coalescence is not None else None
     if s.coalescence is not None and s.coalescence.methods:
-        panels.append(("coalescence: class share of samples", "share of samples",
-                       {n: m.final.class_share for n, m in s.coalescence.methods.items()}))
+        panels.append(("coalescence: class share of samples (closer to the population's, dashed, is better)",
+                       "share of samples", {n: m.final.class_share for n, m in s.coalescence.methods.items()}))
     final = s.tdgan.final if s.tdgan is not None else None
     if final is not None and final.per_class_acc:
         k = len(final.class_share)
-        panels.append(("tdgan: class accuracy of G(u, y)", "accuracy",
+        panels.append(("tdgan: class accuracy of G(u, y) (higher is better)", "accuracy",
                        {"tdgan": [final.per_class_acc.get(c, 0.0) for c in range(k)]}))
     if not panels:
         return False
@@ -271,6 +275,9 @@ def plot_coverage(s: RunSummary, path: Path) -> bool:
         width = 0.8 / len(bars)
         for i, (name, v) in enumerate(bars.items()):
             ax.bar([c + i * width for c in range(len(v))], v, width, label=name)
+        if ideal is not None and title.startswith("coalescence"):
+            ax.step([c - width / 2 for c in range(len(ideal) + 1)], ideal + ideal[-1:], where="post", color="k",
+                    linestyle="--", label="population (ideal)")
         ax.set_xticks([c + 0.4 - width / 2 for c in range(k)], [str(c) for c in range(k)])
         ax.set_xlabel("class")
         ax.set_ylabel(ylabel)
@@ -341,52 +348,6 @@ def write_outputs(out_dir: str | Path, s: RunSummary, rows: list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------- report.md
-def _fmt(v: float | None, spec: str = ".1f") -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def winners(methods: dict[str, GeneratorScore]) -> str:
-    """One sentence naming the best method on each metric of :data:`METRICS` (lower FID / TV,
-    higher target share), metrics with the same winner grouped."""
-    by_winner: dict[str, list[str]] = {}
-    for key, label, lower in METRICS:
-        vals = {n: getattr(s, key) for n, s in methods.items() if getattr(s, key) is not None}
-        if vals:
-            best = (min if lower else max)(vals, key=vals.get)
-            by_winner.setdefault(best, []).append(f"{label} ({vals[best]:.3g})")
-    parts = [f"{name} won on {' and '.join(ms)}" for name, ms in by_winner.items()]
-    return ("Of the Stage II methods, " + "; ".join(parts) + ".") if parts else ""
-
-
-def _score_cells(sc: GeneratorScore) -> str:
-    return (f"{sc.fid_whole:.1f} | {_fmt(sc.fid_target)} | {sc.class_tv:.3f} | {_fmt(sc.target_share, '.3f')} | "
-            f"{sc.classes_covered:.2f}")
-
-
-def _coalescence_md(co: CoalescenceResult) -> list[str]:
-    lines = ["## Coalescence (seed 000)", "",
-             f"Sources uploaded: {', '.join(co.uploaded)}"
-             + (f"; left before uploading: {', '.join(co.left)}" if co.left else "") + ".", ""]
-    st = co.stage1
-    if st.score is None:
-        return lines + [f"Stage I ({st.aggregator}, {st.seconds:.1f} s): BW2-UVP {st.bw2_uvp:.2f} % against the "
-                        "exact Gaussian barycenter; sources alone: "
-                        + ", ".join(f"{k} {v:.1f} %" for k, v in co.sources.items()), ""]
-    lines += [f"Target: {co.target_samples} samples of classes {co.target_classes}. Stage I ({st.aggregator}, "
-              f"{st.seconds:.1f} s); sources alone, feature-FID vs whole data set: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in co.sources.items()) + ".", "",
-              "Metrics (the coalescence benchmark's): feature-FID against the whole data set (seed 000's rule) and "
-              "against the target's classes, total-variation distance between the generated class histogram and "
-              "the population's, share of samples in the target's classes; classes covered = fraction of classes "
-              "holding at least half a uniform share.", "",
-              "| method | feature-FID whole | feature-FID target | class TV | target share | classes covered | seconds |",
-              "| --- | --- | --- | --- | --- | --- | --- |",
-              f"| stage I ({st.aggregator}) | {_score_cells(st.score)} | {st.seconds:.1f} |"]
-    lines += [f"| {name} | {_score_cells(m.final)} | {m.seconds:.1f} |" for name, m in co.methods.items()]
-    sentence = winners({n: m.final for n, m in co.methods.items()})
-    return lines + ["", sentence, ""] if sentence else lines + [""]
-
-
 def _tdgan_md(td: TDGANResult) -> list[str]:
     t = td.totals
     lines = ["## TDGAN (seed 003)", "",
@@ -399,7 +360,7 @@ def _tdgan_md(td: TDGANResult) -> list[str]:
     if f is not None:
         lines.append(f"Final feature-FID {f.fid_target:.1f} against the classes seen ({f.fid_whole:.1f} against "
                      f"the whole data set), class-histogram TV {f.class_tv:.3f}, class accuracy "
-                     f"{_fmt(f.class_acc, '.3f')}.")
+                     f"{fmt(f.class_acc, '.3f')}.")
     return lines + [""]
 
 
@@ -431,7 +392,7 @@ def render_report(s: RunSummary) -> str:
              *map(_lost_worker_md, e.lost_workers),
              f"- wall time: {s.wall_seconds:.1f} s", ""]
     if s.coalescence is not None:
-        lines += _coalescence_md(s.coalescence)
+        lines += coalescence_md(s.coalescence)
     if s.tdgan is not None:
         lines += _tdgan_md(s.tdgan)
     if s.grid is not None:
