@@ -293,30 +293,39 @@ def test_a_member_that_heartbeats_but_never_answers_costs_one_deadline(cloud) ->
     edgegan_feedback_timeouts_total, and may not reopen a Session while benched."""
     port, mport = cloud["port"], cloud["metrics"]
     timeouts = scrape(mport)["edgegan_feedback_timeouts_total"]
+    reasons: list[tuple[str, str] | str] = []
 
     async def mute() -> tuple[grpc.StatusCode, grpc.StatusCode]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             await ch.unary_unary(METHOD + "Register")(register_bytes("mute", 10, histogram([1] * 10)),
                                                        metadata=md("tq"), timeout=20)
             call = ch.stream_stream(METHOD + "Session")(metadata=md("tq"), timeout=30)
+            closing = asyncio.Event()
 
-            async def heartbeat() -> None:
-                while True:
+            async def heartbeat() -> None:  # until the cloud's Closing, then half-close (the protocol)
+                while not closing.is_set():
                     await call.write(HEARTBEAT)
-                    await asyncio.sleep(0.3)
+                    await asyncio.wait([asyncio.ensure_future(closing.wait())], timeout=0.3)
+                await call.done_writing()
 
             hb = asyncio.ensure_future(heartbeat())
             try:
-                while await call.read() is not grpc.aio.EOF:
-                    pass
+                while (raw := await call.read()) is not grpc.aio.EOF:
+                    msg = pb.CloudMessage.FromString(raw)
+                    if msg.WhichOneof("kind") == "closing":
+                        reasons.append((msg.closing.code, msg.closing.reason))
+                        closing.set()
                 code = await call.code()
             except grpc.aio.AioRpcError as e:
                 code = e.code()
             finally:
-                hb.cancel()
+                closing.set()
+                await asyncio.wait([hb], timeout=5)
             again = ch.stream_stream(METHOD + "Session")(metadata=md("tq"), timeout=10)
             try:
-                await again.read()
+                raw = await again.read()  # Closing (RESOURCE_EXHAUSTED): half-close, then read the status
+                reasons.append(pb.CloudMessage.FromString(raw).closing.code)
+                await again.done_writing()
                 benched = await again.code()
             except grpc.aio.AioRpcError as e:
                 benched = e.code()
@@ -328,6 +337,7 @@ def test_a_member_that_heartbeats_but_never_answers_costs_one_deadline(cloud) ->
         dropped_after = time.monotonic() - t0
         time.sleep(FEEDBACK_TIMEOUT_S)  # the rate is also taken after the (allowed) stall
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and benched == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reasons == [("DEADLINE_EXCEEDED", f"no feedback within {FEEDBACK_TIMEOUT_S:g} s"), "RESOURCE_EXHAUSTED"]
     assert dropped_after < FEEDBACK_TIMEOUT_S + 3.0
     assert scrape(mport)["edgegan_feedback_timeouts_total"] == timeouts + 1
     assert scrape(mport)["edgegan_nodes_online"] == 1

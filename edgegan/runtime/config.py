@@ -81,6 +81,8 @@ class CloudConfig:
     heartbeat_timeout_s: float = field(default=10.0, metadata={"unit": "seconds of silence before a node is dropped"})
     feedback_timeout_s: float = field(default=30.0, metadata={
         "unit": "seconds a node may take to answer one fake batch before it is dropped"})
+    stream_drain_s: float = field(default=1.0, metadata={
+        "unit": "seconds the cloud waits, when it ends a Session, for the edge to half-close (after Closing)"})
     rejoin_grace_s: float = field(default=20.0, metadata={
         "unit": "after a restart, seconds to wait for nodes that were online to reconnect"})
     checkpoint_dir: str = field(default="runs/cloud", metadata={"unit": "folder of cloud.pt and uploads"})
@@ -123,7 +125,7 @@ class CloudConfig:
         require(self.max_model_bytes > 0, f"{p}max_model_bytes", f"must be > 0, got {self.max_model_bytes}")
         require(0 < self.heartbeat_interval_s < self.heartbeat_timeout_s, f"{p}heartbeat_interval_s",
                 "need 0 < heartbeat_interval_s < heartbeat_timeout_s")
-        check_fields(self, prefix, ("feedback_timeout_s",), 0, strict_low=True)
+        check_fields(self, prefix, ("feedback_timeout_s", "stream_drain_s"), 0, strict_low=True)
         check_fields(self, prefix, ("rejoin_grace_s",), 0)
         require(self.metrics_port is None or 0 <= self.metrics_port < 65536, f"{p}metrics_port", "not a TCP port")
         require(len(self.image_shape) == 3 and all(d >= 1 for d in self.image_shape), f"{p}image_shape",

@@ -93,12 +93,14 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     """One Session stream: answer requests, heartbeat, watch the cloud's liveness."""
     call = stub.Session(metadata=conn.metadata(node.node_id))
     lock = asyncio.Lock()
+    closing = asyncio.Event()  # the cloud sent Closing: write nothing more
     last_heard = time.monotonic()
     shape = tuple(reg.image_shape)
 
     async def send(msg: pb.EdgeMessage) -> None:
         async with lock:
-            await call.write(msg)
+            if not closing.is_set():
+                await call.write(msg)
 
     async def heartbeat() -> None:
         while True:
@@ -128,6 +130,9 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
             kind = msg.WhichOneof("kind")
             if kind == "done":
                 return msg.done
+            if kind == "closing":
+                await _half_close(call, lock, closing, msg.closing)
+                continue
             if kind != "request":
                 continue
             r = msg.request
@@ -142,6 +147,20 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     finally:
         hb.cancel()
         call.cancel()
+
+
+async def _half_close(call: grpc.aio.StreamStreamCall, lock: asyncio.Lock, closing: asyncio.Event,
+                      msg: pb.Closing) -> None:
+    """The cloud ends the stream: stop writing and half-close, so that the next read returns the
+    cloud's status rather than a transport error from a write racing the stream's end. A write in
+    flight finishes first (the lock); cancelling it would cancel the whole call."""
+    log.info("the cloud ends this stream: %s: %s", msg.code, msg.reason)
+    closing.set()
+    async with lock:
+        try:
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call is already over; the next read reports its status
 
 
 async def retrying(conn: EdgeConnection, attempt: Callable[[grpc.aio.Channel, Callable[[], None]], Awaitable[T]],

@@ -10,7 +10,16 @@ UNAUTHENTICATED and a message speaking for another id with PERMISSION_DENIED. In
 decoded by :mod:`edgegan.runtime.tensor_codec` against what was asked; anything off ends the
 stream with INVALID_ARGUMENT before it can reach the generator. In front of the servicer,
 :class:`~edgegan.runtime.guard.Guard` checks the token before a request body is read and bounds
-every RPC's bytes, fields and call rate (issue 14).
+every RPC's bytes, fields and call rate; it is the one place a call is authenticated.
+
+Ending a Session: whatever the reason (dropped for silence, superseded by a newer stream,
+refused feedback, shutdown), the cloud ends the stream the same way, from its handler. The
+writer stops between messages (never cancelled mid-write), the cloud writes ``Closing`` with
+the status code and reason, waits up to ``stream_drain_s`` for the edge to half-close (its
+reads drained, so no read is left pending), and then returns the status. A gRPC client that
+is still writing when the status arrives can report ``INTERNAL: Internal error from Core``
+instead of the status (grpc.aio marks the failed write as the call's status); an edge that
+stops writing on ``Closing`` always reads the cloud's own status.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
-from edgegan.runtime.guard import Guard, node_of_token
+from edgegan.runtime.guard import CALLER, SERVICE, Guard, Refusal
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
@@ -37,7 +46,6 @@ from edgegan.runtime.tensor_codec import ChunkAssembler, WireError, decode_tenso
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 log = logging.getLogger("edgegan.grpc")
-SERVICE = "edgegan.v1.EdgeGAN"
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -52,15 +60,16 @@ class _Session:
     def __init__(self, node_id: str, server: "GrpcLink") -> None:
         self.node_id = node_id
         self.link = server
-        self.outbox: asyncio.Queue[pb.CloudMessage] = asyncio.Queue()
+        self.outbox: asyncio.Queue[pb.CloudMessage | None] = asyncio.Queue()  # None: stop writing
         self.pending: dict[int, tuple[FeedbackRequest, asyncio.Future, float]] = {}
         self.last_seen = time.monotonic()
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def close(self, code: grpc.StatusCode, detail: str) -> None:
-        """End the stream with ``code`` (idempotent)."""
+        """End the stream with ``code`` (idempotent): the writer stops after its current message."""
         if not self.closed.done():
             self.closed.set_result((code, detail))
+            self.outbox.put_nowait(None)
 
     def fail_pending(self, failure: NodeFailure) -> None:
         for _req, fut, _t in self.pending.values():
@@ -97,6 +106,7 @@ class GrpcLink:
         self.done: pb.Done | None = None
         self.closing = False
         self.waiting = 0  # DownloadModels calls waiting for a bundle
+        self.streams = 0  # Session handlers still running (draining included)
         self.on_drop: Callable[[str, FailureReason], None] | None = None  # the guard's hook
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
@@ -148,7 +158,7 @@ class GrpcLink:
         for s in list(self.sessions.values()):
             s.close(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
         deadline = time.monotonic() + grace_s
-        while (self.sessions or self.waiting) and time.monotonic() < deadline:
+        while (self.streams or self.waiting) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
     async def watchdog(self, interval_s: float, timeout_s: float) -> None:
@@ -169,24 +179,9 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         self.server = server
         self.link = link
         self.cfg = server.cfg
-        self._tokens = {nid: self.cfg.token_of(nid) for nid in self.cfg.tokens}
-
-    async def _authenticate(self, context: grpc.aio.ServicerContext, claimed: str | None = None) -> str:
-        """The node id the call's bearer token belongs to; abort unless it matches ``claimed``."""
-        md = dict(context.invocation_metadata() or ())
-        node_id = node_of_token(self._tokens, md.items())
-        if node_id is None and self.cfg.allow_anonymous and not self._tokens:
-            node_id = claimed or md.get("x-edgegan-node-id", "")
-        if not node_id:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
-        if claimed is not None and claimed != node_id:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"token of node '{node_id}' cannot speak for node '{claimed}'")
-        assert node_id is not None
-        return node_id
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterReply:
-        node_id = await self._authenticate(context, request.node_id)
+        node_id = CALLER.get()
         try:
             info = NodeInfo(node_id, int(request.n_samples), tuple(int(c) for c in request.label_histogram))
             self.server.register(info, {"device": request.capabilities.device,
@@ -205,28 +200,39 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         self.server.metrics.bytes_sent.inc(reply.ByteSize())
         return reply
 
-    async def _read_loop(self, session: _Session, requests: AsyncIterator[pb.EdgeMessage]) -> None:
+    async def _read_loop(self, session: _Session, requests: AsyncIterator[pb.EdgeMessage | Refusal]) -> None:
+        """Read until the edge half-closes. A message the guard refused ends the stream with its
+        status; once the stream is closing, messages are drained unread."""
         metrics = self.server.metrics
         async for msg in requests:
             session.last_seen = time.monotonic()
+            if session.closed.done():
+                continue
+            if isinstance(msg, Refusal):
+                if msg.reason is not None:
+                    metrics.reject(msg.reason)
+                session.close(msg.code, msg.detail)
+                continue
             metrics.bytes_received.inc(msg.ByteSize())
-            kind = msg.WhichOneof("kind")
-            if kind == "reply":
+            if msg.WhichOneof("kind") == "reply":
                 session.on_reply(msg.reply)
 
     async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+        """Write the outbox (a heartbeat when idle) until the stream is closing; never cancelled mid-write."""
         metrics = self.server.metrics
         interval = self.cfg.heartbeat_interval_s
-        while True:
+        while not session.closed.done():
             try:
                 msg = await asyncio.wait_for(session.outbox.get(), interval)
             except asyncio.TimeoutError:
                 msg = pb.CloudMessage(heartbeat=pb.Heartbeat(time_s=time.time()))
+            if msg is None or session.closed.done():
+                return
             await context.write(msg)
             metrics.bytes_sent.inc(msg.ByteSize())
 
-    async def Session(self, request_iterator: AsyncIterator[pb.EdgeMessage], context: grpc.aio.ServicerContext) -> None:
-        node_id = await self._authenticate(context)
+    async def _open(self, node_id: str, context: grpc.aio.ServicerContext) -> _Session:
+        """Admit a Session of ``node_id`` (ending an older one of the same node) and register it."""
         if not isinstance(self.server, TDGANServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
         if node_id not in self.server.registered:
@@ -242,28 +248,58 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             session.outbox.put_nowait(pb.CloudMessage(done=self.link.done))
         else:
             self.server.connected(node_id)
-        tasks = [asyncio.ensure_future(self._read_loop(session, request_iterator)),
-                 asyncio.ensure_future(self._write_loop(session, context))]
+        return session
+
+    def _leave(self, session: _Session) -> None:
+        """The node is no longer a member: its pending requests fail and π renormalises now,
+        before the stream has finished draining."""
+        session.fail_pending(NodeFailure(FailureReason.DISCONNECTED, "stream closed"))
+        if self.link.sessions.get(session.node_id) is session:
+            del self.link.sessions[session.node_id]
+            if self.link.done is None:
+                self.server.disconnected(session.node_id)
+
+    async def _drain(self, session: _Session, context: grpc.aio.ServicerContext,
+                     reader: asyncio.Task, writer: asyncio.Task) -> None:
+        """Stop writing between messages; when the cloud ends the stream, write ``Closing`` and
+        read until the edge half-closes. Each wait is bounded by ``stream_drain_s`` (a frozen peer
+        neither reads nor half-closes)."""
+        drain_s = self.cfg.stream_drain_s
+        session.outbox.put_nowait(None)
+        await asyncio.wait([writer], timeout=drain_s)
+        if not session.closed.done() or not writer.done() or writer.cancelled() or writer.exception():
+            return
+        code, detail = session.closed.result()
+        closing = pb.CloudMessage(closing=pb.Closing(code=code.name, reason=detail))
+        write = asyncio.ensure_future(context.write(closing))
+        await asyncio.wait([write, reader], timeout=drain_s, return_when=asyncio.ALL_COMPLETED)
+        write.cancel()
+
+    async def Session(self, request_iterator: AsyncIterator[pb.EdgeMessage | Refusal], context: grpc.aio.ServicerContext) -> None:
+        node_id = CALLER.get()
+        session = await self._open(node_id, context)
+        self.link.streams += 1
+        reader = asyncio.ensure_future(self._read_loop(session, request_iterator))
+        writer = asyncio.ensure_future(self._write_loop(session, context))
         try:
-            await asyncio.wait([*tasks, session.closed], return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks:
+            await asyncio.wait([reader, writer, session.closed], return_when=asyncio.FIRST_COMPLETED)
+            for t in (reader, writer):
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     log.info("node %s stream ended: %r", node_id, t.exception())
+            self._leave(session)
+            await self._drain(session, context, reader, writer)
         finally:
-            for t in tasks:
+            for t in (reader, writer):
                 t.cancel()
-            session.fail_pending(NodeFailure(FailureReason.DISCONNECTED, "stream closed"))
-            if self.link.sessions.get(node_id) is session:
-                del self.link.sessions[node_id]
-                if self.link.done is None:
-                    self.server.disconnected(node_id)
+            self._leave(session)
+            self.link.streams -= 1
         if session.closed.done():
             code, detail = session.closed.result()
             await context.abort(code, detail)
 
     async def UploadModels(self, request_iterator: AsyncIterator[pb.ModelChunk],
                            context: grpc.aio.ServicerContext) -> pb.UploadReply:
-        node_id = await self._authenticate(context)
+        node_id = CALLER.get()
         if not isinstance(self.server, CoalesceServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not coalesce")
         asm = ChunkAssembler(self.cfg.max_model_bytes)
@@ -283,7 +319,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
 
     async def DownloadModels(self, request: pb.DownloadRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
-        node_id = await self._authenticate(context)
+        node_id = CALLER.get()
         if request.name not in self.server.BUNDLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: this {self.cfg.mode} cloud holds no "
                                 f"bundle {request.name!r}; ask for {' or '.join(self.server.BUNDLES)}")

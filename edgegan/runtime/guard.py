@@ -1,4 +1,4 @@
-"""Admission control of the cloud's gRPC server: what a hostile peer can cost it (issue 14).
+"""Admission control of the cloud's gRPC server: what a hostile peer can cost it.
 
 :class:`Guard` is a ``grpc.aio`` server interceptor in front of every EdgeGAN RPC. It turns each
 method into a raw-bytes handler (no request deserializer), so that, in this order,
@@ -14,6 +14,9 @@ method into a raw-bytes handler (no request deserializer), so that, in this orde
 5. per-field caps (histogram length = the cloud's class count, ``n_samples``, node id length,
    feedback ``stats`` entries) refuse the message before the servicer converts it.
 
+This is the one place a call is authenticated: the servicer reads the caller's node id from
+:data:`CALLER`, which the guard sets once it has admitted the call.
+
 The server-wide gRPC receive limit is the largest per-RPC limit, so grpc itself never buffers
 more than that for one message.
 """
@@ -24,20 +27,24 @@ import asyncio
 import hmac
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from math import prod
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, NoReturn, Optional
 
 import grpc
 
 from edgegan.config import check_fields
 from edgegan.errors import FailureReason
 from edgegan.monitor.metrics import Metrics
+from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 
 KiB = 1 << 10
 SERVICE = "edgegan.v1.EdgeGAN"
 PARSE_OFFLOAD_BYTES = 64 * KiB  # messages at least this large are parsed on the guard's thread
 RATE_LIMITED = ("Register", "Session")
+CALLER: ContextVar[str] = ContextVar("edgegan_caller")  # the admitted call's node id, set by Guard
 
 
 @dataclass
@@ -147,6 +154,12 @@ class Refusal(Exception):
         self.code, self.detail, self.reason = code, detail, reason
 
 
+async def _drain(raw_requests: AsyncIterator[bytes]) -> None:
+    """Read and discard until the peer half-closes."""
+    async for _ in raw_requests:
+        pass
+
+
 class Guard(grpc.aio.ServerInterceptor):
     """Authenticate, rate limit, size-check and field-check every EdgeGAN call before the servicer
     sees it (see the module docstring). ``on_drop`` is the hook the feedback link calls when the
@@ -209,9 +222,12 @@ class Guard(grpc.aio.ServerInterceptor):
                               f"{self.g.calls_per_s:g}/s")
         return node_id
 
-    def check_fields(self, method: str, msg: Any) -> None:
-        """Per-field caps, before the servicer converts anything."""
+    def check_message(self, method: str, msg: Any) -> None:
+        """Per-field caps, before the servicer converts anything; a Register speaks for its caller only."""
         if method == "Register":
+            if msg.node_id != CALLER.get():
+                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                              f"token of node '{CALLER.get()}' cannot speak for node '{msg.node_id}'")
             k = self.cfg.num_classes
             if len(msg.label_histogram) != k:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
@@ -231,10 +247,10 @@ class Guard(grpc.aio.ServerInterceptor):
             msg = await asyncio.get_running_loop().run_in_executor(self._pool, deserializer, raw)
         else:
             msg = deserializer(raw)
-        self.check_fields(method, msg)
+        self.check_message(method, msg)
         return msg
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, r: Refusal) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, r: Refusal) -> NoReturn:
         if r.reason is not None:
             self.metrics.reject(r.reason)
         await context.abort(r.code, r.detail)
@@ -250,63 +266,67 @@ class Guard(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The same RPC as a raw-bytes request stream, admitted before any byte is read."""
-        guard = self
-        deserialize = h.request_deserializer
-
-        async def admitted(raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
-                           ) -> tuple[Any, list[Refusal]] | None:
-            try:
-                guard._admit(method, context)
-                if h.request_streaming:
-                    return None, []
-                async for raw in raw_requests:
-                    return await guard._parse(method, raw, deserialize), []
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: no request message")
-            except Refusal as r:
-                await guard._refuse(context, r)
-                return None  # unreachable: abort raises
-
-        def stream(raw_requests: AsyncIterator[bytes], refused: list[Refusal]) -> AsyncIterator[Any]:
-            async def messages() -> AsyncIterator[Any]:
-                async for raw in raw_requests:
-                    try:
-                        yield await guard._parse(method, raw, deserialize)
-                    except Refusal as r:
-                        refused.append(r)
-                        return
-            return messages()
-
-        async def after(context: grpc.aio.ServicerContext, refused: list[Refusal]) -> None:
-            if refused:
-                await guard._refuse(context, refused[0])
-
-        if not h.response_streaming:
-            async def unary_response(raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-                first, refused = await admitted(raw_requests, context)  # type: ignore[misc]
-                if h.request_streaming:
-                    reply = await h.stream_unary(stream(raw_requests, refused), context)
-                else:
-                    reply = await h.unary_unary(first, context)
-                await after(context, refused)
-                return reply
-
-            return grpc.stream_unary_rpc_method_handler(unary_response, request_deserializer=None,
+        if not h.response_streaming:  # Register, UploadModels
+            return grpc.stream_unary_rpc_method_handler(partial(self._unary_response, method, h),
                                                         response_serializer=h.response_serializer)
-
-        if h.request_streaming:  # Session: a coroutine that writes with context.write
-            async def bidi(raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-                _, refused = await admitted(raw_requests, context)  # type: ignore[misc]
-                await h.stream_stream(stream(raw_requests, refused), context)
-                await after(context, refused)
-
-            return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=None,
-                                                         response_serializer=h.response_serializer)
-
-        async def server_stream(raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-                                ) -> AsyncIterator[Any]:
-            first, _ = await admitted(raw_requests, context)  # type: ignore[misc]
-            async for reply in h.unary_stream(first, context):
-                yield reply
-
-        return grpc.stream_stream_rpc_method_handler(server_stream, request_deserializer=None,
+        handler = self._session if h.request_streaming else self._server_stream
+        return grpc.stream_stream_rpc_method_handler(partial(handler, method, h),
                                                      response_serializer=h.response_serializer)
+
+    async def _admitted(self, method: str, h: grpc.RpcMethodHandler, raw_requests: AsyncIterator[bytes],
+                        context: grpc.aio.ServicerContext) -> Any:
+        """Admit the call and set :data:`CALLER`; for a unary-request RPC, its parsed request."""
+        try:
+            CALLER.set(self._admit(method, context))
+            if h.request_streaming:
+                return None
+            async for raw in raw_requests:
+                return await self._parse(method, raw, h.request_deserializer)
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: no request message")
+        except Refusal as r:
+            await self._refuse(context, r)
+
+    async def _messages(self, method: str, h: grpc.RpcMethodHandler, raw_requests: AsyncIterator[bytes],
+                        inline: bool = False) -> AsyncIterator[Any]:
+        """The request stream, parsed and checked. A message over its limits raises :class:`Refusal`,
+        or with ``inline`` is yielded as one, so that the servicer can end the stream and go on
+        draining it."""
+        async for raw in raw_requests:
+            try:
+                yield await self._parse(method, raw, h.request_deserializer)
+            except Refusal as r:
+                if not inline:
+                    raise
+                yield r
+
+    async def _unary_response(self, method: str, h: grpc.RpcMethodHandler, raw_requests: AsyncIterator[bytes],
+                              context: grpc.aio.ServicerContext) -> Any:
+        first = await self._admitted(method, h, raw_requests, context)
+        try:
+            if h.request_streaming:
+                return await h.stream_unary(self._messages(method, h, raw_requests), context)
+            return await h.unary_unary(first, context)
+        except Refusal as r:
+            await self._refuse(context, r)
+
+    async def _session(self, method: str, h: grpc.RpcMethodHandler, raw_requests: AsyncIterator[bytes],
+                       context: grpc.aio.ServicerContext) -> None:
+        """Bidirectional: the servicer ends the stream itself on a :class:`Refusal` among its messages.
+        A known node refused at admission (benched, rate limited) reads why as ``Closing``, and its
+        writes are drained for up to ``stream_drain_s`` so that it then reads the status itself."""
+        try:
+            CALLER.set(self._admit(method, context))
+        except Refusal as r:
+            if r.code is not grpc.StatusCode.UNAUTHENTICATED:
+                await context.write(pb.CloudMessage(closing=pb.Closing(code=r.code.name, reason=r.detail)))
+                drain = asyncio.ensure_future(_drain(raw_requests))
+                await asyncio.wait([drain], timeout=self.cfg.stream_drain_s)
+                drain.cancel()
+            await self._refuse(context, r)
+        await h.stream_stream(self._messages(method, h, raw_requests, inline=True), context)
+
+    async def _server_stream(self, method: str, h: grpc.RpcMethodHandler, raw_requests: AsyncIterator[bytes],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        first = await self._admitted(method, h, raw_requests, context)
+        async for reply in h.unary_stream(first, context):
+            yield reply

@@ -103,6 +103,14 @@ class Done(_message.Message):
     reason: str
     def __init__(self, step: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class Closing(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    reason: str
+    def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class EdgeMessage(_message.Message):
     __slots__ = ("reply", "heartbeat")
     REPLY_FIELD_NUMBER: _ClassVar[int]
@@ -112,14 +120,16 @@ class EdgeMessage(_message.Message):
     def __init__(self, reply: _Optional[_Union[FeedbackReply, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("request", "heartbeat", "done")
+    __slots__ = ("request", "heartbeat", "done", "closing")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_FIELD_NUMBER: _ClassVar[int]
     request: FeedbackRequest
     heartbeat: Heartbeat
     done: Done
-    def __init__(self, request: _Optional[_Union[FeedbackRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
+    closing: Closing
+    def __init__(self, request: _Optional[_Union[FeedbackRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., closing: _Optional[_Union[Closing, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "spec_json", "tensors")
