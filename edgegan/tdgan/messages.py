@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from edgegan.data.partition import label_histogram
+from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, FailureReason, Refused
 
 
@@ -39,6 +42,21 @@ class NodeInfo:
         if any(c < 0 for c in self.label_histogram) or sum(self.label_histogram) != self.n_samples:
             raise EdgeganError("label_histogram", f"node '{self.node_id}': counts must be >= 0 and sum "
                                f"to n_samples={self.n_samples}")
+
+    @classmethod
+    def of(cls, node_id: str, data: TensorData) -> NodeInfo:
+        """What node ``node_id`` holding ``data`` discloses: n_k = len(data) and its label histogram."""
+        hist = label_histogram(data.y, data.num_classes)
+        return cls(node_id, len(data), tuple(int(c) for c in hist))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (checkpoints)."""
+        return {"n_samples": self.n_samples, "label_histogram": list(self.label_histogram)}
+
+    @classmethod
+    def from_dict(cls, node_id: str, d: dict[str, Any]) -> NodeInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(node_id, int(d["n_samples"]), tuple(int(c) for c in d["label_histogram"]))
 
 
 @dataclass(frozen=True)
