@@ -24,9 +24,7 @@ def parts(digits):
 
 def make(parts, cfg=CFG, device="cpu"):
     cloud = TDGANCloud(build_generator(cfg, (1, 8, 8), 10).to(device), cfg)
-    edges = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg) for i, p in enumerate(parts)}
-    for e in edges.values():
-        e.D.to(device)
+    edges = {f"n{i}": TDGANEdge(f"n{i}", p, cfg=cfg, device=device) for i, p in enumerate(parts)}
     return cloud, edges
 
 
@@ -44,7 +42,7 @@ def test_edge_returns_one_float_tensor_of_fake_shape_and_scalars_and_bytes_are_c
     for step in range(3):
         reqs = cloud.make_requests()
         assert [r.node_id for r in reqs] == ["n0", "n1"]
-        d_before = params(edges["n0"].D)
+        d_before = params(edges["n0"].discriminator())
         replies = [edges[r.node_id].feedback(r) for r in reqs]
         for req, rep in zip(reqs, replies):
             # the reply type carries exactly: node id, step, one tensor, scalar stats
@@ -56,7 +54,7 @@ def test_edge_returns_one_float_tensor_of_fake_shape_and_scalars_and_bytes_are_c
             assert rep.nbytes() == req.fake.numel() * 4 + 8 * len(rep.stats)
             total += rep.nbytes()
         # the edge trained D_k on this request
-        assert any(not torch.equal(a, b) for a, b in zip(d_before, edges["n0"].D.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(d_before, edges["n0"].discriminator().parameters()))
         stats = cloud.apply_feedback(replies)
         assert stats["bytes_in"] == sum(r.nbytes() for r in replies)
     assert cloud.totals["bytes_in"] == total
@@ -71,7 +69,7 @@ def test_feedback_is_the_generator_loss_gradient_of_the_updated_discriminator(pa
         (req,) = cloud.make_requests()
         rep = edges["n1"].feedback(req)
         x = req.fake.clone().requires_grad_(True)
-        (expected,) = torch.autograd.grad(g_loss(edges["n1"].D, x, req.labels), x)
+        (expected,) = torch.autograd.grad(g_loss(edges["n1"].discriminator(), x, req.labels), x)
         torch.testing.assert_close(rep.grad, expected)
         assert set(req.labels.tolist()) <= {3, 4}
 
@@ -86,7 +84,7 @@ def test_pi_weights_and_digesting_gradient(parts):
     replies = [edges[r.node_id].feedback(r) for r in reqs]
     # Σ_k π_k loss_k(D_k(G(u_k, y_k))) computed directly on the cloud's own graph
     pend = cloud._pending
-    direct = sum(cloud.pi[k] * g_loss_logloss(edges[k].D, pend[k].fake, pend[k].request.labels) for k in pend)
+    direct = sum(cloud.pi[k] * g_loss_logloss(edges[k].discriminator(), pend[k].fake, pend[k].request.labels) for k in pend)
     expected = torch.autograd.grad(direct, list(cloud.G.parameters()), retain_graph=True, allow_unused=True)
     cloud.apply_feedback(replies)
     for p, e in zip(cloud.G.parameters(), expected):

@@ -506,8 +506,7 @@ class EdgeNode:
                 f"the cloud generates {tuple(image_shape)}, node '{self.node_id}' holds {self.data.image_shape}",
                 "use the cloud's data set")
         if self._tdgan is None:
-            self._tdgan = TDGANEdge(self.node_id, self.data, cfg=cfg)
-            self._tdgan.D.to(self.device)
+            self._tdgan = TDGANEdge(self.node_id, self.data, cfg=cfg, device=self.device)
             self._tdgan_cfg = cfg
         elif self._tdgan_cfg != cfg:
             raise EdgeganError("tdgan", f"the cloud's TDGAN settings changed for node '{self.node_id}'",

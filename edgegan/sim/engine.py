@@ -181,7 +181,7 @@ class NodeHost:
         with open(self.spill_dir / SLOTS, "a") as f:
             f.write("".join(f"{node_id}\n" for node_id, _ in nodes))
         if self._packed is None and nodes:
-            self._packed = PackedEdges(cfg, nodes[0][0], nodes[0][1], self.device)
+            self._packed = PackedEdges(cfg, nodes[0][1], self.device)
             words = -(-self._packed.nbytes // 8)
             self._live = torch.zeros(self.cap + FEEDBACK_GROUP, words, dtype=torch.int64)
             self._rows = self._live.view(torch.uint8)[:, :self._packed.nbytes]

@@ -27,7 +27,7 @@ from edgegan.nn.base import Generator
 from edgegan.nn.factory import build_gan
 from edgegan.tdgan.cloud import TDGANCloud
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.edge import TDGANEdge, node_seed
+from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.schedule import Schedule, Task
 
 log = logging.getLogger("edgegan.tdgan")
@@ -131,16 +131,19 @@ def run_method(method: str, nodes: dict[str, TensorData], schedule: Schedule, cf
         # one site with the data of every task so far; D_joint persists across tasks
         c = replace(cfg, reminding_weight=0.0)
         cloud = TDGANCloud(build_generator(c, shape, k), c)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(node_seed(cfg.seed, "joint"))
-            D = build_gan(cfg.arch, shape, cfg.latent_dim, k, cfg.width)[1]
         edges, tasks, ids = {}, [], []
-        for i, task in enumerate(schedule.tasks):
+        for i, task in enumerate(schedule.tasks):  # D_joint: drawn under the seed of "joint", carried on
             ids += [n for n in task.nodes if n not in ids]
             nid = f"joint@{i + 1}"
-            edges[nid] = TDGANEdge(nid, _union(nodes, ids), D, c)
+            edges[nid] = TDGANEdge(nid, _union(nodes, ids), c, d_from="joint")
             tasks.append(Task(task.name, (nid,), task.steps))
-        run_schedule(cloud, edges, Schedule(tasks), lambda t: record(cloud, cloud.G, t))
+
+        def task_end(t: int) -> None:
+            record(cloud, cloud.G, t)
+            if t + 1 < len(tasks):
+                edges[f"joint@{t + 2}"].continue_from(edges[f"joint@{t + 1}"])
+
+        run_schedule(cloud, edges, Schedule(tasks), task_end)
         tally(cloud)
     else:  # local: a fresh G and fresh D_k per task, only that task's node(s)
         c = replace(cfg, reminding_weight=0.0)

@@ -1,0 +1,125 @@
+"""One node's discriminator state as one packed row (seed 003, Alg. 1 lines 3–8: D_k and its
+optimiser live on the edge for as long as the node takes part).
+
+A row is a flat uint8 tensor of fixed size per config and data shape (:class:`DkLayout`):
+float32 [D_k's parameters…, buffers…, Adam step per parameter, first moments…, second
+moments…], then the node's RNG state and the number of requests it served (int64). Rows are
+the only storage of D_k state: the simulator's hosts keep thousands of them in one block, an
+edge process keeps one per node it hosts, and :class:`~edgegan.tdgan.edge.TDGANEdge` is a view
+of one. :class:`DkInit` is the one way a node's D_k is initialised under its seed, and
+:func:`adam_rows` the one update rule.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgegan.nn.factory import build_gan
+from edgegan.tdgan.config import TDGANConfig
+
+#: Adam's ε (torch.optim.Adam's default, which seed 003 keeps); unit: the moments' unit.
+ADAM_EPS = 1e-8
+
+
+def node_seed(seed: int, node_id: str) -> int:
+    """A per-node seed that does not depend on Python's hash randomisation."""
+    return (int(seed) * 1_000_003 + zlib.crc32(node_id.encode())) % (2**63)
+
+
+@dataclass
+class RowViews:
+    """Views of a block of K rows (no copies): weights (parameters then buffers, each (K, numel)),
+    Adam steps (K, P), first and second moments (each (K, numel)), RNG states (K, n_rng) and
+    requests served (K, 8) as bytes."""
+
+    weights: list[torch.Tensor]
+    steps: torch.Tensor
+    first: list[torch.Tensor]
+    second: list[torch.Tensor]
+    rng: torch.Tensor
+    served: torch.Tensor
+
+
+class DkLayout:
+    """Where each part of a node's D_k state sits in its row (see the module docstring)."""
+
+    def __init__(self, D: nn.Module) -> None:
+        params, buffers = dict(D.named_parameters()), dict(D.named_buffers())
+        self.names = list(params)
+        self.buffer_names = list(buffers)
+        self.shapes = [tuple(t.shape) for t in (*params.values(), *buffers.values())]
+        self.n_weights = len(self.shapes)
+        numels = [math.prod(s) for s in self.shapes]
+        self.sizes = numels + [len(params)] + numels[:len(params)] * 2
+        self.n_float = 4 * sum(self.sizes)
+        self.n_rng = torch.Generator().get_state().numel()
+        self.nbytes = self.n_float + self.n_rng + 8
+
+    def views(self, block: torch.Tensor) -> RowViews:
+        """The parts of ``block`` (K, nbytes) uint8."""
+        P, n = len(self.names), self.n_weights
+        parts = list(block[:, :self.n_float].view(torch.float32).split(self.sizes, dim=1))
+        return RowViews(parts[:n], parts[n], parts[n + 1:n + 1 + P], parts[n + 1 + P:],
+                        block[:, self.n_float:self.n_float + self.n_rng], block[:, self.n_float + self.n_rng:])
+
+    def weights_bytes(self) -> int:
+        """Bytes at the start of a row that hold D_k's parameters and buffers."""
+        return 4 * sum(self.sizes[:self.n_weights])
+
+    def served(self, block: torch.Tensor) -> torch.Tensor:
+        """Requests served per row (K,) int64 (a copy)."""
+        return self.views(block).served.clone().view(torch.int64).flatten()
+
+    def set_served(self, block: torch.Tensor, served: torch.Tensor) -> None:
+        self.views(block).served.copy_(served.reshape(-1, 1).view(torch.uint8))
+
+
+class DkInit:
+    """D_k under a seed exactly as ``build_gan(cfg.arch, …)`` draws it there (G's parameters first,
+    then D's): one (G, D) pair whose modules are reset in place, in module order, per seed."""
+
+    def __init__(self, cfg: TDGANConfig, image_shape: tuple[int, ...], num_classes: int) -> None:
+        self.G, self.D = build_gan(cfg.arch, image_shape, cfg.latent_dim, num_classes, cfg.width)
+        self.D.requires_grad_(False)
+        self.layout = DkLayout(self.D)
+        self._zeros = torch.zeros(sum(self.layout.sizes[self.layout.n_weights:]))
+
+    def weights(self, seed: int) -> list[torch.Tensor]:
+        """D_k's parameters then buffers, flattened, as drawn under ``seed`` (the CPU generator only;
+        the global RNG is left as it was)."""
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.default_generator.manual_seed(seed)
+            for m in (*self.G.modules(), *self.D.modules()):
+                reset = getattr(m, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        return [w.detach().flatten().clone() for w in (*self.D.parameters(), *self.D.buffers())]
+
+    def row(self, seed: int, rng_seed: int) -> torch.Tensor:
+        """A new node's row: D_k drawn under ``seed``, Adam at step 0 with zero moments (which Adam
+        treats exactly like no state), the RNG seeded with ``rng_seed``, no request served."""
+        rng = torch.Generator().manual_seed(rng_seed).get_state()
+        floats = torch.cat([*self.weights(seed), self._zeros])
+        return torch.cat([floats.view(torch.uint8), rng, torch.zeros(8, dtype=torch.uint8)])
+
+
+def adam_rows(W: dict[str, torch.Tensor], m: dict[str, torch.Tensor], v: dict[str, torch.Tensor],
+              steps: torch.Tensor, grads: dict[str, torch.Tensor], lr: float, betas: tuple[float, float]) -> None:
+    """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of K stacked rows in
+    place, each with its own step count: with t = steps + 1,
+        m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,
+        W ← W − m / ((√v / √(1 − β2^t) + ε) (1 − β1^t) / lr).
+    ``W``, ``m``, ``v``, ``grads``: name → (K, …); ``steps``: (K, P) float32, one column per name."""
+    b1, b2 = betas
+    steps += 1
+    for i, (n, w) in enumerate(W.items()):
+        t = steps[:, i].to(w.device).view((-1,) + (1,) * (w.dim() - 1))
+        m[n].lerp_(grads[n], 1 - b1)
+        v[n].mul_(b2).addcmul_(grads[n], grads[n], value=1 - b2)
+        denom = (v[n].sqrt() / (1 - b2 ** t).sqrt()).add_(ADAM_EPS)
+        w.addcdiv_(m[n], denom * ((1 - b1 ** t) / lr), value=-1.0)
