@@ -3,14 +3,18 @@
 Inputs (seeds 001/004): N = 3 measures, weights (1/4, 1/2, 1/4), zero means, covariances
 R·diag(exp(linspace(log .5, log 2)))·Rᵀ with Haar-random R; plus a non-Gaussian
 location-scatter family (uniform cube pushed by Σ_k^{1/2}, true barycenter known by
-construction, see edgegan/barycenter/gaussian.py); and a hard family (issue 17): N = 5 inputs,
+construction, see edgegan/barycenter/gaussian.py); and a hard family: N = 5 inputs,
 weights (.05, .1, .15, .3, .4), means of scale 3, each input's own eigenvalues log-uniform in
-[0.05, 5] (condition number 100). Methods, all run here:
+[0.05, 5] (condition number 100), HARD_SEEDS problems per dimension. Methods, all run here:
 
-* WIN (seed 004 Alg. 1) and NWB (seed 001 Alg. 1) from samplers, 100k generated samples scored,
-  on standardised inputs (the default); on the hard family also WIN on raw inputs (the paper's
-  setting) and on location-scatter WIN with ``init="gaussian"``, both starts also scored by
+* WIN (seed 004 Alg. 1) with ``WINConfig()`` exactly as a user gets it (``config: default``,
+  stops by its own rule) and NWB (seed 001 Alg. 1) from samplers, 100k generated samples
+  scored; on location-scatter also WIN with ``init="gaussian"``, both starts also scored by
   exact-OT W2 between 2k generated and 2k true-barycenter samples (mean of 3 draws);
+* hard family, time to quality: UVP after every round against solver seconds (scoring
+  excluded) for WIN default, ``WINConfig.legacy()`` (the schedule before the stopping rule:
+  K_v every iteration, batch 1024 per input, 50 iterations) and NWB, the last two cut at
+  the target's time budget (``max_seconds``); HARD_TARGETS gives (UVP %, seconds) per d;
 * POT ``ot.gaussian.bures_wasserstein_barycenter`` on Gaussians fitted to samples;
 * POT ``ot.lp.free_support_barycenter`` on samples (support points scored);
 * weight averaging of the inputs written as exact linear generators z ↦ Σ_k^{1/2} z + m_k;
@@ -49,27 +53,22 @@ from edgegan.config import to_dict  # noqa: E402
 WEIGHTS = [0.25, 0.5, 0.25]
 HARD_WEIGHTS = [0.05, 0.1, 0.15, 0.3, 0.4]
 W2_POINTS, W2_DRAWS = 2000, 3
-HARD_ITERS = {True: lambda d: 12, False: lambda d: 16 if d <= 32 else 20}  # caps; ``tol`` may stop earlier
-HARD_TOL = 0.05  # % BW2-UVP units: stop once G's moments move less than this in one outer iteration
-PAPER_SETTING_DIMS = {True: (16,), False: ()}  # the paper-setting contrast runs in the quick preset only
+HARD_SEEDS = 3  # problems per hard dimension: problem seed 1000 + d + 100 s, samplers 2000 + d + 100 s
+HARD_TARGETS = {16: (0.3, 60.0), 64: (1.0, 300.0), 128: (2.0, 600.0)}  # d: (BW2-UVP %, seconds)
+LEGACY_BUDGET = {16: 60.0, 64: 300.0, 128: 300.0}  # seconds the legacy curve runs (300 at d = 128: CPU time)
+NWB_BUDGET = {16: 120.0, 64: 300.0}  # seconds NWB runs on the hard family (not run at other d)
 SCORE_SAMPLES = 100_000
 POT_FIT_SAMPLES = 20_000
 FREE_SUPPORT_POINTS = 500
 
 
-def win_config(dim: int, quick: bool, family: str) -> WINConfig:
-    """Paper K_G/K_T/K_v and learning rates; batch 256 (paper 1024) and few outer iterations
-    to fit a shared 2-core CPU: 6 quick, 8 full, 5 at d ≥ 32 (the reference runs ~50); on the
-    hard family up to HARD_ITERS with the moment-change stop ``tol``."""
+def nwb_config(dim: int, quick: bool, family: str) -> NWBConfig:
+    """Reference-code K_1/K_2, lr, batch; width max(32, 2d); the shared stopping rule. Easy
+    families: K_3 cut to the CPU budget (150 quick, 200 full, 100 at d ≥ 32; the reference
+    trains for 80 epochs); hard family: K_3 = 2000 (reference default), rounds of 10 steps,
+    cut at NWB_BUDGET[d] seconds."""
     if family == "hard":
-        return WINConfig(outer_iters=HARD_ITERS[quick](dim), tol=HARD_TOL, batch_size=256, seed=dim)
-    iters = 6 if quick else (8 if dim <= 16 else 5)
-    return WINConfig(outer_iters=iters, batch_size=256, seed=dim)
-
-
-def nwb_config(dim: int, quick: bool) -> NWBConfig:
-    """Reference-code K_1/K_2, lr, batch; width max(32, 2d); K_3 cut to the CPU budget
-    (150 quick, 200 full, 100 at d ≥ 32; the reference trains for 80 epochs)."""
+        return NWBConfig(hidden=max(32, 2 * dim), seed=dim, log_every=10, max_seconds=NWB_BUDGET[dim])
     k3 = 150 if quick else (200 if dim <= 16 else 100)
     return NWBConfig(k3=k3, hidden=max(32, 2 * dim), log_every=50, seed=dim)
 
@@ -80,12 +79,13 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def problem(family: str, dim: int):
+def problem(family: str, dim: int, seed: int = 0):
     """(samplers, weights, bar_mean, bar_cov, barycenter sampler or None) of one benchmark problem."""
     if family == "hard":
-        means, covs = hard_gaussian_benchmark(dim, len(HARD_WEIGHTS), seed=1000 + dim)
+        means, covs = hard_gaussian_benchmark(dim, len(HARD_WEIGHTS), seed=1000 + dim + 100 * seed)
         bar_mean, bar_cov = exact_gaussian_barycenter(means, covs, HARD_WEIGHTS)
-        return gaussian_samplers(means, covs, seed=2000 + dim), HARD_WEIGHTS, bar_mean, bar_cov, None, (means, covs)
+        return (gaussian_samplers(means, covs, seed=2000 + dim + 100 * seed), HARD_WEIGHTS, bar_mean, bar_cov,
+                None, (means, covs))
     means, covs = gaussian_benchmark(dim, 3, seed=dim)
     if family == "gaussian":
         bar_mean, bar_cov = exact_gaussian_barycenter(means, covs, WEIGHTS)
@@ -105,6 +105,40 @@ def sample_w2(x_sampler, bar_sampler) -> float:
     return float(np.mean(vals))
 
 
+def run_w2(solve, samplers, weights, cfg, bar_mean, bar_cov, label: str) -> tuple[object, dict]:
+    """Run one W2 solver with per-round scoring; returns (result, row fields). ``curve`` is
+    [wall seconds, process CPU seconds, UVP %] after every round, scoring excluded from both
+    clocks: on a shared machine the CPU seconds of a 1-thread run are what an idle core would
+    take. Loads are os.getloadavg() at start and end."""
+    curve, scoring, t0, c0 = [], [0.0, 0.0], time.perf_counter(), time.process_time()
+
+    def score(it, res):
+        t1, c1 = time.perf_counter(), time.process_time()
+        uvp = round(bw2_uvp(res.generator.sample(SCORE_SAMPLES), bar_mean, bar_cov), 5)
+        curve.append([round(t1 - t0 - scoring[0], 2), round(c1 - c0 - scoring[1], 2), uvp])
+        print(f"  {label} round {it}: {curve[-1][0]:7.1f} s ({curve[-1][1]:.1f} CPU s)  UVP {uvp:.4f} %  "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        scoring[0] += time.perf_counter() - t1
+        scoring[1] += time.process_time() - c1
+
+    load_start = os.getloadavg()
+    res = solve(samplers, weights, cfg=cfg, log=True, callback=score)
+    sec, cpu = time.perf_counter() - t0 - scoring[0], time.process_time() - c0 - scoring[1]
+    hist = res.log["history"]
+    extra = {"cpu_seconds": round(cpu, 2), "iterations": res.log["iterations"], "converged": res.log["converged"],
+             "stopped_at": res.log["stopped_at"], "stop_reason": res.log["stop_reason"], "curve": curve,
+             "uvp_per_round": [c[2] for c in curve], "residual_per_round": [round(r, 6) for r in hist["residual"]],
+             "residual_se_pct_per_round": [round(r, 5) for r in hist["residual_se_pct"]],
+             "moment_change_per_round": [round(r, 5) for r in hist["moment_change_pct"]],
+             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    for part in ("maps", "potentials", "generator"):
+        if f"seconds_{part}" in hist:
+            extra[f"seconds_{part}"] = round(sum(hist[f"seconds_{part}"]), 2)
+    if "batch" in hist:
+        extra["batch_per_round"] = hist["batch"]
+    return res, {"uvp": curve[-1][2], "seconds": sec, "settings": to_dict(cfg), **extra}
+
+
 def run_problem(family: str, dim: int, quick: bool, rows: list[dict], saved) -> None:
     """Append this problem's rows to ``rows``, calling ``saved()`` after each (partial results survive)."""
     samplers, weights, bar_mean, bar_cov, bar_sampler, (means, covs) = problem(family, dim)
@@ -119,35 +153,29 @@ def run_problem(family: str, dim: int, quick: bool, rows: list[dict], saved) -> 
     torch.manual_seed(dim)
     add("identity start N(0,I)", bw2_uvp(torch.randn(SCORE_SAMPLES, dim), bar_mean, bar_cov), 0.0)
 
-    def w2_solver(method: str, solve, cfg) -> None:
-        trace, scoring = [], [0.0]
-
-        def score(it, res):  # per-round UVP for the diagnosis; its time is not the solver's
-            t0 = time.perf_counter()
-            trace.append(round(bw2_uvp(res.generator.sample(SCORE_SAMPLES), bar_mean, bar_cov), 5))
-            print(f"  {method} round {it}: UVP {trace[-1]:.4f} %", flush=True)
-            scoring[0] += time.perf_counter() - t0
-
-        res, sec = timed(lambda: solve(samplers, weights, cfg=cfg, log=True, callback=score))
-        hist = res.log["history"]
-        extra = {"iterations": res.log["iterations"], "converged": res.log["converged"],
-                 "uvp_per_round": trace, "residual_per_round": [round(r, 6) for r in hist["residual"]],
-                 "moment_change_per_round": [round(r, 5) for r in hist["moment_change_pct"]]}
+    def w2_solver(method: str, solve, cfg, config: str, seed: int = 0) -> None:
+        prob = (samplers, bar_mean, bar_cov) if seed == 0 else [problem(family, dim, seed)[i] for i in (0, 2, 3)]
+        res, out = run_w2(solve, prob[0], weights, cfg, prob[1], prob[2], f"{method} {config} seed {seed}")
         if bar_sampler is not None:
-            extra["w2_samples"] = round(sample_w2(res.generator.sample, bar_sampler), 5)
-        add(method, trace[-1], sec - scoring[0], to_dict(cfg), **extra)
+            out["w2_samples"] = round(sample_w2(res.generator.sample, bar_sampler), 5)
+        uvp, sec, settings = out.pop("uvp"), out.pop("seconds"), out.pop("settings")
+        add(method, uvp, sec, settings, config=config, seed=seed, **out)
 
-    cfg = win_config(dim, quick, family)
-    w2_solver("WIN", win_barycenter, cfg)
-    if family == "location-scatter":
-        w2_solver("WIN init=gaussian", win_barycenter, dataclasses.replace(cfg, init="gaussian"))
-        add("true barycenter (sampling floor)", bw2_uvp(bar_sampler(SCORE_SAMPLES), bar_mean, bar_cov), 0.0,
-            w2_samples=round(sample_w2(bar_sampler, bar_sampler), 5))
-    if family == "hard" and dim in PAPER_SETTING_DIMS[quick]:
-        paper = dataclasses.replace(cfg, centre=False, rescale=False, lr_g=1e-4, lr_g_decay=1.0, tol=0.0,
-                                    outer_iters=8)
-        w2_solver("WIN paper setting (raw inputs)", win_barycenter, paper)
-    w2_solver("NWB", nwb_barycenter, nwb_config(dim, quick))
+    if family == "hard":
+        for seed in range(HARD_SEEDS):
+            w2_solver("WIN", win_barycenter, WINConfig(seed=10 * dim + seed), "default", seed)
+        cut = LEGACY_BUDGET.get(dim, 300.0)
+        w2_solver("WIN", win_barycenter, WINConfig.legacy(seed=10 * dim, max_seconds=cut), f"legacy, cut at {cut:g} s")
+    else:
+        cfg = WINConfig(seed=dim)
+        w2_solver("WIN", win_barycenter, cfg, "default")
+        if family == "location-scatter":
+            w2_solver("WIN init=gaussian", win_barycenter, dataclasses.replace(cfg, init="gaussian"), "init=gaussian")
+            add("true barycenter (sampling floor)", bw2_uvp(bar_sampler(SCORE_SAMPLES), bar_mean, bar_cov), 0.0,
+                w2_samples=round(sample_w2(bar_sampler, bar_sampler), 5))
+    if family != "hard" or dim in NWB_BUDGET:
+        w2_solver("NWB", nwb_barycenter, nwb_config(dim, quick, family), "default" if family != "hard" else
+                  f"default, cut at {NWB_BUDGET[dim]:g} s")
 
     def pot_gaussian():
         fits = [fit_gaussian(s(POT_FIT_SAMPLES)) for s in samplers]
@@ -186,19 +214,40 @@ def run_problem(family: str, dim: int, quick: bool, rows: list[dict], saved) -> 
         {"note": "base law N(0,I); for the location-scatter family the averaged generator's moments are what is scored"})
 
 
+def time_to_quality(rows: list[dict]) -> list[dict]:
+    """Per hard-family solver run: its curve, the target (UVP %, seconds), the first time the
+    curve is at or below the target UVP, and whether the final UVP met it within the time."""
+    out = []
+    for r in rows:
+        if r["family"] != "hard" or "curve" not in r:
+            continue
+        target, limit = HARD_TARGETS.get(r["dim"], (None, None))
+        first = next((t for t, _, u in r["curve"] if target is not None and u <= target), None)
+        first_cpu = next((c for _, c, u in r["curve"] if target is not None and u <= target), None)
+        out.append({"method": r["method"], "config": r["config"], "dim": r["dim"], "seed": r["seed"],
+                    "target_pct": target, "target_seconds": limit, "first_at_target_s": first,
+                    "first_at_target_cpu_s": first_cpu, "final_pct": r["bw2_uvp_pct"], "seconds": r["seconds"],
+                    "cpu_seconds": r["cpu_seconds"], "stopped_at": r["stopped_at"], "stop_reason": r["stop_reason"],
+                    "met": None if target is None else bool(r["bw2_uvp_pct"] <= target and r["seconds"] <= limit),
+                    "met_cpu": None if target is None else bool(r["bw2_uvp_pct"] <= target and r["cpu_seconds"] <= limit),
+                    "loadavg_end": r["loadavg_end"], "curve": r["curve"]})
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for i, method in enumerate(methods):
         labelled = False
         for family, style in (("gaussian", "-o"), ("location-scatter", "--s"), ("hard", ":^")):
             pts = sorted((r["dim"], max(r["bw2_uvp_pct"], 1e-4)) for r in rows
-                         if r["method"] == method and r["family"] == family)
+                         if r["method"] == method and r["family"] == family and r.get("seed", 0) == 0
+                         and not str(r.get("config", "")).startswith("legacy"))
             if pts:
                 ax.plot(*zip(*pts), style, color=f"C{i}", label=None if labelled else method,
                         alpha=1.0 if family == "gaussian" else 0.6)
@@ -208,9 +257,25 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dimension d")
     ax.set_ylabel("BW2-UVP, % (log)")
-    ax.set_title("W2 barycenter, BW2-UVP. solid: Gaussian, dashed: location-scatter (uniform cube),\n"
+    ax.set_title("W2 barycenter, BW2-UVP (seed 0). solid: Gaussian, dashed: location-scatter,\n"
                  "both N=3, α=(¼,½,¼); dotted: hard (N=5, condition 100, off-centre)", fontsize=8)
     ax.legend(fontsize=7)
+    configs = list(dict.fromkeys((t["method"], t["config"].split(",")[0]) for t in time_to_quality(rows)))
+    dims = sorted({t["dim"] for t in time_to_quality(rows)})
+    for t in time_to_quality(rows):
+        c = configs.index((t["method"], t["config"].split(",")[0]))
+        first = t["seed"] == 0 and t["dim"] == dims[0]
+        ax2.plot([c[0] for c in t["curve"]], [c[2] for c in t["curve"]], ("-", "--", ":", "-.")[dims.index(t["dim"]) % 4], color=f"C{c}", alpha=0.8,
+                 label=f"{t['method']} {t['config'].split(',')[0]}" if first else None)
+        if t["target_pct"] is not None and t["seed"] == 0 and c == 0:
+            ax2.plot([t["target_seconds"]], [t["target_pct"]], "k*", ms=9)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("solver wall seconds (1 thread, shared machine; scoring excluded)")
+    ax2.set_ylabel("BW2-UVP, % (log)")
+    ax2.set_title("hard family, time to quality; line style by d (" + ", ".join(
+        f"{('solid', 'dashed', 'dotted', 'dashdot')[i % 4]}: {d}" for i, d in enumerate(dims)) + "); ★ target", fontsize=8)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -222,10 +287,13 @@ def write(args: argparse.Namespace, rows: list[dict], commands: list[str], total
         "hard_weights": HARD_WEIGHTS, "w2_samples": f"exact-OT W2, {W2_POINTS} vs {W2_POINTS} points, mean of {W2_DRAWS} draws",
         "score_samples": SCORE_SAMPLES, "total_seconds": round(total, 1), "complete": complete,
         "metric": "BW2-UVP % = 100 * W2^2(N(mean, cov) fitted to samples, true) / tr(true cov) (seed 001 eq. 11)",
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} CPU, 1 thread, "
-                   "timed while other jobs shared the machine",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} CPU, "
+                   f"{torch.get_num_threads()} thread(s), timed while other jobs shared the machine",
+        "loadavg_at_write": [round(x, 2) for x in os.getloadavg()],
         "command": "python benchmarks/gaussian_barycenter.py " + " ".join(sys.argv[1:]),
         "parts": commands,
+        "hard_targets": {str(d): {"bw2_uvp_pct": u, "seconds": t} for d, (u, t) in HARD_TARGETS.items()},
+        "time_to_quality": time_to_quality(rows),
         "rows": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -234,19 +302,20 @@ def write(args: argparse.Namespace, rows: list[dict], commands: list[str], total
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="d in {2, 8}, non-Gaussian at d=2, hard at d=16, shorter training")
+    ap.add_argument("--quick", action="store_true", help="d in {2, 8}, non-Gaussian at d=2, hard at d=16")
     ap.add_argument("--json", required=True, help="output JSON path")
     ap.add_argument("--png", default=None, help="plot path (default: JSON path with .png)")
     ap.add_argument("--dims", default=None, help="comma-separated Gaussian dimensions (overrides the preset)")
     ap.add_argument("--family-dims", default=None, help="comma-separated location-scatter dimensions ('' for none)")
     ap.add_argument("--hard-dims", default=None, help="comma-separated hard-family dimensions ('' for none)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the machine is shared)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
                     help="do not run: merge the rows of partial runs (e.g. split by --dims) into --json")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     dims = [2, 8] if args.quick else [2, 4, 8, 16, 32, 64]
     family_dims = [2] if args.quick else [2, 16]
-    hard_dims = [16] if args.quick else [4, 8, 16, 32, 64]
+    hard_dims = [16] if args.quick else [16, 64, 128]
     if args.dims is not None:
         dims = [int(d) for d in args.dims.split(",") if d]
     if args.family_dims is not None:

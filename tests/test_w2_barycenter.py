@@ -1,4 +1,4 @@
-"""Issue 5: exact Gaussian barycenter, BW2-UVP, WIN (seed 004), NWB (seed 001), aggregate()."""
+"""Exact Gaussian barycenter, BW2-UVP, WIN (seed 004), NWB (seed 001), their stopping rule, aggregate()."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from edgegan.barycenter.gaussian import (bw2_uvp, exact_gaussian_barycenter, fix
                                          gaussian_benchmark, gaussian_samplers, gaussian_w2_squared,
                                          hard_gaussian_benchmark, location_scatter_samplers, sqrtm_spd,
                                          uniform_cube_sampler)
-from edgegan.barycenter.nets import ICNN, MapGenerator
+from edgegan.barycenter._w2_solver import StopRule, W2SolverConfig
+from edgegan.barycenter.nets import ICNN, MapGenerator, Potential, ResidualMap
 from edgegan.barycenter.nwb import NWBConfig, nwb_barycenter
-from edgegan.barycenter.win import WINConfig, win_barycenter
+from edgegan.barycenter.win import StackedMaps, StackedPotentials, WINConfig, win_barycenter
 from edgegan.errors import EdgeganError
 
 W = [0.25, 0.5, 0.25]
@@ -138,7 +139,7 @@ def test_nets_identity_start_and_icnn_convexity():
 
 
 HARD_W = [0.2, 0.5, 0.3]
-TEST_WIN = WINConfig(k_g=50, k_t=5, k_v=10, outer_iters=4, batch_size=128, hidden=32)
+TEST_WIN = WINConfig(k_g=50, k_t=5, k_v=10, outer_iters=4, batch_size=128, hidden=32, window=0)  # 4 rounds, no early stop
 TEST_NWB = NWBConfig(k1=1, k2=2, k3=100, batch_size=64, hidden=16, log_every=50)
 
 
@@ -177,6 +178,7 @@ def test_win_on_standardised_inputs_reaches_exact_barycenter():
     uvp, summary = win_uvp()
     assert uvp < WIN_LIMIT, uvp
     assert summary["iterations"] == 4 and summary["converged"] is False and "history" not in summary
+    assert summary["stopped_at"] == 4 and summary["stop_reason"] == "budget"
     raw, _ = win_uvp(centre=False, rescale=False)
     assert raw > PAPER_FACTOR * uvp, (raw, uvp)
 
@@ -200,7 +202,7 @@ def test_win_resumes_and_checks_checkpoint(tmp_path):
         win_barycenter(samplers, [0.5, 0.25, 0.25], cfg=cfg, checkpoint_dir=tmp_path)
 
 
-TOL_RUN = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hidden": 8, "log": True}
+TOL_RUN = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hidden": 8, "log": True, "window": 0}
 
 
 @pytest.mark.stochastic
@@ -211,10 +213,68 @@ def test_tolerance_stops_when_moments_stop_moving():
     # round (7800× above the largest); tol = 1e-6 % never fires (1900× below the smallest).
     samplers, _, _ = _hard(d=2)
     res = win_barycenter(samplers, HARD_W, tol=50.0, **TOL_RUN)
-    assert res.log["iterations"] == 1 and res.log["converged"] is True
+    assert res.log["iterations"] == 1 and res.log["converged"] is True and res.log["stop_reason"] == "tol"
     assert res.log["history"]["moment_change_pct"][0] < 50.0
     res = win_barycenter(samplers, HARD_W, tol=1e-6, **TOL_RUN)
     assert res.log["iterations"] == 4 and res.log["converged"] is False
+
+
+def _gauss(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(2, dtype=torch.float64), scale * torch.eye(2, dtype=torch.float64)
+
+
+def test_stop_rule_stops_when_moves_fall_below_residual_noise():
+    # G's moments shrink their steps geometrically: moves in % of tr Σ are 100·2(√a − √b)²/(2b)
+    rule = StopRule(W2SolverConfig(window=3, stop_ratio=2.0), _gauss(1.0))
+    scales, reasons, moves = [1.5, 1.3, 1.2, 1.15, 1.14, 1.139, 1.1389], [], []
+    for t, sc in enumerate(scales, 1):
+        verdict = rule.update(_gauss(sc), residual_se=1e-4, done=t, total=100)
+        reasons.append(verdict["reason"])
+        moves.append(verdict["mean_move_pct"])
+    assert moves[:2] == [None, None] and moves[2] > 1.0  # (√1.5 − 1)² ... : far above 2 × 0.01 %
+    assert reasons[:5] == [None] * 5 and reasons[5] == "moves below noise", (reasons, moves)
+    assert moves[5] < 2 * 0.01 <= moves[4]
+    # the same moves against a larger standard error stop earlier; without a window only the budget stops
+    loud = StopRule(W2SolverConfig(window=3, stop_ratio=2.0), _gauss(1.0))
+    assert [loud.update(_gauss(sc), 0.05, t, 100)["reason"] for t, sc in enumerate(scales[:3], 1)] == [None, None, "moves below noise"]
+    off = StopRule(W2SolverConfig(window=0), _gauss(1.0))
+    assert [off.update(_gauss(sc), 1.0, t, 7)["reason"] for t, sc in enumerate(scales, 1)] == [None] * 6 + ["budget"]
+
+
+def test_win_log_names_where_and_why_it_stopped():
+    samplers, _, _ = _hard(d=2)
+    small = {"k_g": 2, "k_t": 1, "k_v": 2, "outer_iters": 6, "batch_size": 32, "hidden": 8, "log": True}
+    res = win_barycenter(samplers, HARD_W, window=3, stop_ratio=1e9, **small)  # any move is below 1e9 SE
+    assert res.log["stopped_at"] == 3 and res.log["stop_reason"] == "moves below noise" and res.log["converged"]
+    hist = res.log["history"]
+    assert hist["mean_move_pct"][:2] == [None, None] and hist["residual_se_pct"][0] > 0
+    assert all(hist[f"seconds_{p}"][0] > 0 for p in ("maps", "potentials", "generator"))
+    res = win_barycenter(samplers, HARD_W, window=3, stop_ratio=1e-12, **small)
+    assert res.log["stopped_at"] == 6 and res.log["stop_reason"] == "budget" and not res.log["converged"]
+
+
+def test_stacked_networks_are_the_per_input_networks():
+    torch.manual_seed(0)
+    maps, pots = [ResidualMap(3, 8, 2) for _ in range(2)], [Potential(3, 8, 2) for _ in range(2)]
+    for t in maps:  # leave the identity start so the linear and last layers matter
+        for prm in t.parameters():
+            prm.data.normal_(0, 0.3)
+    st, sv = StackedMaps(2, 3, 8, 2), StackedPotentials(2, 3, 8, 2)
+    st.copy_members(maps, into=False)
+    sv.copy_members(pots, into=False)
+    x, y = torch.randn(5, 3), torch.randn(2, 5, 3)
+    with torch.no_grad():
+        assert_allclose(st(x).numpy(), torch.stack([t(x) for t in maps]).numpy(), atol=1e-6)
+        assert_allclose(sv(y).numpy(), torch.stack([v(y[k]) for k, v in enumerate(pots)]).numpy(), atol=1e-6)
+        back = [ResidualMap(3, 8, 2) for _ in range(2)]
+        st.copy_members(back, into=True)
+        assert_allclose(torch.stack([t(x) for t in back]).numpy(), st(x).numpy(), atol=1e-6)
+    paper, legacy = WINConfig.paper(), WINConfig.legacy()
+    assert (paper.lr_g, paper.lr_g_decay, paper.centre, paper.k_v_warm, paper.batch_size) == (1e-4, 1.0, False, 0, 1024)
+    assert (legacy.shared_batch, legacy.fp_step_decay, legacy.window, legacy.outer_iters) == (False, 1.0, 0, 50)
+    samplers, _, _ = _hard(d=2)  # one batch per input (the paper's sampling) runs the same loop
+    res = win_barycenter(samplers, HARD_W, cfg=legacy, k_g=2, k_t=1, k_v=2, outer_iters=2, batch_size=16, hidden=8)
+    assert res.log["stop_reason"] == "budget" and len(res.maps) == 3
 
 
 @pytest.mark.parametrize("solver", [win_barycenter, nwb_barycenter])

@@ -2,7 +2,8 @@
 
 One override interface (``solver(samplers, weights, cfg=..., **overrides)``), one meaning of
 ``log=`` (``result.log`` always holds the run summary; ``log=True`` adds the per-round
-history), checkpoint/resume, the stopping rule, and the standardisation of the inputs.
+history), checkpoint/resume, the stopping rule (:class:`StopRule`), the sample fixed-point
+residual, and the standardisation of the inputs.
 
 Standardisation is exact for the quadratic cost (seed 004 §6.1 uses the first half: the
 barycenter's mean is Σ α_n µ_n):
@@ -45,13 +46,17 @@ INITS = ("identity", "gaussian")
 class W2SolverConfig:
     """Knobs every W2 solver shares (beyond the papers: standardisation, warm start, stopping).
 
-    ``centre=False, rescale=False, init="identity", tol=0`` is the papers' setting.
+    ``centre=False, rescale=False, init="identity", window=0, tol=0`` is the papers' setting
+    (a fixed number of rounds).
     """
 
     centre: bool = field(default=True, metadata={"unit": "solve on per-input-centred samples, shift by Σ α_k m_k (exact)"})
     rescale: bool = field(default=True, metadata={"unit": "divide centred samples by c, c² = Σ α_k tr Σ_k / d (exact)"})
     init: str = field(default="identity", metadata={"unit": "generator start: identity (papers) | gaussian (Bures–Wasserstein barycenter of sample moments)"})
-    tol: float = field(default=0.0, metadata={"unit": "stop when the generated moments move < tol (BW2-UVP %) in one round; 0 = never"})
+    window: int = field(default=4, metadata={"unit": "rounds averaged by the StopRule (0 = no noise rule, papers)"})
+    stop_ratio: float = field(default=2.0, metadata={"unit": "stop when G's mean move per round < stop_ratio × the residual's standard error (both %)"})
+    tol: float = field(default=0.0, metadata={"unit": "also stop when the generated moments move < tol (BW2-UVP %) in one round; 0 = off"})
+    max_seconds: float = field(default=0.0, metadata={"unit": "also stop after this many seconds of rounds (s); 0 = no time budget"})
     moment_samples: int = field(default=10_000, metadata={"unit": "samples per input for the means/scale and per moment check"})
     hidden: int = field(default=0, metadata={"unit": "hidden width of every network; 0 = max(100, 2·d)"})
     depth: int = field(default=3, metadata={"unit": "hidden layers per network"})
@@ -60,8 +65,10 @@ class W2SolverConfig:
     def validate(self, prefix: str = "") -> None:
         check_fields(self, prefix, ("moment_samples",), 2)
         check_fields(self, prefix, ("depth",), 1)
-        check_fields(self, prefix, ("hidden",), 0)
-        check_fields(self, prefix, ("tol",), 0)
+        check_fields(self, prefix, ("hidden", "window"), 0)
+
+        check_fields(self, prefix, ("tol", "max_seconds"), 0)
+        check_fields(self, prefix, ("stop_ratio",), 0, strict_low=True)
         if self.init not in INITS:
             raise EdgeganError(f"{prefix}.init" if prefix else "init", f"unknown init '{self.init}'",
                                "choose one of " + ", ".join(INITS))
@@ -156,35 +163,100 @@ class SolverParts:
     step: Callable[[int, int], dict[str, Any]]
 
 
+def sample_residual(x: torch.Tensor, mapped: torch.Tensor) -> tuple[float, float]:
+    """Fixed-point residual on a batch, E|Σ_k α_k M_k(x) − x|² / E|x − E x|² (0 at the barycenter,
+    seed 004 eq. 5), and its sampling standard error at this batch size (std of the per-sample
+    terms / √B); ``mapped`` = Σ_k α_k M_k(x), M_k the solver's maps barycenter → input k."""
+    terms = (mapped - x).pow(2).sum(-1) / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-30)  # (B,)
+    return float(terms.mean()), float(terms.std() / terms.numel() ** 0.5)
+
+
+class StopRule:
+    """Stop when G moves less per round than the sampling noise of the statistic that drives it.
+
+    After round t the solver knows:
+
+    * δ_t, how far G moved: the Gaussian moments θ_t of G on a fixed latent probe (so probe
+      sampling adds no noise), δ_t = 100·W2²(N(θ_{t−1}), N(θ_t)) / tr Σ_t (BW2-UVP units, %);
+    * r_t ± s_t, the fixed-point residual E|Σ_k α_k M_k(x) − x|² / E|x − E x|² that drives the
+      next move, and its sampling standard error at the current batch size
+      (:func:`sample_residual`), both ×100 to be in the same % units.
+
+    The run stops ("moves below noise") when the mean move over the last W = ``window`` rounds
+    is below ``stop_ratio``·s_t: further rounds change G by less than the resolution at which
+    this batch size can see the fixed-point defect they correct. It also stops when a one-round
+    move is < ``tol`` (absolute, %), after ``max_seconds`` of rounds, or at the budget
+    (``reason`` "tol", "max_seconds", "budget"). ``window=0`` turns the noise rule off.
+    """
+
+    def __init__(self, cfg: W2SolverConfig, first: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.cfg, self.last, self.moves = cfg, first, []
+        self.t0 = time.perf_counter()
+
+    def update(self, moments: tuple[torch.Tensor, torch.Tensor], residual_se: float, done: int,
+               total: int) -> dict[str, Any]:
+        """Record one round; returns ``moment_change_pct`` (δ_t), ``mean_move_pct`` (None before W
+        rounds), ``residual_se_pct`` and ``reason`` (None: go on)."""
+        change = 100.0 * gaussian_w2_squared(*self.last, *moments) / max(float(moments[1].trace()), 1e-12)
+        self.last = moments
+        self.moves.append(change)
+        w = self.cfg.window
+        mean_move = sum(self.moves[-w:]) / w if w and len(self.moves) >= w else None
+        reason = None
+        if mean_move is not None and mean_move < self.cfg.stop_ratio * 100.0 * residual_se:
+            reason = "moves below noise"
+        elif self.cfg.tol > 0 and change < self.cfg.tol:
+            reason = "tol"
+        elif self.cfg.max_seconds > 0 and time.perf_counter() - self.t0 >= self.cfg.max_seconds:
+            reason = "max_seconds"
+        elif done >= total:
+            reason = "budget"
+        return {"moment_change_pct": change, "mean_move_pct": mean_move, "residual_se_pct": 100.0 * residual_se,
+                "reason": reason}
+
+
+@dataclass
+class SolveOptions:
+    """The caller's side of a solver call (same meaning for WIN and NWB, see ``win_barycenter``)."""
+
+    generator: Generator | None = None
+    latent_dim: int | None = None
+    normalize: bool = False
+    checkpoint_dir: str | Path | None = None
+    callback: Callable[[int, W2BarycenterResult], Any] | None = None
+    log: bool = False
+
+
+@dataclass
+class Schedule:
+    """``total`` units of ``step`` in rounds of ``round_len``; a round is one log/stop/callback point."""
+
+    build: Callable[[W2Run], "SolverParts"]
+    total: int
+    round_len: int
+
+
 def _moments(run: W2Run, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return fit_gaussian(run.gen(z).cpu())
 
 
-def solve(name: str, samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor,
-          generator: Generator | None, latent_dim: int | None, cfg: Any, normalize: bool,
-          checkpoint_dir: str | Path | None, callback: Callable[[int, W2BarycenterResult], Any] | None,
-          log: bool, build: Callable[[W2Run], "SolverParts"], total: int, round_len: int) -> W2BarycenterResult:
-    """Run a W2 solver: setup, resume, ``total`` units of ``step`` in rounds of ``round_len``.
-
-    ``build(run)`` creates the :class:`SolverParts` (models/optimizers by name, the generator's
-    included); their ``step(start, stop)`` trains units [start, stop) and returns round statistics, which must include ``residual`` (fixed-point residual,
-    E|Σ α_k T_k(x) − x|² / E|x − E x|² on standardised generated samples). After each round:
-    moments of G on a fixed latent probe, stopping when they moved < ``cfg.tol`` % (BW2-UVP
-    units), checkpoint every ``cfg.checkpoint_every`` units, ``callback(units_done, result)``.
-    """
+def _setup(name: str, samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor, cfg: Any,
+           opts: SolveOptions, build: Callable[[W2Run], SolverParts]) -> tuple[W2Run, SolverParts]:
+    """Check inputs, estimate the standardisation, build the default generator and the solver's parts."""
     dim, shape, device = check_samplers(samplers)
-    alphas = check_weights(weights, len(samplers), normalize)
+    alphas = check_weights(weights, len(samplers), opts.normalize)
     flat_samplers = [flat(s) for s in samplers]
+    generator = opts.generator
     if cfg.init == "gaussian":
-        require(generator is None and (latent_dim or dim) == dim, f"{name}.init",
+        require(generator is None and (opts.latent_dim or dim) == dim, f"{name}.init",
                 "'gaussian' warm-starts the built-in generator with latent_dim = d",
                 "leave generator/latent_dim unset or use init='identity'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         std, covs = Standardizer.estimate(flat_samplers, alphas, cfg, device)
         if generator is None:
-            generator = MapGenerator(latent_dim or dim, shape, cfg.hidden, cfg.depth).to(device)
+            generator = MapGenerator(opts.latent_dim or dim, shape, cfg.hidden, cfg.depth).to(device)
             generator.set_output_affine(std.shift, std.scale)
         device = next(generator.parameters()).device
         std = Standardizer(std.means.to(device), std.scale, alphas)
@@ -196,47 +268,62 @@ def solve(name: str, samplers: Sequence[Sampler], weights: Sequence[float] | tor
     if run.init_gaussian:
         s, _ = run.gaussian_barycenter()
         generator.warm_start_linear(sqrtm_spd(s))
-    ckpt = Checkpointer(checkpoint_dir, name)
+    return run, parts
+
+
+def solve(name: str, samplers: Sequence[Sampler], weights: Sequence[float] | torch.Tensor, cfg: Any,
+          opts: SolveOptions, schedule: Schedule) -> W2BarycenterResult:
+    """Run a W2 solver: setup, resume, ``schedule.total`` units of ``step`` in rounds, stop by :class:`StopRule`.
+
+    ``schedule.build(run)`` creates the :class:`SolverParts`; their ``step(start, stop)`` trains
+    units [start, stop) and returns round statistics including ``residual`` (:func:`sample_residual`).
+    After each round: the stopping rule on G's moments, a checkpoint every
+    ``cfg.checkpoint_every`` units, ``callback(units_done, result)``. ``result.log`` holds
+    ``iterations``, ``converged`` (stopped by the rule, not by the budget), ``stopped_at`` (units
+    done, None while running), ``stop_reason`` and ``residual``.
+    """
+    run, parts = _setup(name, samplers, weights, cfg, opts, schedule.build)
+    ckpt = Checkpointer(opts.checkpoint_dir, name)
     history: dict[str, list] = {}
-    summary: dict[str, Any] = {"iterations": 0, "converged": False}
-    start = 0
-    expect = {"weights": alphas.tolist(), "dim": dim, "algorithm": name}
+    summary: dict[str, Any] = {"iterations": 0, "converged": False, "stopped_at": None, "stop_reason": None}
+    expect = {"weights": run.alphas.tolist(), "dim": run.dim, "algorithm": name}
     state = ckpt.load(parts.models, parts.optims, expect)
+    done = 0
     if state is not None:
-        start, history = state["step"], state["history"]
-        summary.update(state["summary"])
+        done, history = state["step"], state["history"]
+        summary.update(state["summary"], stopped_at=None, stop_reason=None, converged=False)
         run.rng.set_state(state["rng"])
-        std.means, std.scale = state["standardizer"]["means"].to(device), state["standardizer"]["scale"]
+        std = run.std
+        std.means, std.scale = state["standardizer"]["means"].to(run.device), state["standardizer"]["scale"]
         std.shift = (run.alphas[:, None] * std.means).sum(0)
-    result = W2BarycenterResult(generator, parts.maps, parts.potentials, alphas.tolist(), summary)
-    if log:
+    result = W2BarycenterResult(run.generator, parts.maps, parts.potentials, run.alphas.tolist(), summary)
+    if opts.log:
         summary["history"] = history
-    probe = torch.randn(min(cfg.moment_samples, 4096), generator.latent_dim, device=device,
-                        generator=torch.Generator(device=device).manual_seed(cfg.seed + 1))
-    prev = _moments(run, probe)
-    done = start
-    while done < total and not summary["converged"]:
+    probe = torch.randn(min(cfg.moment_samples, 4096), run.generator.latent_dim, device=run.device,
+                        generator=torch.Generator(device=run.device).manual_seed(cfg.seed + 1))
+    rule = StopRule(cfg, _moments(run, probe))
+    if done >= schedule.total:
+        summary.update(stopped_at=done, stop_reason="budget")
+    while summary["stopped_at"] is None:
         t0 = time.perf_counter()
-        stop = min(done + round_len, total)
-        generator.eval()
+        stop = min(done + schedule.round_len, schedule.total)
+        run.generator.eval()
         stats = parts.step(done, stop)
-        generator.eval()
-        cur = _moments(run, probe)
-        change = 100.0 * gaussian_w2_squared(*cur, *prev) / max(float(cur[1].trace()), 1e-12)
-        prev = cur
-        stats = {"iteration": stop, "seconds": time.perf_counter() - t0, "moment_change_pct": change, **stats}
+        run.generator.eval()
+        verdict = rule.update(_moments(run, probe), stats.pop("residual_se"), stop, schedule.total)
+        reason = verdict.pop("reason")
+        stats = {"iteration": stop, "seconds": time.perf_counter() - t0, **verdict, **stats}
         for key, val in stats.items():
             history.setdefault(key, []).append(val)
-        summary["iterations"] = stop
-        summary["residual"] = stats["residual"]
-        summary["converged"] = cfg.tol > 0 and change < cfg.tol
-        if stop // cfg.checkpoint_every > done // cfg.checkpoint_every or stop == total or summary["converged"]:
+        summary.update(iterations=stop, residual=stats["residual"], converged=reason in ("moves below noise", "tol"),
+                       stopped_at=stop if reason else None, stop_reason=reason)
+        if stop // cfg.checkpoint_every > done // cfg.checkpoint_every or reason:
             brief = {k: v for k, v in summary.items() if k != "history"}
             ckpt.save(stop, parts.models, parts.optims, {**expect, "history": history, "summary": brief,
-                                             "rng": run.rng.get_state(), "standardizer": std.state(),
-                                             "config": to_dict(cfg)})
+                                                        "rng": run.rng.get_state(), "standardizer": run.std.state(),
+                                                        "config": to_dict(cfg)})
         done = stop
-        if callback is not None:
-            callback(stop, result)
-    generator.eval()
+        if opts.callback is not None:
+            opts.callback(stop, result)
+    run.generator.eval()
     return result

@@ -194,7 +194,7 @@ def gaussian_benchmark(dim: int, n_inputs: int = 3, seed: int = 0, min_eig: floa
 
 def hard_gaussian_benchmark(dim: int, n_inputs: int = 5, seed: int = 0, min_eig: float = 0.05,
                             max_eig: float = 5.0, mean_scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ill-conditioned off-centre inputs (issue 17): m_k ~ N(0, mean_scale² I), Σ_k = R_k Λ_k R_kᵀ
+    """Ill-conditioned off-centre inputs: m_k ~ N(0, mean_scale² I), Σ_k = R_k Λ_k R_kᵀ
     with Haar R_k and each input's own eigenvalues log-uniform in [min_eig, max_eig], the two
     ends included (condition number max_eig/min_eig, 100 by default). float64."""
     g = torch.Generator().manual_seed(seed)

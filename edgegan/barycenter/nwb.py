@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from edgegan.barycenter._w2_solver import SolverParts, W2Run, W2SolverConfig, resolve_config, solve
+from edgegan.barycenter._w2_solver import (Schedule, SolveOptions, SolverParts, W2Run, W2SolverConfig,
+                                           resolve_config, sample_residual, solve)
 from edgegan.barycenter.continuous import Sampler, W2BarycenterResult
 from edgegan.barycenter.gaussian import sqrtm_spd
 from edgegan.barycenter.nets import ICNN
@@ -61,13 +62,14 @@ def nwb_barycenter(samplers: Sequence[Sampler], weights: Sequence[float] | torch
     Solved on standardised inputs and shifted back (bary(μ_1..μ_N) = Σ α_k m_k +
     bary(μ̄_1..μ̄_N); uniform scaling is exact). ``cfg`` an :class:`NWBConfig`, keyword
     ``overrides`` replace its fields (``k3=500``). A round is ``cfg.log_every`` generator
-    steps: ``callback(step, result)``, the stopping check and (with ``log=True``) a history
-    entry follow each. Returns :class:`W2BarycenterResult` with ``maps`` = g_i (∇g_i: input
+    steps: ``callback(step, result)``, the stopping rule of
+    :class:`~edgegan.barycenter._w2_solver.StopRule` (the same as WIN's, on G's moments per
+    round) and (with ``log=True``) a history entry follow each. Returns :class:`W2BarycenterResult` with ``maps`` = g_i (∇g_i: input
     i → barycenter, standardised coordinates), ``potentials`` = f_i, ``log`` as WIN's.
     """
     cfg = resolve_config(NWBConfig, cfg, overrides, "nwb")
-    return solve("nwb", samplers, weights, generator, latent_dim, cfg, normalize, checkpoint_dir,
-                 callback, log, lambda run: _nwb_parts(run, cfg), cfg.k3, cfg.log_every)
+    opts = SolveOptions(generator, latent_dim, normalize, checkpoint_dir, callback, log)
+    return solve("nwb", samplers, weights, cfg, opts, Schedule(lambda run: _nwb_parts(run, cfg), cfg.k3, cfg.log_every))
 
 
 def _nwb_parts(run: W2Run, cfg: NWBConfig) -> SolverParts:
@@ -87,34 +89,16 @@ def _nwb_parts(run: W2Run, cfg: NWBConfig) -> SolverParts:
     optims = {"generator": h_opt, **{f"f{i}": o for i, o in enumerate(f_opts)},
               **{f"g{i}": o for i, o in enumerate(g_opts)}}
     a = run.alphas.tolist()
-    bs = cfg.batch_size
 
     def generator_steps(start: int, stop: int) -> dict[str, Any]:
         generator.train()
         for _ in range(start, stop):
-            z = run.latent(bs)
-            ys = [s(bs).to(run.device) for s in run.samplers]
+            z = run.latent(cfg.batch_size)
             with torch.no_grad():
                 x = run.gen(z)
-            objective = 0.0
-            for i in range(n):
-                f, g, f_opt, g_opt, y = fs[i], gs[i], f_opts[i], g_opts[i], ys[i]
-                for _ in range(cfg.k2):
-                    f.requires_grad_(False)
-                    for _ in range(cfg.k1):  # g_i decreases E[f(∇g(Y)) − ⟨Y, ∇g(Y)⟩] + penalty
-                        grad_g = g.grad(y)
-                        g_loss = (f(grad_g) - (y * grad_g).sum(1)).mean() + cfg.lambda_cvx * g.negativity_penalty()
-                        g_opt.zero_grad(set_to_none=True)
-                        g_loss.backward()
-                        g_opt.step()
-                    f.requires_grad_(True)
-                    grad_g = g.grad(y, create_graph=False).detach()
-                    f_loss = f(x).mean() - f(grad_g).mean()  # f_i increases E f(∇g(Y)) − E f(h(Z))
-                    f_opt.zero_grad(set_to_none=True)
-                    f_loss.backward()
-                    f_opt.step()
-                    f.clamp_()
-                objective += a[i] * -f_loss.item()
+            objective = sum(a[i] * _potential_steps(fs[i], gs[i], f_opts[i], g_opts[i], x,
+                                                    run.samplers[i](cfg.batch_size).to(run.device), cfg)
+                            for i in range(n))
             for f in fs:
                 f.requires_grad_(False)
             hz = run.gen(z)  # h decreases ½|h|² − Σ a_i f_i(h)
@@ -126,9 +110,30 @@ def _nwb_parts(run: W2Run, cfg: NWBConfig) -> SolverParts:
                 f.requires_grad_(True)
         generator.eval()
         # fixed point of the barycenter: Σ a_i ∇f_i(x) = x on its support (∇f_i: barycenter → input i)
-        x = run.gen(run.latent(bs)).detach()
-        mapped = sum(a[i] * fs[i].grad(x, create_graph=False) for i in range(n))
-        residual = float((mapped - x).pow(2).sum(1).mean() / (x - x.mean(0)).pow(2).sum(1).mean())
-        return {"residual": residual, "h_loss": h_loss.item(), "objective": objective}
+        x = run.gen(run.latent(cfg.batch_size)).detach()
+        residual, residual_se = sample_residual(x, sum(a[i] * fs[i].grad(x, create_graph=False) for i in range(n)))
+        return {"residual": residual, "residual_se": residual_se, "h_loss": h_loss.item(), "objective": objective}
 
     return SolverParts(gs, fs, models, optims, generator_steps)
+
+
+def _potential_steps(f: ICNN, g: ICNN, f_opt: torch.optim.Optimizer, g_opt: torch.optim.Optimizer,
+                     x: torch.Tensor, y: torch.Tensor, cfg: NWBConfig) -> float:
+    """K_2 steps of f_i, each after K_1 steps of g_i, on one batch (seed 001 Alg. 1, eq. 10);
+    returns f_i's last objective E f(∇g(Y)) − E f(h(Z))."""
+    for _ in range(cfg.k2):
+        f.requires_grad_(False)
+        for _ in range(cfg.k1):  # g_i decreases E[f(∇g(Y)) − ⟨Y, ∇g(Y)⟩] + penalty
+            grad_g = g.grad(y)
+            g_loss = (f(grad_g) - (y * grad_g).sum(1)).mean() + cfg.lambda_cvx * g.negativity_penalty()
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_opt.step()
+        f.requires_grad_(True)
+        grad_g = g.grad(y, create_graph=False).detach()
+        f_loss = f(x).mean() - f(grad_g).mean()  # f_i increases E f(∇g(Y)) − E f(h(Z))
+        f_opt.zero_grad(set_to_none=True)
+        f_loss.backward()
+        f_opt.step()
+        f.clamp_()
+    return -f_loss.item()

@@ -11,6 +11,7 @@ edgegan: the Flower glue is in ``client_app.py`` / ``server_app.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -60,11 +61,8 @@ class FlowerTaskConfig(WGANConfig):
     pretrain_steps: int = field(default=300, metadata={"unit": "source WGAN-GP generator steps per round"})
     aggregator: str = field(default="recursive_w1", metadata={"unit": "recursive_w1 (seed 000) or win (seed 004)"})
     steps_per_stage: int = field(default=150, metadata={"unit": "recursive_w1: generator steps per stage"})
-    win_outer_iters: int = field(default=10, metadata={"unit": "win: outer iterations"})
-    win_k_g: int = field(default=50, metadata={"unit": "win: generator regression steps per outer iteration"})
-    win_k_t: int = field(default=10, metadata={"unit": "win: map steps per potential step"})
-    win_k_v: int = field(default=50, metadata={"unit": "win: potential steps per input per outer iteration"})
-    win_batch_size: int = field(default=1024, metadata={"unit": "win: samples per mini-batch"})
+    win_solver: WINConfig = field(default_factory=WINConfig, metadata={
+        "unit": "win: the solver's WINConfig; run-config keys win-<knob> (win-k-v, win-outer-iters, ...) set its fields"})
     adapt_steps: int = field(default=100, metadata={"unit": "target: Stage II generator steps"})
     ternary: bool = field(default=False, metadata={"unit": "target: ternary fast adaptation"})
     eval_samples: int = field(default=1000, metadata={"unit": "samples for the feature-FID (0: no FID)"})
@@ -98,7 +96,6 @@ class FlowerTaskConfig(WGANConfig):
                 "use 0 to require every source")
         require(self.metrics_port >= -1, f"{p}metrics-port", "use -1 (off), 0 (any free) or a TCP port")
         super().validate(prefix)
-        self.win().validate(f"{p}win")
 
     def sources(self) -> list[list[int]]:
         return [_ints(part, "source-classes") for part in self.source_classes.split(";") if part.strip()]
@@ -127,13 +124,25 @@ class FlowerTaskConfig(WGANConfig):
         return self.settings()
 
     def win(self) -> WINConfig:
-        return WINConfig(k_g=self.win_k_g, k_t=self.win_k_t, k_v=self.win_k_v, outer_iters=self.win_outer_iters,
-                         batch_size=self.win_batch_size, seed=self.seed)
+        """The WIN aggregator's settings, seeded with the run's seed."""
+        return dataclasses.replace(self.win_solver, seed=self.seed)
+
+
+WIN_PREFIX = "win-"
 
 
 def settings(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> FlowerTaskConfig:
-    """The validated run config (``overrides`` win; both kebab-case); unknown keys are errors."""
-    return from_dict(FlowerTaskConfig, {**dict(run_config), **dict(overrides or {})}, "run_config")
+    """The validated run config (``overrides`` win; both kebab-case); unknown keys are errors.
+
+    Flower run-config values are scalars, so the nested :class:`WINConfig` is given flat:
+    ``win-<field>`` (kebab-case) sets ``win_solver.<field>``.
+    """
+    data = {**dict(run_config), **dict(overrides or {})}
+    win = {key[len(WIN_PREFIX):]: data.pop(key) for key in list(data)
+           if key.startswith(WIN_PREFIX) and key != "win-solver"}
+    if win:
+        data["win-solver"] = {**data.get("win-solver", {}), **win}
+    return from_dict(FlowerTaskConfig, data, "run_config")
 
 
 def node_role(node_config: Mapping[str, Any], cfg: FlowerTaskConfig) -> tuple[str, int]:
