@@ -90,7 +90,7 @@ class PeakMemory:
     the RSS of each process (:meth:`breakdown`)."""
 
     def __init__(self, every: float = 0.1) -> None:
-        from edgegan.sim.engine import proc_memory_bytes  # here, not at import: it loads grpc
+        from edgegan.sim.host import proc_memory_bytes  # here, not at import: it loads grpc
 
         self._rss = proc_memory_bytes
         self.every, self.peak, self.peak_procs = every, 0, 0

@@ -8,7 +8,7 @@ D_k on its own real images versus x̂ (:meth:`edgegan.tdgan.edge.TDGANEdge.feedb
 ``critic_steps`` = 1) — and reply ∂loss_G/∂x̂ (the fake batch's shape). The replies are
 compared per node and round (Σ|∂loss_G/∂x̂| within rtol 1e-5): both systems compute the same gradients.
 
-* **edgegan**: :class:`edgegan.sim.engine.RayPool` (``workers`` actors, 1 CPU and 1 torch thread
+* **edgegan**: :class:`edgegan.sim.pool.RayPool` (``workers`` actors, 1 CPU and 1 torch thread
   each); the driver sends each worker ONE actor call per round carrying all its nodes'
   requests stacked (``NodeHost.feedback`` with a ``FeedbackBatch``: one fakes and one labels
   tensor; the replies come back as one gradient tensor); D_k stays resident in the worker (row
@@ -172,7 +172,8 @@ def echo_job(host, node_ids: list[str], x: int) -> list[int]:
 
 def run_edgegan(p: dict[str, Any], work: str, resident: int) -> dict[str, Any]:
     """Rounds on :class:`RayPool`: one ``feedback`` (or echo job) actor call per worker per round."""
-    from edgegan.sim.engine import FeedbackBatch, RayPool
+    from edgegan.sim.batches import FeedbackBatch
+    from edgegan.sim.pool import RayPool
     from edgegan.tdgan.messages import FeedbackRequest
 
     t0 = time.perf_counter()

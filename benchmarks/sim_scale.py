@@ -134,7 +134,7 @@ def run_edgegan_trivial(nodes: int, rounds: int, per_round: int, workers: int, r
     import torch
 
     from edgegan.data import load_digits
-    from edgegan.sim.engine import make_pool
+    from edgegan.sim.pool import make_pool
     from edgegan.tdgan.config import TDGANConfig
 
     torch.set_num_threads(1)

@@ -21,9 +21,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from edgegan.errors import EdgeganError  # noqa: E402
-from edgegan.sim import engine  # noqa: E402
+from edgegan.sim.host import NodeHost  # noqa: E402
+from edgegan.sim.link import SimLink  # noqa: E402
 from edgegan.sim.availability import build_availability  # noqa: E402
-from edgegan.sim.engine import RayPool, _check_reachable  # noqa: E402
+from edgegan.sim.pool import RayPool, WorkerPool  # noqa: E402
+from edgegan.sim.ray_connect import check_reachable  # noqa: E402
 from edgegan.sim.report import read_metrics  # noqa: E402
 from edgegan.sim.run import simulate  # noqa: E402
 from edgegan.sim.scenario import scenario_from_dict  # noqa: E402
@@ -84,7 +86,7 @@ def test_silent_service_fails_after_the_timeout(form, listener):
     port, _ = listener
     t0 = time.perf_counter()
     with pytest.raises(EdgeganError, match="cannot reach Ray .* within 1.5 s") as e:
-        _check_reachable(form.format(port), 1.5)
+        check_reachable(form.format(port), 1.5)
     assert 1.4 < time.perf_counter() - t0 < 4 and "\n" not in str(e.value)
 
 
@@ -92,7 +94,7 @@ def test_other_service_is_not_taken_for_ray(listener):
     port, state = listener
     state["reply"] = b"HTTP/1.1 400 Bad Request\r\n\r\n"
     with pytest.raises(EdgeganError, match="does not answer as a Ray"):
-        _check_reachable(f"127.0.0.1:{port}", 5.0)
+        check_reachable(f"127.0.0.1:{port}", 5.0)
 
 
 def test_cli_ray_connect_timeout(tmp_path, listener, capsys):
@@ -115,7 +117,7 @@ def test_cli_ray_connect_timeout(tmp_path, listener, capsys):
 
 def test_bad_address_form():
     with pytest.raises(EdgeganError, match="HOST:PORT"):
-        _check_reachable("ray://nohostport", 1.0)
+        check_reachable("ray://nohostport", 1.0)
 
 
 def test_connect_timeout_is_validated():
@@ -128,15 +130,15 @@ def fail_worker(monkeypatch, index: int | None, step: int) -> set[str]:
     """Worker ``index`` (None: every worker) fails every call from generator step ``step`` on, like an
     actor whose Ray node died; returns the nodes it had spilled when it failed (filled in then)."""
     spilled_at_loss: set[str] = set()
-    feedback = engine.NodeHost.feedback
+    feedback = NodeHost.feedback
 
     def failing(self, requests):
         if index in (None, self.index) and requests[0].step >= step:
-            spilled_at_loss.update(self._spilled)
+            spilled_at_loss.update(self.spill.parked)
             raise RuntimeError("raylet died")
         return feedback(self, requests)
 
-    monkeypatch.setattr(engine.NodeHost, "feedback", failing)
+    monkeypatch.setattr(NodeHost, "feedback", failing)
     return spilled_at_loss
 
 
@@ -303,14 +305,14 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
     from edgegan.cli import main
 
     for form in ("address", "client"):  # the head's GCS and its Ray client server pass the gRPC check
-        _check_reachable(two_raylets[form], 10.0)
+        check_reachable(two_raylets[form], 10.0)
     sc = {**tiny_tdgan(seed=7, kind="churn", steps=30, churn={"mean_up": 5, "mean_down": 4}),
           "training": {"steps": 30, "tdgan": {"batch_size": 8, "remind_batch_size": 8, "width": 32}},
           "outputs": {"plots": True, "sample_grids": False}}
     (tmp_path / "sc.yaml").write_text(json.dumps(sc))
     out = tmp_path / "ray"
     kill: dict[str, float] = {}
-    complete, lose = engine.SimLink._complete, engine._Pool.lose
+    complete, lose = SimLink._complete, WorkerPool.lose
 
     def kill_before_step_12(link):
         """The machine dies between worker calls (after step 11's rows, before step 12 is sent), so the
@@ -325,8 +327,8 @@ def test_two_raylets_spread_kill_recover_and_match_inproc(tmp_path, two_raylets,
         kill["noticed_s"] = time.time() - kill["at"]
         return lose(pool, host, error)
 
-    monkeypatch.setattr(engine.SimLink, "_complete", kill_before_step_12)
-    monkeypatch.setattr(engine._Pool, "lose", noticed)
+    monkeypatch.setattr(SimLink, "_complete", kill_before_step_12)
+    monkeypatch.setattr(WorkerPool, "lose", noticed)
     rc = main(["simulate", "--scenario", str(tmp_path / "sc.yaml"), "--out", str(out), "--no-progress",
                "--ray-address", two_raylets["address"], "--ray-connect-timeout", "10"])
     monkeypatch.undo()

@@ -145,7 +145,8 @@ def test_a_worker_call_carries_one_stacked_tensor_each_way(digits):
 
     from edgegan.data import partition_by_classes
     from edgegan.runtime.roles import NodeFailure
-    from edgegan.sim.engine import FeedbackBatch, NodeHost, ReplyBatch
+    from edgegan.sim.batches import FeedbackBatch, ReplyBatch
+    from edgegan.sim.host import NodeHost
     from edgegan.tdgan import TDGANConfig
     from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest
 

@@ -40,7 +40,7 @@ def test_ray_pool_matches_inproc(tmp_path, ray_cluster):
 def test_fractional_gpus_put_two_workers_on_one_gpu(ray_cluster):
     """``nodes.resources.num_gpus = 0.5``: the pool sizes itself by GPU share (2 × 0.5 of the one GPU),
     both workers are handed the same device and run their nodes on CUDA, and the GPU is fully booked."""
-    from edgegan.sim.engine import RayPool
+    from edgegan.sim.pool import RayPool
 
     pool = RayPool(workers=0, num_cpus=1, num_gpus=0.5)
     try:

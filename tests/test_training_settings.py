@@ -75,7 +75,7 @@ def _grpc_stage1(tmp_path: Path, training: dict, data) -> None:
 def _sim_stage1(training: dict, data) -> None:
     """The simulator's Stage I pre-training job on an in-process worker, from a scenario."""
     from edgegan.sim.coalescence import pretrain_job
-    from edgegan.sim.engine import NodeHost
+    from edgegan.sim.host import NodeHost
     from edgegan.sim.scenario import scenario_from_dict
 
     sc = scenario_from_dict({"training": {**training, "generator_width": 16, "critic_width": 16}})

@@ -33,6 +33,9 @@ from edgegan.eval.metrics import class_accuracy, class_shares, class_tv, classes
     target_share
 from edgegan.nn.base import Generator
 
+#: The latent seed every score is drawn from unless told otherwise: a fixed latent, so two scores of
+#: one generator agree and scoring never moves training (a simulated run adds its scenario seed).
+EVAL_LATENT_SEED = 1234
 
 @dataclass
 class GeneratorScore:
@@ -101,7 +104,7 @@ class Evaluator:
 
     @torch.no_grad()
     def score(self, G: Generator, classes: Sequence[int] | None = None, n: int = 1000,
-              seed: int = 1234, samples_per_class: int = 100) -> GeneratorScore:
+              seed: int = EVAL_LATENT_SEED, samples_per_class: int = 100) -> GeneratorScore:
         """Score ``G`` on ``n`` samples from latent seed ``seed``; ``classes``: the target's classes.
 
         A conditional ``G(u, y)`` (TDGAN) is asked for the labels of the real images it is

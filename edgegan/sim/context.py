@@ -13,10 +13,11 @@ from edgegan.data import TensorData, partition_by_classes, partition_by_count, p
 from edgegan.errors import require
 from edgegan.monitor.metrics import Metrics
 from edgegan.sim.availability import Availability, build_availability
-from edgegan.sim.engine import InprocPool, Progress, RayPool
+from edgegan.sim.pool import WorkerPool
 from edgegan.sim.scenario import Scenario
 
-Pool = InprocPool | RayPool
+#: Progress callback: ``progress(phase, completed, total, text)``.
+Progress = Callable[[str, int, int, str], None]
 #: ``record(row)`` appends one event row to ``metrics.jsonl``.
 Record = Callable[[dict[str, Any]], None]
 
@@ -27,7 +28,7 @@ class RunContext:
     display, the cloud's device, the Prometheus metrics and the run folder."""
 
     sc: Scenario
-    pool: Pool
+    pool: WorkerPool
     record: Record
     progress: Progress
     device: torch.device

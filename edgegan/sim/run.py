@@ -12,9 +12,9 @@ import torch
 from edgegan.device import resolve_device
 from edgegan.monitor.metrics import Metrics, start_metrics_server
 from edgegan.sim.coalescence import run_coalescence
-from edgegan.sim.context import RunContext
-from edgegan.sim.engine import Progress, make_pool
+from edgegan.sim.context import Progress, RunContext
 from edgegan.sim.grid import run_grid
+from edgegan.sim.pool import make_pool
 from edgegan.sim.report import EngineInfo, RunRecorder, RunSummary, write_outputs
 from edgegan.sim.scenario import Scenario
 from edgegan.sim.tdgan import run_tdgan

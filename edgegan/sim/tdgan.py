@@ -1,6 +1,6 @@
 """The ``tdgan`` pipeline (seed 003): the runtime's :class:`~edgegan.runtime.roles.TDGANServer`
 drives virtual :class:`~edgegan.tdgan.edge.TDGANEdge` s on the pool over a
-:class:`~edgegan.sim.engine.SimLink` that follows the availability schedule.
+:class:`~edgegan.sim.link.SimLink` that follows the availability schedule.
 
 G is scored by :class:`edgegan.eval.Evaluator` every ``evaluation.every`` generator steps on the
 classes of the nodes seen so far (feature-FID against their real images, class accuracy of
@@ -24,7 +24,7 @@ from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.roles import TDGANServer
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for, partition
-from edgegan.sim.engine import SimLink, VirtualNodes
+from edgegan.sim.link import SimLink, VirtualNodes
 from edgegan.tdgan.messages import NodeInfo
 
 EVAL_SEED = 1234  # added to the scenario seed: the fixed latent every score is drawn from

@@ -11,6 +11,7 @@ membership change (join or leave). The latent u is N(0, I) here (the paper write
 One step is batched: the K online nodes' (u_k, y_k) are concatenated into one forward of G and
 the K feedback tensors into one backward, with each node's BatchNorm statistics taken over its
 own minibatch only (:func:`per_node_batch_norm`), so the maths is the per-node loop's.
+A step reports :class:`StepStats`: its scalars by name and each node's own statistics.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import copy
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +29,14 @@ from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.gan.train import adam
 from edgegan.nn.base import Generator
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.messages import FeedbackRejected, FeedbackReply, FeedbackRequest, NodeInfo, validate_feedback
+from edgegan.tdgan.messages import (
+    FeedbackRejected,
+    FeedbackReply,
+    FeedbackRequest,
+    NodeInfo,
+    check_class_count,
+    validate_feedback,
+)
 
 log = logging.getLogger("edgegan.tdgan")
 
@@ -42,7 +49,12 @@ class _Pending:
     rows: slice
 
 
-def _grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, groups: int, x: torch.Tensor) -> torch.Tensor:
+#: The BatchNorm modules whose statistics :func:`per_node_batch_norm` takes per node.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+
+
+def _grouped_batch_norm(bn: BatchNorm, groups: int, x: torch.Tensor) -> torch.Tensor:
     """Training-mode BatchNorm of ``x`` (groups·B, C, *S) with each group's own batch statistics:
     x̂ = (x − μ_g) / √(σ²_g + ε) · γ + β; running stats updated as by ``groups`` calls in a row."""
     b = x.shape[0] // groups
@@ -70,10 +82,25 @@ def _grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, groups: int, x: tor
     return out.reshape(x.shape)
 
 
+class GroupedBatchNorm(nn.Module):
+    """Stands in for the BatchNorm ``bn`` (its parameters and buffers, not copies): normalises each
+    of ``groups`` equal consecutive row blocks of its input with that block's own statistics."""
+
+    def __init__(self, bn: BatchNorm, groups: int) -> None:
+        super().__init__()
+        self.bn = bn
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _grouped_batch_norm(self.bn, self.groups, x)
+
+
 @contextmanager
 def per_node_batch_norm(model: nn.Module, groups: int) -> Iterator[nn.Module]:
-    """Inside the block every training-mode BatchNorm of ``model`` normalises each of ``groups``
-    equal consecutive row blocks of its input with that block's own statistics.
+    """Inside the block every training-mode BatchNorm of ``model`` is swapped for a
+    :class:`GroupedBatchNorm` over ``groups`` equal consecutive row blocks of its input (the
+    modules are put back after the block); yields the model to call (``model`` itself, or its
+    stand-in when ``model`` is a BatchNorm).
 
     TDGAN's generator normalises each node's minibatch of m labels on its own (seed 003 §4.1: G
     uses batch norm, Alg. 1 lines 4 and 11: one minibatch per node), so a node's fake batch must
@@ -82,20 +109,18 @@ def per_node_batch_norm(model: nn.Module, groups: int) -> Iterator[nn.Module]:
     eval-mode statistics or a per-sample norm would change the model. Eval-mode BatchNorm is
     already per sample and is left as it is.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and (m.training or not m.track_running_stats)]
-    for m in bns:
-        m.forward = partial(_grouped_batch_norm, m, groups)
+    def grouped(m: nn.Module) -> bool:
+        return isinstance(m, BATCH_NORMS) and (m.training or not m.track_running_stats)
+
+    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if grouped(child)]
+    for parent, name, bn in swapped:
+        setattr(parent, name, GroupedBatchNorm(bn, groups))
     try:
-        yield model
+        yield GroupedBatchNorm(model, groups) if grouped(model) else model  # type: ignore[arg-type]
     finally:
-        for m in bns:
-            del m.forward
-
-
-def request_nbytes(req: FeedbackRequest) -> int:
-    """Payload bytes of a request: the fake batch and its labels."""
-    return req.fake.numel() * req.fake.element_size() + req.labels.numel() * req.labels.element_size()
+        for parent, name, bn in swapped:
+            setattr(parent, name, bn)
 
 
 def capped_shares(n: dict[str, int], cap: float) -> dict[str, float]:
@@ -111,6 +136,30 @@ def capped_shares(n: dict[str, int], cap: float) -> dict[str, float]:
         if not over:
             return {**pi, **{k: mass * v / total for k, v in rest.items()}}
         pi.update({k: cap for k in over})
+
+
+class StepStats(Mapping[str, float]):
+    """What one generator step reports: its scalars by name (``step``, ``accepted``, ``rejected``,
+    ``missing``, ``bytes_in``, ``g_stepped``; ``reminding_loss`` and ``digest_pi_mass`` when G stepped)
+    and each accepted node's own statistics, ``per_node[node_id][kind]`` (``d_loss``, ``g_loss``)."""
+
+    def __init__(self, scalars: dict[str, float], per_node: dict[str, dict[str, float]]) -> None:
+        self.scalars = scalars
+        self.per_node = per_node
+
+    def __getitem__(self, name: str) -> float:
+        return self.scalars[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scalars)
+
+    def __len__(self) -> int:
+        return len(self.scalars)
+
+    def node_mean(self, kind: str) -> float | None:
+        """Mean of statistic ``kind`` over the nodes that reported it (None when none did)."""
+        vals = [s[kind] for s in self.per_node.values() if kind in s]
+        return sum(vals) / len(vals) if vals else None
 
 
 class TDGANCloud:
@@ -202,9 +251,7 @@ class TDGANCloud:
         require(isinstance(info, NodeInfo), "info", f"expected NodeInfo, got {type(info).__name__}")
         require(info.node_id not in self._online, "node_id", f"node '{info.node_id}' is already online",
                 "call leave() before joining again")
-        require(len(info.label_histogram) == self.num_classes, "label_histogram",
-                f"node '{info.node_id}' sent {len(info.label_histogram)} classes, G has {self.num_classes}",
-                "use the same class set on every node")
+        check_class_count(info.node_id, info.label_histogram, self.num_classes)
         self._membership_changed()  # s_{t−1} holds the nodes seen *before* this join
         self._online[info.node_id] = info
         self._see(info)
@@ -256,7 +303,7 @@ class TDGANCloud:
             # clones: a view would carry (and pickle) the whole step's storage to every node
             req = FeedbackRequest(node_id, self.step, sent[rows].clone(), y[rows].clone())
             self._pending[node_id] = _Pending(req, self._fake[rows], pis[node_id], rows)
-            self.totals["bytes_out"] += request_nbytes(req)
+            self.totals["bytes_out"] += req.nbytes()
             requests.append(req)
         return requests
 
@@ -271,7 +318,7 @@ class TDGANCloud:
         return (self.G(u, y) - target).flatten(1).pow(2).sum(1).mean()
 
     def apply_feedback(self, replies: list[FeedbackReply],
-                       on_reject: Callable[[str, FeedbackRejected], Any] | None = None) -> dict[str, float]:
+                       on_reject: Callable[[str, FeedbackRejected], Any] | None = None) -> StepStats:
         """Validate replies against this step's requests and take one generator step.
 
         A reply that fails :func:`validate_feedback`, answers no pending request, or repeats one
@@ -283,7 +330,7 @@ class TDGANCloud:
         self._freeze_prev()  # G_{t−1} as of the last membership change, before G steps
         accepted: list[tuple[_Pending, torch.Tensor]] = []
         rejected, bytes_in = 0, 0
-        stats: dict[str, float] = {}
+        per_node: dict[str, dict[str, float]] = {}
         for reply in replies:
             require(isinstance(reply, FeedbackReply), "reply", f"expected FeedbackReply, got {type(reply).__name__}")
             self._require_known(reply.node_id)
@@ -301,16 +348,15 @@ class TDGANCloud:
                     on_reject(reply.node_id, e)
                 continue
             accepted.append((pending, grad))
-            for k, v in reply.stats.items():
-                stats[f"{reply.node_id}/{k}"] = float(v)
+            per_node[reply.node_id] = {k: float(v) for k, v in reply.stats.items()}
         missing = len(self._pending)
         self._pending.clear()
         fake, self._fake = self._fake, None
         self.totals["rejected"] += rejected
         self.totals["accepted"] += len(accepted)
         self.totals["bytes_in"] += bytes_in
-        stats.update({"step": float(self.step), "rejected": float(rejected), "accepted": float(len(accepted)),
-                      "missing": float(missing), "bytes_in": float(bytes_in), "g_stepped": 0.0})
+        stats = {"step": float(self.step), "rejected": float(rejected), "accepted": float(len(accepted)),
+                 "missing": float(missing), "bytes_in": float(bytes_in), "g_stepped": 0.0}
         if accepted:
             # Σ_k π_k ⟨x̂_k, g_k⟩ as one product over the step's batch (rows of other nodes get 0)
             weighted = torch.zeros_like(fake)
@@ -325,31 +371,25 @@ class TDGANCloud:
             stats.update({"reminding_loss": float(remind.detach()), "g_stepped": 1.0,
                           "digest_pi_mass": float(sum(p.pi for p, _ in accepted))})
         self.step += 1
-        return stats
+        return StepStats(stats, per_node)
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Generator, frozen G_{t−1}, s_{t−1}, optimizer, step, membership, counters, RNGs."""
-        def info(i: NodeInfo) -> dict[str, Any]:
-            return {"n_samples": i.n_samples, "label_histogram": list(i.label_histogram)}
-
         return {
             "generator": self.G.state_dict(),
             "generator_prev": None if self.G_prev is None else self.G_prev.state_dict(),
             "remind_hist": self.remind_hist,
             "optimizer": self.opt.state_dict(),
             "step": self.step,
-            "online": {k: info(i) for k, i in self._online.items()},
-            "seen": {k: info(i) for k, i in self._seen.items()},
+            "online": {k: i.to_dict() for k, i in self._online.items()},
+            "seen": {k: i.to_dict() for k, i in self._seen.items()},
             "totals": dict(self.totals),
             "label_rng": self._label_rng.get_state(),
             "latent_rng": self._latent_rng.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        def info(k: str, d: dict[str, Any]) -> NodeInfo:
-            return NodeInfo(k, int(d["n_samples"]), tuple(int(c) for c in d["label_histogram"]))
-
         try:
             self.G.load_state_dict(state["generator"])
             self._prev_stale = False
@@ -363,8 +403,8 @@ class TDGANCloud:
             self.step = int(state["step"])
             self._seen, self._seen_hist = {}, torch.zeros(self.num_classes, dtype=torch.float64)
             for k, d in state["seen"].items():
-                self._see(info(k, d))
-            self._online = {k: info(k, d) for k, d in state["online"].items()}
+                self._see(NodeInfo.from_dict(k, d))
+            self._online = {k: NodeInfo.from_dict(k, d) for k, d in state["online"].items()}
             self.totals = dict(state["totals"])
             self._label_rng.set_state(state["label_rng"])
             self._latent_rng.set_state(state["latent_rng"])

@@ -22,10 +22,10 @@ import torch
 
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import require
-from edgegan.eval import Evaluator
+from edgegan.eval import EVAL_LATENT_SEED, Evaluator
 from edgegan.nn.base import Generator
 from edgegan.nn.factory import build_gan
-from edgegan.tdgan.cloud import TDGANCloud
+from edgegan.tdgan.cloud import StepStats, TDGANCloud
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.schedule import Schedule, Task
@@ -43,7 +43,7 @@ def build_generator(cfg: TDGANConfig, image_shape: tuple[int, ...], num_classes:
 
 
 def run_schedule(cloud: TDGANCloud, edges: dict[str, TDGANEdge], schedule: Schedule,
-                 on_task_end: Callable[[int], Any] | None = None) -> list[dict[str, float]]:
+                 on_task_end: Callable[[int], Any] | None = None) -> list[StepStats]:
     """Drive ``cloud`` and ``edges`` over ``schedule``: apply its events, then one round per step.
 
     Returns the per-step stats of :meth:`TDGANCloud.apply_feedback`.
@@ -53,11 +53,7 @@ def run_schedule(cloud: TDGANCloud, edges: dict[str, TDGANEdge], schedule: Sched
     ends = {s + t.steps - 1: i for i, (s, t) in enumerate(zip(schedule.task_starts, schedule.tasks))}
     history = []
     for step in range(schedule.total_steps):
-        for ev in schedule.events_at(step):
-            if ev.kind == "leave":
-                cloud.leave(ev.node_id)
-            else:
-                cloud.join(edges[ev.node_id].info())
+        schedule.apply_events(step, lambda k: k in cloud.online, lambda k: cloud.join(edges[k].info()), cloud.leave)
         replies = [edges[r.node_id].feedback(r) for r in cloud.make_requests(step)]
         history.append(cloud.apply_feedback(replies))
         if step in ends and on_task_end is not None:
@@ -66,7 +62,7 @@ def run_schedule(cloud: TDGANCloud, edges: dict[str, TDGANEdge], schedule: Sched
 
 
 def task_scores(evaluator: Evaluator, G: Generator, task_classes: list[list[int]], samples_per_class: int = 200,
-                seed: int = 1234) -> dict[str, Any]:
+                seed: int = EVAL_LATENT_SEED) -> dict[str, Any]:
     """Seed 003 §4's per-task view of :meth:`Evaluator.score` after a task: ``task_classes[j]`` are
     task j's classes for the tasks done so far (the last is current). Class accuracy per task,
     on old / new / all seen classes; ``fid`` against the real images of the seen classes."""

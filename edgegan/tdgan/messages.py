@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
-from edgegan.errors import EdgeganError, FailureReason, Refused
+from edgegan.errors import EdgeganError, FailureReason, Refused, require
 
 
 class FeedbackRejected(Refused):
     """A feedback tensor that must not reach the generator; ``reason`` says why (shape, dtype,
     NaN, norm, stale)."""
+
+
+def check_class_count(node_id: str, histogram: Sequence[int], num_classes: int) -> None:
+    """A node's label histogram holds one count per class of the cloud's generator
+    (:class:`EdgeganError` on ``label_histogram`` otherwise)."""
+    require(len(histogram) == num_classes, "label_histogram",
+            f"node '{node_id}' sent {len(histogram)} classes, the cloud has {num_classes}",
+            "use the cloud's class set on every node")
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,10 @@ class FeedbackRequest:
     step: int
     fake: torch.Tensor    # (B, C, H, W) float32
     labels: torch.Tensor  # (B,) int64
+
+    def nbytes(self) -> int:
+        """Bytes of payload this request carries (the fake batch and its labels)."""
+        return self.fake.numel() * self.fake.element_size() + self.labels.numel() * self.labels.element_size()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ middle of a task, come back later, or join a task it does not belong to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from edgegan.errors import require
 
@@ -106,3 +106,14 @@ class Schedule:
         now = self.online_at(step)
         leaves = [Event(step, "leave", k) for k in self.online_at(step - 1) if k not in now] if step > 0 else []
         return leaves + [Event(step, "join", k) for k in now if k not in before]
+
+    def apply_events(self, step: int, is_online: Callable[[str], bool], join: Callable[[str], None],
+                     leave: Callable[[str], None]) -> None:
+        """Apply :meth:`events_at` ``step`` to a run: ``leave(k)`` for each node going offline that
+        ``is_online``, then ``join(k)`` for each node coming online that is not (a node may have
+        dropped out of the run on its own, e.g. crashed, since the schedule last saw it)."""
+        for ev in self.events_at(step):
+            if ev.kind == "leave" and is_online(ev.node_id):
+                leave(ev.node_id)
+            elif ev.kind == "join" and not is_online(ev.node_id):
+                join(ev.node_id)

@@ -1,0 +1,85 @@
+"""The edge role (DESIGN.md, Runtime): a node's private data and what it does with it, with no
+transport inside. It answers :class:`~edgegan.tdgan.messages.FeedbackRequest` s with its TDGAN
+local discriminator (seed 003), pre-trains and uploads (seed 000 Stage I) and adapts (Stage II);
+``grpc_edge`` carries it over the network, ``inproc`` in the cloud's process."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgegan.data.tensordata import TensorData
+from edgegan.errors import EdgeganError, require
+from edgegan.gan import WGANConfig, train_wgan_gp
+from edgegan.monitor.metrics import Metrics
+from edgegan.nn import build_gan
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.edge import TDGANEdge
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+
+
+class EdgeNode:
+    """The edge role: private data, TDGAN local discriminator, Stage I pre-training, Stage II adaptation.
+
+    Nothing but :meth:`info` (n_k, label histogram), feedback tensors and uploaded models
+    (Stage I) leaves the node; the data never does.
+    """
+
+    def __init__(self, node_id: str, data: TensorData, device: torch.device | None = None,
+                 metrics: Metrics | None = None) -> None:
+        require(bool(node_id), "node_id", "empty", "give every node a non-empty id")
+        self.node_id = node_id
+        self.data = data
+        self.device = device or torch.device("cpu")
+        self.metrics = metrics or Metrics()
+        self._tdgan: TDGANEdge | None = None
+        self._tdgan_cfg: TDGANConfig | None = None
+
+    def info(self) -> NodeInfo:
+        return NodeInfo.of(self.node_id, self.data)
+
+    def configure_tdgan(self, cfg: TDGANConfig, image_shape: Sequence[int]) -> None:
+        """Build D_k for the cloud's settings once; the same D_k serves every reconnection."""
+        require(tuple(image_shape) == self.data.image_shape, "image_shape",
+                f"the cloud generates {tuple(image_shape)}, node '{self.node_id}' holds {self.data.image_shape}",
+                "use the cloud's data set")
+        if self._tdgan is None:
+            self._tdgan = TDGANEdge(self.node_id, self.data, cfg=cfg, device=self.device)
+            self._tdgan_cfg = cfg
+        elif self._tdgan_cfg != cfg:
+            raise EdgeganError("tdgan", f"the cloud's TDGAN settings changed for node '{self.node_id}'",
+                               "restart the edge to follow the new settings")
+
+    def feedback(self, req: FeedbackRequest) -> FeedbackReply:
+        """Seed 003 Alg. 1 on the node: update D_k, reply ∂loss_G/∂fake."""
+        require(self._tdgan is not None, "tdgan", "feedback before configure_tdgan")
+        assert self._tdgan is not None
+        reply = self._tdgan.feedback(req)
+        m = self.metrics
+        m.bytes_received.inc(req.nbytes())
+        m.bytes_sent.inc(reply.nbytes())
+        m.generator_step.set(req.step)
+        for kind in ("d_loss", "g_loss"):
+            if kind in reply.stats:
+                m.loss.labels(kind).set(reply.stats[kind])
+        return reply
+
+    def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
+        """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""
+        G, D = build_gan(arch, self.data.image_shape, cfg.latent_dim, 0, width)
+        G, D = G.to(self.device), D.to(self.device)
+        x = self.data.x.to(self.device)
+        train_wgan_gp(G, D, lambda m: x[torch.randint(0, len(x), (m,), device=x.device)], steps, cfg)
+        return {"generator": G, "critic": D}
+
+    def adapt(self, barycenter: dict[str, nn.Module], steps: int, ternary: bool = False,
+              cfg: WGANConfig | None = None) -> nn.Module:
+        """Stage II on the node: fast adaptation of the barycenter to local data (seed 000, Alg. 2)."""
+        from edgegan.adapt.fast_adapt import fast_adapt
+
+        res = fast_adapt(barycenter["generator"].to(self.device), barycenter["critic_prev"].to(self.device),
+                         barycenter["critic_new"].to(self.device), self.data.x.to(self.device), steps,
+                         ternary=ternary, cfg=cfg)
+        return res.generator
