@@ -42,12 +42,13 @@ from edgegan.barycenter.recursive import BarycenterResult, recursive_barycenter 
 from edgegan.baselines.coalescence import (  # noqa: E402
     METHODS, CoalescenceTask, barycentric_fa, compare_methods, digits_split, pretrain_sources)
 from edgegan.checkpoint import load_checkpoint, pack_model, save_checkpoint, unpack_model  # noqa: E402
-from edgegan.data import load_digits  # noqa: E402
+from edgegan.data import label_histogram, load_digits  # noqa: E402
 from edgegan.device import resolve_device  # noqa: E402
 from edgegan.eval import evaluator_for  # noqa: E402
 from edgegan.eval.classifier import cache_dir  # noqa: E402
 from edgegan.gan import WGANConfig  # noqa: E402
 from edgegan.nn import model_spec  # noqa: E402
+from edgegan.sim.verdicts import population_share  # noqa: E402
 
 CASES = {
     "overlapping": {"sources": [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]], "target": [2, 5, 8]},
@@ -57,6 +58,8 @@ TARGET_SAMPLES = [10, 100]
 WIDTHS = {"generator": 256, "critic": 256}  # MLP hidden sizes of every method's G and D
 SEEDS = [0, 1, 2]
 METRICS = ("fid_whole", "fid_target", "class_tv", "target_share")
+DIRECTION = {"fid_whole": "lower is better", "fid_target": "lower is better", "class_tv": "lower is better",
+             "target_share": "ideal: population share (dotted)"}
 # eval_samples: generated samples per score (fixed latent); quick halves the budget and the samples
 # to stay under ~8 CPU-minutes (profile: BFA-family training ~57 %, scoring ~12 %, pre-training ~8 %)
 PRESETS = {
@@ -113,6 +116,22 @@ class Curves:
         return {m: [self.points[i][m] if i in self.points else None for i in self.iterations] for m in METRICS}
 
 
+def diagnostics(evaluator, case: dict, gens, bary2: BarycenterResult, bary: BarycenterResult,
+                n: int) -> dict[str, dict[str, Any]]:
+    """Where quality goes before Stage II: each source against its own classes, Stage I after its
+    first and second recursion steps against the union of the classes coalesced so far; FID whole
+    and the class shares of each (does Stage I keep every input's classes?)."""
+    union = [sorted(set().union(*case["sources"][:k])) for k in (1, 2, 3)]
+    models = {**{f"source{k}": (g, case["sources"][k]) for k, g in enumerate(gens)},
+              "stage1_after_2": (bary2.generator, union[1]), "stage1_after_3": (bary.generator, union[2])}
+    out = {}
+    for name, (G, own) in models.items():
+        s = evaluator.score(G, own, n=n)
+        out[name] = {"fid_own": s.fid_target, "fid_whole": s.fid_whole, "own_share": s.target_share,
+                     "class_share": s.class_share}
+    return out
+
+
 def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, device,
              folder: Path) -> tuple[dict, tuple]:
     """One (case, seed): pre-training, Stage I, every method at every target size; returns the
@@ -125,7 +144,8 @@ def run_unit(case: dict, seed: int, st: dict, cfg: WGANConfig, data, evaluator, 
     bary, bary2 = stage1(gens, crits, st["stage1_steps"], cfg, seed, device)
     t_stage1 = time.perf_counter() - t0 - t_pre
     whole = torch.cat([s.x for s in sources] + [target.x]).to(device)
-    out: dict[str, Any] = {"seconds": {"pretrain": t_pre, "stage1": t_stage1}, "sizes": {}}
+    out: dict[str, Any] = {"seconds": {"pretrain": t_pre, "stage1": t_stage1}, "sizes": {},
+                           "diagnostics": diagnostics(evaluator, case, gens, bary2, bary, st["eval_samples"])}
     whole_curves: dict[str, list] = {}
     for n in st["target_samples"]:
         task = CoalescenceTask(list(gens), list(crits), [1.0] * len(gens), target.x[:n].to(device), whole)
@@ -268,7 +288,7 @@ def claims_for(per_seed: list[dict], its: list[int]) -> dict[str, dict]:
     }
 
 
-def summarize(units: dict[str, dict[int, dict]], ablation: dict[int, dict], st: dict) -> dict:
+def summarize(units: dict[str, dict[int, dict]], ablation: dict[int, dict], st: dict, ideal: dict[str, float]) -> dict:
     its = st["iterations"]
     cases = {}
     for case, by_seed in units.items():
@@ -282,9 +302,15 @@ def summarize(units: dict[str, dict[int, dict]], ablation: dict[int, dict], st: 
             sizes[str(n)] = {"methods": mean, "sd": sd, "two_sources": {"mean": two_m, "sd": two_sd},
                              "claims": claims_for(per_seed, its)}
         first = sizes[str(min(st["target_samples"]))]
+        diag = [by_seed[s]["diagnostics"] for s in seeds]
+        diag_summary = {name: {m: mean_sd([[d[name][m]] for d in diag]) for m in ("fid_own", "fid_whole", "own_share")}
+                        | {"class_share": [statistics.fmean(c) for c in zip(*(d[name]["class_share"] for d in diag))]}
+                        for name in diag[0]}
         cases[case] = {"iterations": its, "target_samples": min(st["target_samples"]), "seeds": seeds,
+                       "ideal_target_share": ideal[case],
                        "source_classes": CASES[case]["sources"], "target_classes": CASES[case]["target"],
-                       "methods": first["methods"], "sd": first["sd"], "by_target_samples": sizes}
+                       "methods": first["methods"], "sd": first["sd"], "by_target_samples": sizes,
+                       "diagnostics": diag_summary}
     out: dict[str, Any] = {"cases": cases, "sd": {c: v["sd"] for c, v in cases.items()}}
     if ablation:
         seeds = sorted(ablation)
@@ -300,6 +326,14 @@ def fmt(m: float | None, s: float | None, digits: int = 1) -> str:
     return "—" if m is None else f"{m:.{digits}f}±{s:.{digits}f}"
 
 
+def _cells(m: dict, sd: dict, i: int, ideal: float) -> dict[str, str]:
+    """One table row's metric cells at iteration index ``i``; headers say which way is better."""
+    return {"FID whole ↓": fmt(m["fid_whole"][i], sd["fid_whole"][i]),
+            "FID target ↓": fmt(m["fid_target"][i], sd["fid_target"][i]),
+            "class TV ↓": fmt(m["class_tv"][i], sd["class_tv"][i], 2),
+            f"target share (ideal {ideal:.2f})": fmt(m["target_share"][i], sd["target_share"][i], 2)}
+
+
 def print_tables(summary: dict) -> None:
     for case, c in summary["cases"].items():
         e = len(c["iterations"]) - 1
@@ -308,20 +342,19 @@ def print_tables(summary: dict) -> None:
             for name, m in block["methods"].items():
                 i = 0 if name == "stage1" else e
                 sd = block["sd"][name]
-                rows.append({"method": name, "iter": c["iterations"][i],
-                             "FID whole": fmt(m["fid_whole"][i], sd["fid_whole"][i]),
-                             "FID target": fmt(m["fid_target"][i], sd["fid_target"][i]),
-                             "class TV": fmt(m["class_tv"][i], sd["class_tv"][i], 2),
-                             "target share": fmt(m["target_share"][i], sd["target_share"][i], 2)})
+                rows.append({"method": name, "iter": c["iterations"][i], **_cells(m, sd, i, c["ideal_target_share"])})
             t = block["two_sources"]
             rows.append({"method": "bfa_2_sources", "iter": c["iterations"][e],
-                         "FID whole": fmt(t["mean"]["fid_whole"][e], t["sd"]["fid_whole"][e]),
-                         "FID target": fmt(t["mean"]["fid_target"][e], t["sd"]["fid_target"][e]),
-                         "class TV": fmt(t["mean"]["class_tv"][e], t["sd"]["class_tv"][e], 2),
-                         "target share": fmt(t["mean"]["target_share"][e], t["sd"]["target_share"][e], 2)})
+                         **_cells(t["mean"], t["sd"], e, c["ideal_target_share"])})
             print_table(rows, f"\n{case}, target {n} samples of {c['target_classes']} (mean±sd over seeds {c['seeds']})")
             print_table([{"claim": v["claim"], "result": v["result"], "a": round(v["a"], 3), "b": round(v["b"], 3),
                           "diff": fmt(v["mean_diff"], v["sd_diff"], 2)} for v in block["claims"].values()])
+    for case, c in summary["cases"].items():
+        print_table([{"model": name, **{f"{m} (mean±sd)": fmt(v[m][0][0], v[m][1][0], 2 if m == "own_share" else 1)
+                                        for m in ("fid_own", "fid_whole", "own_share")},
+                      "class shares 0..9": " ".join(f"{x:.2f}" for x in v["class_share"])}
+                     for name, v in c["diagnostics"].items()],
+                    f"\n{case}: sources vs their own classes, Stage I vs the classes coalesced so far")
     if "ablation" in summary:
         a = summary["ablation"]
         e = len(a["iterations"]) - 1
@@ -350,7 +383,9 @@ def plot(out: Path, summary: dict) -> str:
                                 linestyle="--" if name == "ternary_fa" else "-")
             if metric.startswith("fid"):
                 ax.set_yscale("log")
-            ax.set_title(f"{case}: {metric} ({c['target_samples']} target samples)", fontsize=9)
+            if metric == "target_share":
+                ax.axhline(c["ideal_target_share"], color="k", linestyle=":", label="population share (ideal)")
+            ax.set_title(f"{case}: {metric}, {DIRECTION[metric]} ({c['target_samples']} target samples)", fontsize=9)
             ax.set_xlabel("generator iterations at the target")
             ax.grid(alpha=.3)
     axes[0][0].legend(fontsize=7)
@@ -384,6 +419,7 @@ def main() -> int:
     out_json = Path(args.json)
     folder = Path(args.cache_dir) if args.cache_dir else cache_dir() / "benchmarks"
     data = load_digits()
+    ideal = {c: population_share(label_histogram(data.y, data.num_classes), CASES[c]["target"]) for c in CASES}
     evaluator = evaluator_for("digits", device=device)
     settings = {**st, "cases": CASES, "wgan": cfg.__dict__, "widths": WIDTHS,
                 "fid_reference": f"whole: all {len(data)} digits; target: the real digits of the target's classes",
@@ -409,7 +445,7 @@ def main() -> int:
         res = {"benchmark": "coalescence", "mode": mode, "machine": machine(), "device": str(device),
                "complete": False, "seeds": args.seeds, "settings": settings,
                "generator": r["generator"], "critic": r["critic"],
-               **summarize(done, ablation, st), "ternary": r["unit"]["ternary"], "timing": timing,
+               **summarize(done, ablation, st, ideal), "ternary": r["unit"]["ternary"], "timing": timing,
                "wall_seconds": time.perf_counter() - t_start}
         write_json(out_json, res)  # written after every (case, seed): a cut run leaves what finished
     res["complete"] = True

@@ -1,7 +1,8 @@
 """WGAN-GP sanity: does the foundation learn?
 
 - 8-Gaussian ring: exact W1 (POT, 512 samples) of G's samples to the data, before/after.
-- digits: feature-FID of noise, of a real/real split, and of a trained generator.
+- digits: feature-FID of noise, of a real/real split, and of a trained generator (its weight
+  average, the default ``WGANConfig``, and the raw G).
 
     python benchmarks/wgan_sanity.py [--quick] --json benchmarks/results/wgan_sanity.json
 """
@@ -52,13 +53,14 @@ def main() -> None:
     G, D = G.to(dev), D.to(dev)
     x = data.x.to(dev)
     tr = MultiCriticWGAN(G, [D], [lambda m: x[torch.randint(0, len(x), (m,), device=dev)]], None,
-                         WGANConfig(lr=2e-4, beta2=0.9))
+                         WGANConfig())
     curve = []
     t0 = time.time()
     for _ in range(digit_steps // 100):
         tr.train(100)
-        G.eval()
-        curve.append({"step": tr.steps_done, "feature_fid": fid(G.sample(900).cpu())})
+        G_avg = tr.generator.eval()  # the weight average (WGANConfig.ema_decay), G itself when off
+        curve.append({"step": tr.steps_done, "feature_fid": fid(G_avg.sample(900).cpu()),
+                      "feature_fid_raw": fid(G.eval().sample(900).cpu())})
         G.train()
     digits_sps = digit_steps / (time.time() - t0)
 

@@ -6,6 +6,7 @@ import torch
 from edgegan.data import ring8_sampler
 from edgegan.eval import FeatureFID, exact_w1
 from edgegan.gan import MultiCriticWGAN, WGANConfig, gradient_penalty, weighted_generator_loss
+from edgegan.gan.train import WeightAverage
 from edgegan.nn import build_gan
 
 
@@ -19,6 +20,26 @@ def test_gradient_penalty_zero_for_unit_slope():
         lin.weight.mul_(2.0)  # ‖∇‖ = 2 → 10·(2−1)² = 10
     gp = gradient_penalty(lambda x: lin(x).squeeze(1), torch.randn(8, 3), torch.randn(8, 3), 10.0)
     assert float(gp) == pytest.approx(10.0, rel=1e-6)
+
+
+def test_weight_average_ramps_its_decay_and_is_what_the_trainer_hands_on():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 1)
+    avg = WeightAverage(lin, 0.5)
+    with torch.no_grad():
+        w0 = lin.weight.clone()
+        lin.weight.add_(1.0)
+    avg.update(lin)  # d_0 = min(0.5, 1/10): 0.1·w0 + 0.9·w1
+    torch.testing.assert_close(avg.model.weight, 0.1 * w0 + 0.9 * (w0 + 1))
+    for _ in range(20):
+        avg.update(lin)  # d_t reaches 0.5 at t = 8; the average converges to the constant weights
+    torch.testing.assert_close(avg.model.weight, w0 + 1, atol=1e-5, rtol=0)
+    G, D = build_gan("mlp", (2,), 2, width=8)
+    on = MultiCriticWGAN(G, [D], [lambda m: torch.randn(m, 2)], None, WGANConfig(critic_steps=1, batch_size=8))
+    off = MultiCriticWGAN(G, [D], [lambda m: torch.randn(m, 2)], None, WGANConfig(ema_decay=0.0))
+    on.train(3)
+    assert off.generator is G and on.generator is not G and on.average.updates == 3
+    assert not any(p.requires_grad for p in on.generator.parameters())
 
 
 def test_weighted_generator_loss_is_weighted_sum():

@@ -30,8 +30,8 @@ def built(monkeypatch) -> list[dict]:
     seen: list[dict] = []
     real = gan_train.adam
 
-    def spy(params, cfg):
-        opt = real(params, cfg)
+    def spy(params, cfg, scale=1.0):
+        opt = real(params, cfg, scale)
         g = opt.param_groups[0]
         seen.append({"lr": g["lr"], "betas": tuple(g["betas"]), "settings": asdict(cfg.settings())})
         return opt
