@@ -29,6 +29,7 @@ from edgegan.errors import EdgeganError, require
 from edgegan.gan import WGANConfig, train_wgan_gp
 from edgegan.gan.losses import critic_loss, generator_loss
 from edgegan.nn import Generator
+from edgegan.nn.factory import arch_field, check_arch
 
 SOURCE, TARGET = "source", "target"
 
@@ -55,7 +56,7 @@ class FlowerTaskConfig(WGANConfig):
     target_classes: str = field(default="2,7", metadata={"unit": "classes of the target node"})
     target_samples: int = field(default=20, metadata={"unit": "local samples of the target node"})
     eta: str = field(default="1.0,1.0", metadata={"unit": "relevance radius η_k per source (λ_k = 1/η_k)"})
-    arch: str = field(default="mlp", metadata={"unit": "mlp or dcgan"})
+    arch: str = arch_field()
     generator_width: int = field(default=64, metadata={"unit": "generator hidden size / base channels"})
     critic_width: int = field(default=64, metadata={"unit": "critic hidden size / base channels"})
     pretrain_steps: int = field(default=300, metadata={"unit": "source WGAN-GP generator steps per round"})
@@ -95,6 +96,7 @@ class FlowerTaskConfig(WGANConfig):
                 f"must be in 0..{len(self.sources())} (the source count), got {self.min_sources}",
                 "use 0 to require every source")
         require(self.metrics_port >= -1, f"{p}metrics-port", "use -1 (off), 0 (any free) or a TCP port")
+        check_arch(self.arch, f"{p}arch")
         super().validate(prefix)
 
     def sources(self) -> list[list[int]]:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import field
+from typing import Any, Sequence
 
-from edgegan.errors import EdgeganError
+from edgegan.errors import EdgeganError, require
 from edgegan.nn.base import EdgeganModule, Generator
 from edgegan.nn.dcgan import DCGANCritic, DCGANGenerator
 from edgegan.nn.mlp import MLPCritic, MLPGenerator
 
 ARCHS = ("mlp", "dcgan")
+
+
+def arch_field(default: str = "mlp", what: str = "model family") -> Any:
+    """The dataclass field every settings class declares its ``arch`` with (check it with :func:`check_arch`)."""
+    return field(default=default, metadata={"unit": f"{what}: " + " or ".join(ARCHS)})
+
+
+def check_arch(arch: str, name: str = "arch") -> None:
+    """One-line :class:`EdgeganError` on field ``name`` unless ``arch`` is one of :data:`ARCHS`."""
+    require(arch in ARCHS, name, f"unknown architecture {arch!r}", "choose one of " + ", ".join(ARCHS))
 
 
 def build_gan(arch: str, shape: Sequence[int], latent_dim: int = 32, num_classes: int = 0,

@@ -36,9 +36,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, NoReturn, 
 import grpc
 
 from edgegan.config import check_fields
-from edgegan.errors import FailureReason
+from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import Metrics
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
+from edgegan.tdgan.messages import check_class_count
 
 KiB = 1 << 10
 SERVICE = "edgegan.v1.EdgeGAN"
@@ -228,10 +229,10 @@ class Guard(grpc.aio.ServerInterceptor):
             if msg.node_id != CALLER.get():
                 raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
                               f"token of node '{CALLER.get()}' cannot speak for node '{msg.node_id}'")
-            k = self.cfg.num_classes
-            if len(msg.label_histogram) != k:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"label_histogram: {len(msg.label_histogram)} classes, the cloud has {k}")
+            try:
+                check_class_count(msg.node_id, msg.label_histogram, self.cfg.num_classes)
+            except EdgeganError as e:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
             if not 0 < msg.n_samples <= self.g.max_n_samples:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"n_samples: {msg.n_samples} is outside "
                               f"[1, {self.g.max_n_samples}] (guard.max_n_samples)")

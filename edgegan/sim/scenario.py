@@ -28,7 +28,7 @@ from edgegan.config import check_fields, from_dict, read_yaml
 from edgegan.data.registry import DATASETS as IMAGE_DATASETS
 from edgegan.errors import EdgeganError, require
 from edgegan.gan.train import WGANConfig
-from edgegan.nn.factory import ARCHS
+from edgegan.nn.factory import arch_field, check_arch
 from edgegan.tdgan.config import TDGANConfig
 
 PIPELINES = ("coalescence", "tdgan", "grid")
@@ -176,7 +176,7 @@ class TrainingSpec(WGANConfig):
     """The run's :class:`~edgegan.gan.WGANConfig` (lr, betas, critic steps, batch, the one
     ``latent_dim``) plus architecture and budgets; ``tdgan`` holds TDGAN's own settings."""
 
-    arch: str = field(default="mlp", metadata={"unit": " or ".join(ARCHS)})
+    arch: str = arch_field()
     generator_width: int = field(default=128, metadata={"unit": "hidden size / base channels of G_k"})
     critic_width: int = field(default=64, metadata={"unit": "hidden size / base channels of D_k"})
     pretrain_steps: int = field(default=300, metadata={"unit": "WGAN-GP iterations per source node"})
@@ -188,8 +188,7 @@ class TrainingSpec(WGANConfig):
     tdgan: TDGANConfig = field(default_factory=TDGANConfig)
 
     def validate(self, prefix: str = "training") -> None:
-        require(self.arch in ARCHS, f"{prefix}.arch", f"unknown architecture {self.arch!r}",
-                "choose " + " or ".join(ARCHS))
+        check_arch(self.arch, f"{prefix}.arch")
         super().validate(prefix)
         check_fields(self, prefix, ("generator_width", "critic_width", "pretrain_steps", "stage1_steps",
                                     "adapt_steps", "steps"), 1)

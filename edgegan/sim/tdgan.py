@@ -19,15 +19,13 @@ import torch
 
 from edgegan.data import TensorData, load_dataset
 from edgegan.errors import require
-from edgegan.eval import GeneratorScore, evaluator_for
+from edgegan.eval import EVAL_LATENT_SEED, GeneratorScore, evaluator_for
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.roles import TDGANServer
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for, partition
 from edgegan.sim.link import SimLink, VirtualNodes
 from edgegan.tdgan.messages import NodeInfo
-
-EVAL_SEED = 1234  # added to the scenario seed: the fixed latent every score is drawn from
 
 
 @dataclass
@@ -79,7 +77,7 @@ def _server(ctx: RunContext, data: TensorData, av: Availability) -> TDGANServer:
     cfg = CloudConfig(mode="tdgan", allow_anonymous=True, checkpoint_dir=str(ckpt), checkpoint_every=busy + 1,
                       image_shape=list(data.image_shape), num_classes=data.num_classes, steps=busy,
                       feedback_timeout_s=sc.engine.feedback_timeout_s, device=str(ctx.device), tdgan=sc.training.tdgan,
-                      eval_dataset=None)  # the pipeline scores G itself, on the classes seen
+                      eval_dataset=None)  # the pipeline asks for scores itself (:meth:`TDGANServer.score`)
     return TDGANServer(cfg, ctx.metrics, ctx.device)
 
 
@@ -102,12 +100,10 @@ def run_tdgan(ctx: RunContext) -> TDGANResult:
     evaluator = evaluator_for(sc.data.dataset, sc.data.data_root, ctx.device) if ctx.evaluate else None
     evals: list[tuple[int, GeneratorScore]] = []
 
-    def score() -> None:
-        seen = sorted({c for k in server.tdgan.seen for c, n in enumerate(infos[k].label_histogram) if n > 0})
-        s = evaluator.score(server.tdgan.G, seen, seed=sc.seed + EVAL_SEED,
-                            samples_per_class=sc.evaluation.samples_per_class)
+    def score() -> None:  # on the classes of the nodes seen so far, each scored step's row after it
+        _, s = server.score(server.tdgan.G, [infos[k] for k in server.tdgan.seen], seed=sc.seed + EVAL_LATENT_SEED,
+                            evaluator=evaluator, samples_per_class=sc.evaluation.samples_per_class)
         evals.append((server.tdgan.step, s))
-        ctx.metrics.feature_fid.set(s.fid_target)
         ctx.record({"kind": "eval", "pipeline": "tdgan", "method": "tdgan", "iteration": server.tdgan.step,
                     "fid_target": s.fid_target, "fid_whole": s.fid_whole, "class_tv": s.class_tv,
                     "target_share": s.target_share, "class_acc": s.class_acc,

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 from edgegan.config import check_fields
 from edgegan.errors import require
 from edgegan.gan.train import WGANConfig
-from edgegan.nn.factory import ARCHS
+from edgegan.nn.factory import arch_field, check_arch
 
 LOSSES = ("logloss", "wgan-gp")
 
@@ -34,7 +34,7 @@ class TDGANConfig(WGANConfig):
         "unit": "bound on the per-sample L2 norm of ∂loss_G/∂fake (loss is a batch mean)"})
     max_share: float = field(default=1.0, metadata={
         "unit": "largest π_k of one node (1: π_k = n_k/n as in seed 003; < 1 caps a node's self-reported weight)"})
-    arch: str = field(default="mlp", metadata={"unit": "model family for default G / D_k (mlp, dcgan)"})
+    arch: str = arch_field(what="model family for default G / D_k")
     width: Optional[int] = field(default=None, metadata={"unit": "hidden size / base channels (None: family default)"})
     seed: int = field(default=0, metadata={"unit": "RNG seed (labels, latents, real batches, default D_k init)"})
 
@@ -46,5 +46,5 @@ class TDGANConfig(WGANConfig):
         check_fields(self, prefix, ("remind_batch_size",), 1)
         check_fields(self, prefix, ("max_feedback_norm",), 0, strict_low=True)
         check_fields(self, prefix, ("max_share",), 0, 1.0 + 1e-12, strict_low=True)
-        require(self.arch in ARCHS, f"{p}arch", f"unknown architecture {self.arch!r}", "choose one of " + ", ".join(ARCHS))
+        check_arch(self.arch, f"{p}arch")
         require(self.width is None or self.width >= 1, f"{p}width", f"must be >= 1, got {self.width}")
