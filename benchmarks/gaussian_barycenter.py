@@ -56,7 +56,7 @@ W2_POINTS, W2_DRAWS = 2000, 3
 HARD_SEEDS = 3  # problems per hard dimension: problem seed 1000 + d + 100 s, samplers 2000 + d + 100 s
 HARD_TARGETS = {16: (0.3, 60.0), 64: (1.0, 300.0), 128: (2.0, 600.0)}  # d: (BW2-UVP %, seconds)
 LEGACY_BUDGET = {16: 60.0, 64: 300.0, 128: 300.0}  # seconds the legacy curve runs (300 at d = 128: CPU time)
-NWB_BUDGET = {16: 120.0, 64: 300.0}  # seconds NWB runs on the hard family (not run at other d)
+NWB_BUDGET = {True: {16: 120.0}, False: {16: 600.0, 64: 300.0}}  # [quick] d: NWB seconds on the hard family
 SCORE_SAMPLES = 100_000
 POT_FIT_SAMPLES = 20_000
 FREE_SUPPORT_POINTS = 500
@@ -66,9 +66,9 @@ def nwb_config(dim: int, quick: bool, family: str) -> NWBConfig:
     """Reference-code K_1/K_2, lr, batch; width max(32, 2d); the shared stopping rule. Easy
     families: K_3 cut to the CPU budget (150 quick, 200 full, 100 at d ≥ 32; the reference
     trains for 80 epochs); hard family: K_3 = 2000 (reference default), rounds of 10 steps,
-    cut at NWB_BUDGET[d] seconds."""
+    cut at NWB_BUDGET[quick][d] seconds."""
     if family == "hard":
-        return NWBConfig(hidden=max(32, 2 * dim), seed=dim, log_every=10, max_seconds=NWB_BUDGET[dim])
+        return NWBConfig(hidden=max(32, 2 * dim), seed=dim, log_every=10, max_seconds=NWB_BUDGET[quick][dim])
     k3 = 150 if quick else (200 if dim <= 16 else 100)
     return NWBConfig(k3=k3, hidden=max(32, 2 * dim), log_every=50, seed=dim)
 
@@ -173,9 +173,9 @@ def run_problem(family: str, dim: int, quick: bool, rows: list[dict], saved) -> 
             w2_solver("WIN init=gaussian", win_barycenter, dataclasses.replace(cfg, init="gaussian"), "init=gaussian")
             add("true barycenter (sampling floor)", bw2_uvp(bar_sampler(SCORE_SAMPLES), bar_mean, bar_cov), 0.0,
                 w2_samples=round(sample_w2(bar_sampler, bar_sampler), 5))
-    if family != "hard" or dim in NWB_BUDGET:
+    if family != "hard" or dim in NWB_BUDGET[quick]:
         w2_solver("NWB", nwb_barycenter, nwb_config(dim, quick, family), "default" if family != "hard" else
-                  f"default, cut at {NWB_BUDGET[dim]:g} s")
+                  f"default, cut at {NWB_BUDGET[quick][dim]:g} s")
 
     def pot_gaussian():
         fits = [fit_gaussian(s(POT_FIT_SAMPLES)) for s in samplers]

@@ -161,13 +161,12 @@ def nwb_uvp(seed: int = 0, **overrides) -> tuple[float, dict]:
     return bw2_uvp(res.generator.sample(100_000), bm, bc), res.log
 
 
-# Measured with seeds 0-4 x ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread (15 runs each,
-# BW2-UVP % on the d = 4 problem below): WIN default min/median/max 7.74/8.60/10.23; WIN paper
-# setting (raw inputs, same budget) 14.95/21.9/25.9, ratio paper/default per run >= 1.78;
-# NWB 5.43/6.02/7.26. Limits: ~25-30 % above the worst run, ratio 1.4 below the worst 1.78.
-# Re-measured for issue 16 (benchmarks/test_margins.py --stats w2_win,w2_nwb, same 15 runs + seeds 0-4
-# avx512 with 2 threads, n = 20): WIN 7.79/8.58/10.11, paper/default ratio >= 1.78, NWB 5.45/6.12/7.35;
-# margins: WIN 1.29×, ratio 1.27×, NWB 1.29× over the worst run.
+# BW2-UVP % on the d = 4 problem below, 4 fixed rounds (benchmarks/test_margins.py --stats w2_win,w2_nwb).
+# WIN re-measured after the damped fixed-point step and the stacked maps became the default (seeds 0-4 x
+# ATEN_CPU_CAPABILITY default/avx2, 1 thread, n = 10): default 8.92/9.83/10.39 (min/median/max), paper
+# setting on the same budget 19.9/23.0/26.5, ratio paper/default >= 2.03. Limits: WIN 1.25x over the worst
+# run, ratio 1.4 well below the worst 2.03. NWB (numerically unchanged; issue 16, n = 20):
+# 5.45/6.12/7.35, limit 1.29x over the worst run.
 WIN_LIMIT, PAPER_FACTOR, NWB_LIMIT = 13.0, 1.4, 9.5
 
 
@@ -208,9 +207,9 @@ TOL_RUN = {"k_g": 5, "k_t": 1, "k_v": 3, "outer_iters": 4, "batch_size": 32, "hi
 @pytest.mark.stochastic
 def test_tolerance_stops_when_moments_stop_moving():
     # One-round moment changes over 4 rounds (benchmarks/test_margins.py --stats w2_tolerance; seeds 0-4 ×
-    # ATEN_CPU_CAPABILITY default/avx2/avx512, 1 thread, + avx512 2 threads, n = 20), min/median/max:
-    # largest 0.0028/0.0034/0.0064 %, smallest 0.0019/0.0023/0.0042 %. tol = 50 % stops after the first
-    # round (7800× above the largest); tol = 1e-6 % never fires (1900× below the smallest).
+    # ATEN_CPU_CAPABILITY default/avx2, 1 thread, n = 10, after the damped step became the default),
+    # min/median/max: largest 0.0013/0.0027/0.0064 %, smallest 0.00095/0.0020/0.0021 %. tol = 50 % stops
+    # after the first round (7800× above the largest); tol = 1e-6 % never fires (950× below the smallest).
     samplers, _, _ = _hard(d=2)
     res = win_barycenter(samplers, HARD_W, tol=50.0, **TOL_RUN)
     assert res.log["iterations"] == 1 and res.log["converged"] is True and res.log["stop_reason"] == "tol"
