@@ -87,7 +87,7 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.model = copy.deepcopy(model)  # trainable like ``model``: a later stage trains it further
         self.decay, self.updates = decay, 0
 
     @torch.no_grad()
