@@ -87,6 +87,8 @@ def check_request(node_id: str, image_shape: tuple[int, ...], pools: dict[int, t
 
 #: Statistics of a reply, in the order the vectorised pass computes them.
 STATS = ("d_loss", "d_real", "d_fake", "g_loss")
+#: Fewest rows one vectorised pass computes (a lone row is passed twice; see ``PackedEdges._answer``).
+MIN_PASS_ROWS = 2
 #: A hosted node as the feedback pass needs it: id, private data, :func:`class_pools` of the data.
 Node = tuple[str, TensorData, dict[int, torch.Tensor]]
 Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -228,9 +230,14 @@ class PackedEdges:
 
     def _answer(self, views: RowViews, idx: list[int], draws: list[list[torch.Tensor]], seeds: list[int],
                 requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> tuple[torch.Tensor, list[list[float]]]:
-        """Answer rows ``idx`` (one batch shape) in one pass and write their D_k and Adam state back."""
+        """Answer rows ``idx`` (one batch shape) in one pass and write their D_k and Adam state back.
+        A lone row is passed twice to the vectorised pass (:data:`MIN_PASS_ROWS`): a batched kernel
+        over one row sums in another order than over two or more, and a node's numbers must not
+        depend on its company."""
+        K = len(idx)
+        idx = idx + idx[:1] * (MIN_PASS_ROWS - K) if self.vectorised and K < MIN_PASS_ROWS else idx
         L, dev, rows = self.layout, self.device, torch.tensor(idx)
-        whole = len(idx) == len(views.steps)
+        whole = idx == list(range(len(views.steps)))
 
         def take(part: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # contiguous (K, *shape) copy
             sel = part if whole else part.index_select(0, rows)
@@ -248,12 +255,13 @@ class PackedEdges:
         args = (self.init.D, self.cfg, W, m, v, steps, reals, fake, y)
         feedback, stats = (_logloss_pass(*args) if self.vectorised
                            else _autograd_pass(self.init.D, self.cfg, W, buffers, m, v, steps, reals, fake, y, seeds))
+        rows = rows[:K]
         for parts, tensors in ((views.weights, [*W.values(), *buffers.values()]), (views.first, list(m.values())),
                                (views.second, list(v.values()))):
             for part, t in zip(parts, tensors):
-                part.index_copy_(0, rows, t.flatten(1).cpu())
-        views.steps.index_copy_(0, rows, steps)
-        return feedback, stats
+                part.index_copy_(0, rows, t[:K].flatten(1).cpu())
+        views.steps.index_copy_(0, rows, steps[:K])
+        return feedback[:K], stats[:K]
 
     def feedback(self, block: torch.Tensor, nodes: Sequence[Node], requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
         """Answer ``requests[k]`` as node ``nodes[k]`` = (id, private data, :func:`class_pools`) whose
