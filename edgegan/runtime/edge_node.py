@@ -66,6 +66,10 @@ class EdgeNode:
                 m.loss.labels(kind).set(reply.stats[kind])
         return reply
 
+    async def answer(self, req: FeedbackRequest) -> FeedbackReply:
+        """:meth:`feedback` for a transport's event loop (one node: computed in place)."""
+        return self.feedback(req)
+
     def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
         """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""
         G, D = build_gan(arch, self.data.image_shape, cfg.latent_dim, 0, width)

@@ -141,7 +141,7 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
             if tuple(fake.shape[1:]) != shape:
                 raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
             labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
-            reply = node.feedback(FeedbackRequest(node.node_id, int(r.step), fake, labels))
+            reply = await node.answer(FeedbackRequest(node.node_id, int(r.step), fake, labels))
             await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
                                                              stats=reply.stats)))
     finally:
