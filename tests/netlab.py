@@ -225,7 +225,7 @@ class Proxy:
         self.target, self.host = target, host
         self.delay_s, self.jitter_s, self.bytes_per_s, self.reset_every_s = delay_s, jitter_s, bytes_per_s, reset_every_s
         self.rng = random.Random(seed)
-        self.resets = self.accepted = 0
+        self.resets = self.reset_events = self.accepted = 0
         self.port = 0
         self._conns: set[tuple[asyncio.Task, socket.socket, socket.socket]] = set()
         self._loop = asyncio.new_event_loop()
@@ -285,6 +285,7 @@ class Proxy:
             uwriter.transport.abort()
 
     def _reset(self) -> int:
+        self.reset_events += 1
         n = 0
         for task, *socks in list(self._conns):
             for s in socks:
@@ -313,13 +314,14 @@ class Proxy:
 
 
 # ---------------------------------------------------------------- processes inside hosts
-def start_in(procs, host: Host | None, name: str, *args: str):
-    """Like ``Procs.start`` (``python -m edgegan ARGS``, logged, killed at teardown), inside ``host``."""
+def start_in(procs, host: Host | None, name: str, *args: str, script: str | None = None):
+    """Like ``Procs.start`` (``python -m edgegan ARGS``, or ``python SCRIPT ARGS``; logged,
+    killed at teardown), inside ``host`` (None: the root namespace)."""
     from grpc_procs import _env
 
     log = procs.tmp / f"{name}.log"
     f = open(log, "ab")
-    argv = [sys.executable, "-m", "edgegan", *args]
+    argv = [sys.executable, *((script,) if script else ("-m", "edgegan")), *args]
     p = subprocess.Popen(host.wrap(argv) if host else argv, stdout=f, stderr=subprocess.STDOUT, env=_env(),
                          cwd=Path(__file__).resolve().parents[1])
     procs.procs.append(p)

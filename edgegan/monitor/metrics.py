@@ -18,6 +18,7 @@ per-node values: label sets are small and fixed (``reason``, ``kind``, ``directi
 | edgegan_feature_fid | gauge | last feature-FID of the generator (when evaluated) |
 | edgegan_uploads_total | counter | model bundles received (Stage I) |
 | edgegan_checkpoints_total | counter | checkpoints written |
+| edgegan_checkpoint_failures_total | counter | checkpoints that could not be written (disk full, I/O error); the previous one stays |
 | edgegan_server_round | gauge | current Flower server round (edgegan.flower) |
 | edgegan_round_nodes{outcome} | gauge | nodes sampled / replied / failed in the last training round |
 | edgegan_aggregation_seconds | histogram | wall time of one Stage I aggregation (cloud, simulator, Flower) |
@@ -68,6 +69,9 @@ class Metrics:
         self.feature_fid = Gauge("edgegan_feature_fid", "Last feature-FID of the generator", registry=r)
         self.uploads = Counter("edgegan_uploads_total", "Model bundles received", registry=r)
         self.checkpoints = Counter("edgegan_checkpoints_total", "Checkpoints written", registry=r)
+        self.checkpoint_failures = Counter("edgegan_checkpoint_failures_total",
+                                           "Checkpoints not written (disk full, I/O error); the previous one stays",
+                                           registry=r)
         # Flower rounds (edgegan.flower): same names whether a Flower or a native run exports them
         self.server_round = Gauge("edgegan_server_round", "Current Flower server round", registry=r)
         self.round_nodes = Gauge("edgegan_round_nodes", "Nodes sampled, replied and failed in the last round",

@@ -21,6 +21,7 @@ from edgegan import __version__
 from edgegan.config import from_dict
 from edgegan.errors import EdgeganError
 from edgegan.gan.train import WGANConfig
+from edgegan.monitor.audit import AuditLog
 from edgegan.runtime.grpc_server import channel_options
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
@@ -38,6 +39,7 @@ from edgegan.tdgan.messages import FeedbackRequest
 
 log = logging.getLogger("edgegan.edge")
 T = TypeVar("T")
+AUDIT = AuditLog("edge")  # feedback sent, by (node, step), when EDGEGAN_AUDIT_DIR is set
 
 # refusals that retrying cannot fix
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -97,10 +99,18 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     last_heard = time.monotonic()
     shape = tuple(reg.image_shape)
 
-    async def send(msg: pb.EdgeMessage) -> None:
+    async def send(msg: pb.EdgeMessage) -> bool:
+        """Write ``msg`` unless the stream is ending; False when it was not written. A call that
+        ended meanwhile (dropped while this node computed) is not an error here: the next read
+        reports the cloud's status and :func:`retrying` rejoins."""
         async with lock:
-            if not closing.is_set():
+            if closing.is_set() or call.done():
+                return False
+            try:
                 await call.write(msg)
+            except asyncio.InvalidStateError:
+                return False
+            return True
 
     async def heartbeat() -> None:
         while True:
@@ -142,8 +152,9 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
                 raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
             labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
             reply = await node.answer(FeedbackRequest(node.node_id, int(r.step), fake, labels))
-            await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
-                                                             stats=reply.stats)))
+            if await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
+                                                                stats=reply.stats))):
+                AUDIT.write("sent", node=node.node_id, step=reply.step)
     finally:
         hb.cancel()
         call.cancel()
@@ -183,6 +194,8 @@ async def retrying(conn: EdgeConnection, attempt: Callable[[grpc.aio.Channel, Ca
         except grpc.aio.AioRpcError as e:
             if e.code() in FATAL:
                 raise EdgeganError("cloud", f"{what}: {e.code().name}: {e.details()}") from None
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                backoff = 2.0  # benched or rate-limited: wait the longest step, not Register every 0.2 s
             log.info("%s: cloud unreachable (%s): retrying", what, e.code().name)
         except CloudGone as e:
             reached()

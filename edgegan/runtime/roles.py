@@ -41,6 +41,7 @@ import torch
 from edgegan.checkpoint import MODEL_ARGS, load_checkpoint, same_model_args, save_checkpoint
 from edgegan.config import to_dict
 from edgegan.errors import require
+from edgegan.monitor.audit import AuditLog
 from edgegan.monitor.metrics import Metrics
 from edgegan.nn import model_spec
 from edgegan.runtime.cloud_base import (
@@ -84,7 +85,9 @@ class TDGANServer(CloudServer):
         self.resumed_step: int | None = None
         self.history: list[dict[str, float]] = []  # each step's scalar stats, the last HISTORY_KEPT
         self.last_losses: dict[str, float] = {}  # mean over the nodes (d_loss, g_loss) and reminding, last step
+        self.audit = AuditLog("cloud")
         self._resume()
+        self.audit.write("resume", step=self.tdgan.step)
 
     @property
     def step(self) -> int:
@@ -120,12 +123,20 @@ class TDGANServer(CloudServer):
         self.metrics.generator_step.set(self.tdgan.step)
 
     def save(self) -> None:
-        """Write ``cloud.pt`` atomically (TDGAN state, registrations, history; never tokens)."""
+        """Write ``cloud.pt`` atomically (TDGAN state, registrations, history; never tokens).
+        A write that fails (disk full, file too large, I/O error) leaves the previous checkpoint
+        as it was, logs one line, counts ``edgegan_checkpoint_failures_total`` and the run goes on."""
         cfg = {k: v for k, v in to_dict(self.cfg).items() if k != "tokens"}
-        save_checkpoint(self.checkpoint_path, {
-            MODEL_ARGS: model_spec(self.tdgan.G), "tdgan": self.tdgan.state_dict(),
-            "registered": {k: i.to_dict() for k, i in self.registered.items()},
-            "history": self.history, "evals": self.evals, "config": cfg, "run_id": self.cfg.run_id})
+        try:
+            save_checkpoint(self.checkpoint_path, {
+                MODEL_ARGS: model_spec(self.tdgan.G), "tdgan": self.tdgan.state_dict(),
+                "registered": {k: i.to_dict() for k, i in self.registered.items()},
+                "history": self.history, "evals": self.evals, "config": cfg, "run_id": self.cfg.run_id})
+        except OSError as e:
+            self.metrics.checkpoint_failures.inc()
+            log.error("checkpoint at step %d not written (%s): %s keeps the previous one; still serving",
+                      self.tdgan.step, e.strerror or e, self.checkpoint_path)
+            return
         self.metrics.checkpoints.inc()
 
     def report(self) -> dict[str, Any]:
@@ -237,6 +248,9 @@ class TDGANServer(CloudServer):
             for node_id, failure in refused:
                 self.metrics.reject(failure.reason)
                 link.drop(node_id, failure)
+            failed = {n: a.reason.value for n, a in [*answers.items(), *refused] if isinstance(a, NodeFailure)}
+            self.audit.write("step", step=int(stats["step"]), asked=[r.node_id for r in requests],
+                             applied=sorted(stats.per_node), failed=failed)
             self._record(stats)
             if evaluate and self.tdgan.step % self.cfg.eval_every == 0:
                 await self.compute(self.evaluate)
