@@ -1,0 +1,148 @@
+"""Many TDGAN nodes in one edge process: how a lab machine with one GPU serves many small nodes.
+
+Each hosted node keeps what a node of its own process would: its Session stream, bearer token,
+D_k state and data partition. Their D_k live as rows of one
+:class:`~edgegan.tdgan.edge.PackedEdges` (the simulator's representation). Requests that are
+pending together are answered in one vectorised pass on the host's compute thread, so the event
+loop keeps every other node's stream, heartbeats included, alive while D_k steps; a node's
+numbers do not depend on which nodes share its pass. A request refused for one node (wrong
+labels, a non-finite batch) fails that node's stream only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import torch
+
+from edgegan.data.tensordata import TensorData
+from edgegan.errors import EdgeganError, require
+from edgegan.monitor.metrics import Metrics
+from edgegan.tdgan.config import TDGANConfig
+from edgegan.tdgan.edge import PackedEdges, class_pools
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+
+log = logging.getLogger("edgegan.edge")
+
+Waiting = tuple[FeedbackRequest, "asyncio.Future[FeedbackReply]"]
+
+
+class EdgeHost:
+    """The D_k rows of the nodes one edge process hosts, and the pass that answers them.
+
+    Parameters
+    ----------
+    nodes : node id → that node's private data (one data set: same image shape and classes).
+    device : where the passes run.
+    metrics : the process's Prometheus metrics.
+    """
+
+    def __init__(self, nodes: dict[str, TensorData], device: torch.device | str = "cpu",
+                 metrics: Metrics | None = None) -> None:
+        require(bool(nodes), "node_ids", "no nodes to host", "name at least one node")
+        shapes = {(d.image_shape, d.num_classes) for d in nodes.values()}
+        require(len(shapes) == 1, "nodes", f"hosted nodes hold different data shapes {sorted(shapes)}",
+                "host nodes of one data set per process")
+        self.data = nodes
+        self.pools = {k: class_pools(d) for k, d in nodes.items()}
+        self.device = torch.device(device)
+        self.metrics = metrics or Metrics()
+        self.cfg: TDGANConfig | None = None
+        self.packed: PackedEdges | None = None
+        self.rows: dict[str, torch.Tensor] = {}
+        self._waiting: list[Waiting] = []
+        self._drainer: asyncio.Task | None = None
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="edgegan-host")
+
+    def node(self, node_id: str) -> HostedNode:
+        """The edge role of hosted node ``node_id`` (what :func:`~edgegan.runtime.grpc_edge.run_tdgan_edge` drives)."""
+        require(node_id in self.data, "node_id", f"node '{node_id}' is not hosted here")
+        return HostedNode(self, node_id)
+
+    def configure(self, cfg: TDGANConfig, image_shape: Sequence[int]) -> None:
+        """Build the rows for the cloud's settings once (every node's D_k under its seed)."""
+        some = next(iter(self.data.values()))
+        require(tuple(image_shape) == some.image_shape, "image_shape",
+                f"the cloud generates {tuple(image_shape)}, this host's nodes hold {some.image_shape}",
+                "use the cloud's data set")
+        if self.packed is None:
+            self.cfg, self.packed = cfg, PackedEdges(cfg, some, self.device)
+            self.rows = {k: self.packed.fresh(k, d) for k, d in self.data.items()}
+        elif self.cfg != cfg:
+            raise EdgeganError("tdgan", "the cloud's TDGAN settings changed for this host",
+                               "restart the edge host to follow the new settings")
+
+    async def answer(self, req: FeedbackRequest) -> FeedbackReply:
+        """Node ``req.node_id``'s reply, computed in the next pass over the pending requests."""
+        fut: asyncio.Future[FeedbackReply] = asyncio.get_running_loop().create_future()
+        self._waiting.append((req, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            answers = await loop.run_in_executor(self._compute, self._pass, [r for r, _ in batch])
+            for (req, fut), ans in zip(batch, answers):
+                if fut.done():
+                    continue
+                if isinstance(ans, BaseException):
+                    fut.set_exception(ans)
+                else:
+                    fut.set_result(ans)
+                    self._count(req, ans)
+
+    def _pass(self, requests: list[FeedbackRequest]) -> list[FeedbackReply | BaseException]:
+        """One vectorised pass over ``requests`` (one per node); where the group is refused,
+        each node alone, so that only the node at fault gets the error."""
+        try:
+            return list(self._feedback(requests))
+        except EdgeganError:
+            out: list[FeedbackReply | BaseException] = []
+            for r in requests:
+                try:
+                    out.extend(self._feedback([r]))
+                except EdgeganError as e:
+                    out.append(e)
+            return out
+
+    def _feedback(self, requests: list[FeedbackRequest]) -> list[FeedbackReply]:
+        assert self.packed is not None
+        ids = [r.node_id for r in requests]
+        require(len(set(ids)) == len(ids), "requests", "two requests of one node in one pass")
+        block = torch.stack([self.rows[k] for k in ids])
+        replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests)
+        for k, row in zip(ids, block):
+            self.rows[k] = row
+        return replies
+
+    def _count(self, req: FeedbackRequest, reply: FeedbackReply) -> None:
+        m = self.metrics
+        m.bytes_received.inc(req.nbytes())
+        m.bytes_sent.inc(reply.nbytes())
+        m.generator_step.set(req.step)
+
+    def close(self) -> None:
+        self._compute.shutdown(wait=False)
+
+
+class HostedNode:
+    """One node of an :class:`EdgeHost`, with the edge role's interface (``node_id``, ``info``,
+    ``configure_tdgan``, ``answer``)."""
+
+    def __init__(self, host: EdgeHost, node_id: str) -> None:
+        self.host, self.node_id = host, node_id
+
+    def info(self) -> NodeInfo:
+        return NodeInfo.of(self.node_id, self.host.data[self.node_id])
+
+    def configure_tdgan(self, cfg: TDGANConfig, image_shape: Sequence[int]) -> None:
+        self.host.configure(cfg, image_shape)
+
+    async def answer(self, req: FeedbackRequest) -> FeedbackReply:
+        return await self.host.answer(req)
