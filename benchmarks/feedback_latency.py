@@ -92,6 +92,9 @@ class EchoEdge:
 
         return FeedbackReply(self.node_id, req.step, self._grad, {})
 
+    async def answer(self, req):
+        return self.feedback(req)
+
 
 class AlternatingLink:
     """A FeedbackLink that serves blocks of ``block`` steps alternately from an in-process edge
@@ -156,7 +159,8 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
     """One cloud, one remote edge process (plus an in-process twin); alternate blocks of steps."""
     import grpc
 
-    from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink, channel_options
+    from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink
+    from edgegan.runtime.guard import Guard
     from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
     from edgegan.runtime.roles import EdgeNode, TDGANServer
 
@@ -165,7 +169,8 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
         server = TDGANServer(cfg)
         local = (EchoEdge if echo else EdgeNode)(NODE, synthetic_data(shape))
         local.configure_tdgan(cfg.tdgan, cfg.image_shape)
-        grpc_server = grpc.aio.server(options=channel_options(cfg.max_message_bytes))
+        guard = Guard(cfg, server.metrics)  # as `edgegan cloud` serves: it authenticates every call once
+        grpc_server = grpc.aio.server(interceptors=[guard], options=guard.server_options(cfg.max_message_bytes))
         grpc_link = GrpcLink(server)
         pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, grpc_link), grpc_server)
         port = grpc_server.add_insecure_port("127.0.0.1:0")
@@ -181,6 +186,7 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
                 edge.kill()
             await grpc_server.stop(0)
             server.close()
+            guard.close()
     return link
 
 

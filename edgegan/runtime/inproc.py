@@ -10,14 +10,17 @@ import asyncio
 from typing import Sequence
 
 from edgegan.errors import FailureReason
+from edgegan.runtime.edge_host import HostedNode
 from edgegan.runtime.roles import EdgeNode, NodeFailure, TDGANServer
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest
 
 
 class InprocLink:
-    """A :class:`~edgegan.runtime.roles.FeedbackLink` over edge objects in this process."""
+    """A :class:`~edgegan.runtime.roles.FeedbackLink` over edge objects in this process: edge roles
+    (:class:`EdgeNode`, or the nodes of an :class:`~edgegan.runtime.edge_host.EdgeHost`, answered
+    together in one pass) awaited as a transport awaits them."""
 
-    def __init__(self, server: TDGANServer, edges: Sequence[EdgeNode]) -> None:
+    def __init__(self, server: TDGANServer, edges: Sequence[EdgeNode | HostedNode]) -> None:
         self.server = server
         self.edges = {e.node_id: e for e in edges}
         self.done: tuple[int, str] | None = None
@@ -28,10 +31,11 @@ class InprocLink:
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
-        out: dict[str, FeedbackReply | NodeFailure] = {}
-        for req in requests:
-            edge = self.edges.get(req.node_id)
-            out[req.node_id] = edge.feedback(req) if edge else NodeFailure(FailureReason.DISCONNECTED, "not connected")
+        gone = NodeFailure(FailureReason.DISCONNECTED, "not connected")
+        live = [r for r in requests if r.node_id in self.edges]
+        replies = await asyncio.gather(*(self.edges[r.node_id].answer(r) for r in live))
+        out: dict[str, FeedbackReply | NodeFailure] = {r.node_id: gone for r in requests}
+        out.update((r.node_id, reply) for r, reply in zip(live, replies))
         return out
 
     def drop(self, node_id: str, failure: NodeFailure) -> None:
@@ -42,7 +46,7 @@ class InprocLink:
         self.done = (step, reason)
 
 
-async def run_inproc(server: TDGANServer, edges: Sequence[EdgeNode]) -> str:
+async def run_inproc(server: TDGANServer, edges: Sequence[EdgeNode | HostedNode]) -> str:
     """Run ``server``'s configured pipeline with ``edges`` in this process until it finishes."""
     link = InprocLink(server, edges)
     return await server.run(link, asyncio.Event())
