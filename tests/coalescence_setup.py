@@ -1,4 +1,4 @@
-"""Small pre-trained source nodes shared by the issue-4 tests (built once per test session)."""
+"""Small pre-trained source nodes shared by the coalescence tests (built once per test session)."""
 
 from __future__ import annotations
 

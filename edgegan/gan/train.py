@@ -35,7 +35,7 @@ class WGANConfig:
     feature-FID ~30 in 500 steps (noise ≈ 700). ``lr: 1e-4, beta2: 0.999`` gives the paper's setting.
 
     Standard GAN practice beyond the table, chosen by a 3-seed ablation of WGAN-GP on all digits
-    at 1000 generator iterations (MLP G/D width 256; ``notes/issue-26.md``):
+    at 1000 generator iterations (MLP G/D width 256):
 
     * ``ema_decay`` 0.999: an exponential moving average of G's weights
       (:class:`WeightAverage`) is what a trainer hands on (evaluation, Stage I's G*_k, Stage
