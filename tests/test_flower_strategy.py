@@ -199,9 +199,13 @@ def test_pyproject_flower_config_is_the_task_config():
     app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {"serverapp": "edgegan.flower.server_app:app",
                                  "clientapp": "edgegan.flower.client_app:app"}
-    defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FlowerTaskConfig)}
-    assert app["config"] == defaults  # every key overridable with `flwr run --run-config`
+    defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FlowerTaskConfig) if f.name != "win_solver"}
+    flat = {k: v for k, v in app["config"].items() if not k.startswith("win-")}
+    assert flat == defaults  # every key overridable with `flwr run --run-config`
+    win_knobs = {f.name.replace("_", "-") for f in dataclasses.fields(WINConfig)}
+    assert {k[len("win-"):] for k in app["config"] if k.startswith("win-")} <= win_knobs  # win-<WINConfig field>
     cfg = settings(app["config"])
+    assert cfg.win().outer_iters == app["config"].get("win-outer-iters", WINConfig().outer_iters)
     assert cfg.num_nodes == 3 and cfg.sources() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
