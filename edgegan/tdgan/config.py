@@ -37,6 +37,10 @@ class TDGANConfig(WGANConfig):
     arch: str = arch_field(what="model family for default G / D_k")
     width: Optional[int] = field(default=None, metadata={"unit": "hidden size / base channels (None: family default)"})
     seed: int = field(default=0, metadata={"unit": "RNG seed (labels, latents, real batches, default D_k init)"})
+    exact_grouping: bool = field(default=True, metadata={
+        "unit": "a node's D_k numbers are the same bytes whichever nodes share its pass (a lone node is "
+                "computed as a pair: a one-row batched kernel sums in another order); false: a lone node "
+                "costs one row, and results differ at ~1e-8 between groupings, hosts and backends"})
 
     def validate(self, prefix: str = "") -> None:
         p = f"{prefix}." if prefix else ""

@@ -231,11 +231,12 @@ class PackedEdges:
     def _answer(self, views: RowViews, idx: list[int], draws: list[list[torch.Tensor]], seeds: list[int],
                 requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> tuple[torch.Tensor, list[list[float]]]:
         """Answer rows ``idx`` (one batch shape) in one pass and write their D_k and Adam state back.
-        A lone row is passed twice to the vectorised pass (:data:`MIN_PASS_ROWS`): a batched kernel
-        over one row sums in another order than over two or more, and a node's numbers must not
-        depend on its company."""
+        With ``cfg.exact_grouping`` a lone row is passed twice to the vectorised pass
+        (:data:`MIN_PASS_ROWS`): a batched kernel over one row sums in another order than over two
+        or more, and a node's numbers must not depend on its company."""
         K = len(idx)
-        idx = idx + idx[:1] * (MIN_PASS_ROWS - K) if self.vectorised and K < MIN_PASS_ROWS else idx
+        pad = self.vectorised and self.cfg.exact_grouping and K < MIN_PASS_ROWS
+        idx = idx + idx[:1] * (MIN_PASS_ROWS - K) if pad else idx
         L, dev, rows = self.layout, self.device, torch.tensor(idx)
         whole = idx == list(range(len(views.steps)))
 
