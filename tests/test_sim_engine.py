@@ -1,4 +1,4 @@
-"""Simulation engine, in-process backend (issue 8): schedules honoured exactly, seeded runs
+"""Simulation engine, in-process backend: schedules honoured exactly, seeded runs
 repeat, nodes leaving mid-task do not stop the run, LRU spill keeps state."""
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def test_node_crashing_mid_step_does_not_stop_the_run(tmp_path):
     assert value("edgegan_generator_steps_total") == 12
     assert value("edgegan_leaves_total") == 2 and value("edgegan_joins_total") == 11
     assert value("edgegan_feature_fid") == s.final_fid["tdgan"]
+    # one round trip per reply received (the crashed node sent none), each its worker call's own
+    assert value("edgegan_feedback_roundtrip_seconds_count") == sum(len(r["online"]) - len(r["failed"]) for r in rows)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_fid"]["tdgan"] > 0
 
 

@@ -163,8 +163,10 @@ class SimLink:
         for h, task in tasks.items():
             if task in done and task.exception() is None:
                 answers, seconds = task.result()
-                out.update((req.node_id, ans) for req, ans in zip(groups[h], answers))
-                roundtrips_s += [seconds] * len(groups[h])
+                for req, ans in zip(groups[h], answers):
+                    out[req.node_id] = ans
+                    if isinstance(ans, FeedbackReply):
+                        roundtrips_s.append(seconds)
             else:  # any failure of a worker call means the worker is gone
                 why = f"timed out after {timeout_s:g} s" if task not in done else error_line(task.exception())
                 task.cancel()
