@@ -165,8 +165,8 @@ def nwb_uvp(seed: int = 0, **overrides) -> tuple[float, dict]:
 # WIN re-measured after the damped fixed-point step and the stacked maps became the default (seeds 0-4 x
 # ATEN_CPU_CAPABILITY default/avx2, 1 thread, n = 10): default 8.92/9.83/10.39 (min/median/max), paper
 # setting on the same budget 19.9/23.0/26.5, ratio paper/default >= 2.03. Limits: WIN 1.25x over the worst
-# run, ratio 1.4 well below the worst 2.03. NWB (numerically unchanged; issue 16, n = 20):
-# 5.45/6.12/7.35, limit 1.29x over the worst run.
+# run, ratio 1.4 well below the worst 2.03. NWB (issue 16, n = 20): 5.45/6.12/7.35; after the
+# refactor re-run for seeds 0-4, default capability: 5.52/6.17/7.17 (same range); limit 1.29x over the worst.
 WIN_LIMIT, PAPER_FACTOR, NWB_LIMIT = 13.0, 1.4, 9.5
 
 
