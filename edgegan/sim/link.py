@@ -19,7 +19,7 @@ from edgegan.runtime.roles import NodeFailure, TDGANServer
 from edgegan.sim.batches import FeedbackBatch, ReplyBatch
 from edgegan.sim.pool import WorkerLost, WorkerPool, error_line
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo, stat_mean
 from edgegan.tdgan.schedule import Schedule
 
 log = logging.getLogger("edgegan.sim")
@@ -175,6 +175,7 @@ class SimLink:
         failed = sorted(k for k, v in out.items() if isinstance(v, NodeFailure))
         for node_id in failed:  # a crashed node, or one of a lost worker, may rejoin in a later window
             self._disconnect(node_id)
+        replies = [a.stats for a in out.values() if isinstance(a, FeedbackReply)]
         self.server.count_traffic(sum(r.nbytes() for r in requests),
                                   sum(a.nbytes() for a in out.values() if isinstance(a, FeedbackReply)), roundtrips_s)
         dt = time.perf_counter() - t0
@@ -182,7 +183,7 @@ class SimLink:
         self.activations += len(requests)
         self._row = {"kind": "step", "tick": tick, "step": requests[0].step if requests else self.server.step,
                      "online": sorted(r.node_id for r in requests), "failed": failed, "exchange_s": dt,
-                     **{f"{kind}_mean": _mean(out.values(), kind) for kind in ("d_loss", "g_loss")}}
+                     **{f"{kind}_mean": stat_mean(replies, kind) for kind in ("d_loss", "g_loss")}}
         self._advance(tick + 1)
         return out
 
@@ -194,7 +195,3 @@ class SimLink:
         self.done = (step, reason)
 
 
-def _mean(answers: Any, kind: str) -> float | None:
-    """Mean of reply statistic ``kind`` over the replies that carry it (None when none does)."""
-    vals = [a.stats[kind] for a in answers if isinstance(a, FeedbackReply) and kind in a.stats]
-    return sum(vals) / len(vals) if vals else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -35,6 +36,7 @@ from edgegan.tdgan.messages import (
     FeedbackRequest,
     NodeInfo,
     check_class_count,
+    stat_mean,
     validate_feedback,
 )
 
@@ -158,8 +160,7 @@ class StepStats(Mapping[str, float]):
 
     def node_mean(self, kind: str) -> float | None:
         """Mean of statistic ``kind`` over the nodes that reported it (None when none did)."""
-        vals = [s[kind] for s in self.per_node.values() if kind in s]
-        return sum(vals) / len(vals) if vals else None
+        return stat_mean(self.per_node.values(), kind)
 
 
 class TDGANCloud:
@@ -369,7 +370,7 @@ class TDGANCloud:
             loss.backward()
             self.opt.step()
             stats.update({"reminding_loss": float(remind.detach()), "g_stepped": 1.0,
-                          "digest_pi_mass": float(sum(p.pi for p, _ in accepted))})
+                          "digest_pi_mass": math.fsum(p.pi for p, _ in accepted)})
         self.step += 1
         return StepStats(stats, per_node)
 

@@ -95,6 +95,13 @@ class FeedbackReply:
         return self.grad.numel() * self.grad.element_size() + 8 * len(self.stats)
 
 
+def stat_mean(stats: Iterable[dict[str, float]], kind: str) -> float | None:
+    """Mean of statistic ``kind`` over the replies' ``stats`` that carry it (None when none does),
+    summed with :func:`math.fsum`: the same bytes in whatever order the replies arrived."""
+    vals = [s[kind] for s in stats if kind in s]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
 def validate_feedback(reply: FeedbackReply, request: FeedbackRequest, max_norm: float) -> torch.Tensor:
     """Return the checked gradient or raise :class:`FeedbackRejected` naming what is wrong.
 
