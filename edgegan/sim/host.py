@@ -25,7 +25,7 @@ from edgegan.tdgan.edge import PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 #: Virtual nodes whose feedback one vectorised pass computes (live together, above ``resident_cap`` if need be).
-FEEDBACK_GROUP = 256
+FEEDBACK_GROUP_NODES = 256
 #: Where a worker runs: ``{"ray_node": id or None, "gpu_ids": [...]}``.
 Placement = Callable[[], dict[str, Any]]
 
@@ -106,9 +106,9 @@ class NodeHost:
             self._packed = PackedEdges(cfg, nodes[0][1], self.device)
             self.spill.row_bytes = self._packed.nbytes
             words = -(-self._packed.nbytes // 8)
-            self._live = torch.zeros(self.cap + FEEDBACK_GROUP, words, dtype=torch.int64)
+            self._live = torch.zeros(self.cap + FEEDBACK_GROUP_NODES, words, dtype=torch.int64)
             self._rows = self._live.view(torch.uint8)[:, :self._packed.nbytes]
-            self._block = torch.empty(FEEDBACK_GROUP, words, dtype=torch.int64)
+            self._block = torch.empty(FEEDBACK_GROUP_NODES, words, dtype=torch.int64)
             self._free_rows = list(range(len(self._live)))[::-1]
         self._crash.update(crashes or {})
         return [NodeInfo.of(k, d) for k, d in nodes]
@@ -154,7 +154,7 @@ class NodeHost:
     def feedback(self, requests: Sequence[FeedbackRequest]) -> ReplyBatch:
         """Answer each request with its node's feedback (:meth:`~edgegan.tdgan.edge.PackedEdges.feedback`:
         the same maths as :meth:`TDGANEdge.feedback` per node, vectorised over groups of up to
-        ``FEEDBACK_GROUP`` nodes, parked back to ``resident_cap`` after each group); a node
+        ``FEEDBACK_GROUP_NODES`` nodes, parked back to ``resident_cap`` after each group); a node
         scheduled to crash at this step answers :class:`NodeFailure`
         ``disconnected`` and its state is dropped. Requests and replies travel stacked
         (:class:`FeedbackBatch`, :class:`ReplyBatch`)."""
@@ -167,14 +167,14 @@ class NodeHost:
                 out[i] = NodeFailure(FailureReason.DISCONNECTED, f"node '{node_id}' left during step {step}")
             else:
                 todo.append(i)
-        for start in range(0, len(todo), FEEDBACK_GROUP):
-            chunk = todo[start:start + FEEDBACK_GROUP]
+        for start in range(0, len(todo), FEEDBACK_GROUP_NODES):
+            chunk = todo[start:start + FEEDBACK_GROUP_NODES]
             for i, reply in zip(chunk, self._feedback_group(requests, chunk)):
                 out[i] = reply
         return ReplyBatch(out)  # type: ignore[arg-type]
 
     def _feedback_group(self, requests: FeedbackBatch, chunk: list[int]) -> list[FeedbackReply]:
-        """One vectorised pass over the nodes of requests ``chunk`` (at most ``FEEDBACK_GROUP``)."""
+        """One vectorised pass over the nodes of requests ``chunk`` (at most ``FEEDBACK_GROUP_NODES``)."""
         c, edges = self.counters, self.edges
         ids = [requests.node_ids[i] for i in chunk]
         t0 = time.perf_counter()
