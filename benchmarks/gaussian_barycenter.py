@@ -270,7 +270,8 @@ def plot(rows: list[dict], path: Path) -> None:
     labelled, starred = set(), set()
     for t in time_to_quality(rows):
         c = configs.index((t["method"], t["config"].split(",")[0]))
-        ax2.plot([p[0] for p in t["curve"]], [p[2] for p in t["curve"]], ("-", "--", ":", "-.")[dims.index(t["dim"]) % 4],
+        ax2.plot([p[1] for p in t["curve"]], [p[2] for p in t["curve"]], ("-", "--", ":", "-.")[dims.index(t["dim"]) % 4],
+                 marker="o", ms=3,
                  color=f"C{c}", alpha=0.8, label=None if c in labelled else f"{t['method']} {t['config'].split(',')[0]}")
         labelled.add(c)
         if t["target_pct"] is not None and t["dim"] not in starred:
@@ -278,9 +279,9 @@ def plot(rows: list[dict], path: Path) -> None:
             starred.add(t["dim"])
     ax2.set_xscale("log")
     ax2.set_yscale("log")
-    ax2.set_xlabel("solver wall seconds (1 thread, shared machine; scoring excluded)")
+    ax2.set_xlabel("solver CPU seconds (1 thread; wall was 3-4x this on the shared machine, see JSON)")
     ax2.set_ylabel("BW2-UVP, % (log)")
-    ax2.set_title("hard family, time to quality; line style by d (" + ", ".join(
+    ax2.set_title("hard family, time to quality (one line per run); line style by d (" + ", ".join(
         f"{('solid', 'dashed', 'dotted', 'dashdot')[i % 4]}: {d}" for i, d in enumerate(dims)) + "); ★ target", fontsize=8)
     ax2.legend(fontsize=7)
     fig.tight_layout()
