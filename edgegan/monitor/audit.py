@@ -3,8 +3,9 @@ which the cloud applied, so a run can show that no accepted feedback was lost or
 
 Off unless the environment variable ``EDGEGAN_AUDIT_DIR`` names a folder; then every process
 appends JSON lines to ``<dir>/<role>-<pid>.jsonl`` (line-buffered: a SIGKILL loses at most the
-line being written). Edges write ``{"kind": "sent", "node", "step"}`` once a reply is on the
-wire; the cloud writes ``{"kind": "resume", "step"}`` when it starts and, after each generator
+line being written). Edges write ``{"kind": "sent", "node", "step"}`` as a reply is handed to
+the stream (before the write, so a SIGKILL right after it cannot leave an applied reply
+unrecorded; a write that then fails shows as a failure in the cloud's record); the cloud writes ``{"kind": "resume", "step"}`` when it starts and, after each generator
 step, ``{"kind": "step", "step", "asked", "applied", "failed": {node: reason}}``.
 :func:`summarize` reconciles a folder.
 """

@@ -99,18 +99,20 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     last_heard = time.monotonic()
     shape = tuple(reg.image_shape)
 
-    async def send(msg: pb.EdgeMessage) -> bool:
-        """Write ``msg`` unless the stream is ending; False when it was not written. A call that
-        ended meanwhile (dropped while this node computed) is not an error here: the next read
-        reports the cloud's status and :func:`retrying` rejoins."""
+    async def send(msg: pb.EdgeMessage, step: int | None = None) -> None:
+        """Write ``msg`` unless the stream is ending (``step``: a reply, audited as sent before
+        it is handed to the call). A call that ended meanwhile (dropped while this node
+        computed) is not an error here: the next read reports the cloud's status and
+        :func:`retrying` rejoins."""
         async with lock:
             if closing.is_set() or call.done():
-                return False
+                return
+            if step is not None:
+                AUDIT.write("sent", node=node.node_id, step=step)
             try:
                 await call.write(msg)
             except asyncio.InvalidStateError:
-                return False
-            return True
+                pass
 
     async def heartbeat() -> None:
         while True:
@@ -152,9 +154,8 @@ async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
                 raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
             labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
             reply = await node.answer(FeedbackRequest(node.node_id, int(r.step), fake, labels))
-            if await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
-                                                                stats=reply.stats))):
-                AUDIT.write("sent", node=node.node_id, step=reply.step)
+            await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
+                                                             stats=reply.stats)), reply.step)
     finally:
         hb.cancel()
         call.cancel()
