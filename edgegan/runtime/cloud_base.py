@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
 import torch
 from torch import nn
 
-from edgegan.errors import FailureReason, require
+from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.eval.evaluator import EVAL_LATENT_SEED, Evaluator, GeneratorScore
 from edgegan.monitor.metrics import Metrics
 from edgegan.runtime.config import CloudConfig
@@ -123,8 +123,9 @@ class CloudServer(abc.ABC):
     def _evaluator(self) -> Evaluator:
         from edgegan.eval import evaluator_for
 
-        require(self.eval_dataset is not None, "eval_dataset", "no evaluation data set configured")
-        ev = evaluator_for(self.eval_dataset, self.cfg.data_root, self.device)  # type: ignore[arg-type]
+        if self.eval_dataset is None:
+            raise EdgeganError("eval_dataset", "no evaluation data set configured")
+        ev = evaluator_for(self.eval_dataset, self.cfg.data_root, self.device)
         require(ev.data.image_shape == tuple(self.cfg.image_shape), "eval_dataset",
                 f"'{ev.data.name}' has images {ev.data.image_shape}, the generator makes {tuple(self.cfg.image_shape)}")
         return ev

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from edgegan.data.tensordata import TensorData
-from edgegan.errors import FailureReason, require
+from edgegan.errors import EdgeganError, FailureReason, require
 from edgegan.runtime.roles import NodeFailure
 from edgegan.sim.batches import FeedbackBatch, ReplyBatch
 from edgegan.sim.spill import SpillFile
@@ -90,8 +90,9 @@ class NodeHost:
     @property
     def edges(self) -> PackedEdges:
         """The packed D_k of this worker's nodes (built with the first hosted node)."""
-        require(self._packed is not None, "nodes", f"worker {self.index} hosts no TDGAN node yet")
-        return self._packed  # type: ignore[return-value]
+        if self._packed is None:
+            raise EdgeganError("nodes", f"worker {self.index} hosts no TDGAN node yet")
+        return self._packed
 
     # ------------------------------------------------------------------ virtual TDGAN edges
     def add_tdgan_nodes(self, cfg: TDGANConfig, nodes: Sequence[tuple[str, TensorData]],
@@ -159,7 +160,7 @@ class NodeHost:
         ``disconnected`` and its state is dropped. Requests and replies travel stacked
         (:class:`FeedbackBatch`, :class:`ReplyBatch`)."""
         requests = FeedbackBatch.of(requests).to(self.device)
-        out: list[FeedbackReply | NodeFailure | None] = [None] * len(requests)
+        out: dict[int, FeedbackReply | NodeFailure] = {}  # request index -> its answer
         todo = []
         for i, (node_id, step) in enumerate(zip(requests.node_ids, requests.steps)):
             if self._crash.get(node_id) == step:
@@ -171,7 +172,7 @@ class NodeHost:
             chunk = todo[start:start + FEEDBACK_GROUP_NODES]
             for i, reply in zip(chunk, self._feedback_group(requests, chunk)):
                 out[i] = reply
-        return ReplyBatch(out)  # type: ignore[arg-type]
+        return ReplyBatch([out[i] for i in range(len(requests))])
 
     def _feedback_group(self, requests: FeedbackBatch, chunk: list[int]) -> list[FeedbackReply]:
         """One vectorised pass over the nodes of requests ``chunk`` (at most ``FEEDBACK_GROUP_NODES``)."""
