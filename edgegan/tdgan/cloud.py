@@ -119,7 +119,10 @@ def per_node_batch_norm(model: nn.Module, groups: int) -> Iterator[nn.Module]:
     for parent, name, bn in swapped:
         setattr(parent, name, GroupedBatchNorm(bn, groups))
     try:
-        yield GroupedBatchNorm(model, groups) if grouped(model) else model  # type: ignore[arg-type]
+        if isinstance(model, BATCH_NORMS) and grouped(model):
+            yield GroupedBatchNorm(model, groups)
+        else:
+            yield model
     finally:
         for parent, name, bn in swapped:
             setattr(parent, name, bn)
