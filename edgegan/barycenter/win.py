@@ -88,15 +88,16 @@ class WINConfig(W2SolverConfig):
     def paper(cls, **overrides: Any) -> "WINConfig":
         """Seed 004's setting: raw inputs, lr_g 1e-4 constant, K_v every iteration, batch 1024
         per input, 50 outer iterations, no early stop."""
-        return dataclasses.replace(cls.legacy(), centre=False, rescale=False, lr_g=1e-4, lr_g_decay=1.0, **overrides)
+        return dataclasses.replace(cls.legacy(), **{"centre": False, "rescale": False, "lr_g": 1e-4, "lr_g_decay": 1.0,
+                                                     **overrides})
 
     @classmethod
     def legacy(cls, **overrides: Any) -> "WINConfig":
         """The default before the stopping rule and the schedule knobs: standardised inputs and
         lr_g 1e-3·0.85^t, otherwise the paper's schedule (K_v every iteration, batch 1024 per
         input, 50 outer iterations, no early stop)."""
-        return cls(k_t=10, k_v_warm=0, batch_size=1024, batch_growth=1.0, shared_batch=False, fp_step_decay=1.0, window=0,
-                   **overrides)
+        return cls(**{"k_t": 10, "k_v_warm": 0, "batch_size": 1024, "batch_growth": 1.0, "shared_batch": False,
+                      "fp_step_decay": 1.0, "window": 0, **overrides})
 
     def batch_at(self, t: int) -> int:
         """Mini-batch of outer iteration t (0-based)."""
