@@ -47,7 +47,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(folder: str | Path) -> dict[str, Any]:
+def summarize(folder: str | Path, since_step: int = 0) -> dict[str, Any]:
     """Reconcile the edges' ``sent`` records with the cloud's applied ones, keyed by (node, step).
 
     Cloud processes are taken in start order; when one resumes from a checkpoint at step r, the
@@ -57,7 +57,8 @@ def summarize(folder: str | Path) -> dict[str, Any]:
     a step the cloud settled, asked of that node, neither applied nor recorded as failed
     (timeout, disconnect, refusal); ``failed``: asked, not applied, with a recorded failure;
     ``unsettled``: sent for a step no surviving cloud record settles (the cloud died mid-step);
-    ``phantom``: applied although no edge recorded sending it.
+    ``phantom``: applied although no edge recorded sending it; ``failures_by_node``: steps
+    ≥ ``since_step`` in which each node was asked but failed.
     """
     folder = Path(folder)
     clouds = sorted((_read(p) for p in folder.glob("cloud-*.jsonl")), key=lambda r: r[0]["t"] if r else 0.0)
@@ -94,4 +95,4 @@ def summarize(folder: str | Path) -> dict[str, Any]:
             "sent_twice": sum(c - 1 for c in sent.values() if c > 1),
             "lost": lost, "failed": failed, "unsettled": unsettled, "rolled_back": rolled_back,
             "phantom": sum(1 for k in applied if k not in sent),
-            "failures_by_node": dict(Counter(n for r in steps.values() for n in r["failed"]))}
+            "failures_by_node": dict(Counter(n for k, r in steps.items() if k >= since_step for n in r["failed"]))}
