@@ -124,10 +124,7 @@ def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, bar)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from edgegan.plotting import plt
 
     plt.imsave(out.with_suffix(".png"), bar, cmap="magma")
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -64,7 +64,7 @@ __all__ = ["CloudServer", "CoalesceServer", "EdgeNode", "FeedbackLink", "NodeFai
            "config_json", "resolve_eval_dataset"]
 
 log = logging.getLogger("edgegan.runtime")
-HISTORY_KEPT = 1000  # per-step stats kept (and checkpointed) by the cloud
+HISTORY_KEPT_STEPS = 1000  # steps whose stats the cloud keeps (and checkpoints)
 
 
 class TDGANServer(CloudServer):
@@ -83,7 +83,7 @@ class TDGANServer(CloudServer):
         self._connected: set[str] = set()
         self._events: list[tuple[str, str]] = []
         self.resumed_step: int | None = None
-        self.history: list[dict[str, float]] = []  # each step's scalar stats, the last HISTORY_KEPT
+        self.history: list[dict[str, float]] = []  # each step's scalar stats, the last HISTORY_KEPT_STEPS
         self.last_losses: dict[str, float] = {}  # mean over the nodes (d_loss, g_loss) and reminding, last step
         self.audit = AuditLog("cloud")
         self._resume()
@@ -205,7 +205,7 @@ class TDGANServer(CloudServer):
 
     def _record(self, stats: StepStats) -> None:
         self.history.append(dict(stats))
-        del self.history[:-HISTORY_KEPT]  # checkpoints stay small on long runs
+        del self.history[:-HISTORY_KEPT_STEPS]  # checkpoints stay small on long runs
         self.metrics.generator_step.set(self.tdgan.step)
         if stats.get("g_stepped"):
             self.metrics.generator_steps.inc()

@@ -155,10 +155,7 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- plots
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from edgegan.plotting import plt
 
     return plt
 
