@@ -5,6 +5,7 @@ local discriminator (seed 003), pre-trains and uploads (seed 000 Stage I) and ad
 
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
 import torch
@@ -67,8 +68,9 @@ class EdgeNode:
         return reply
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:
-        """:meth:`feedback` for a transport's event loop (one node: computed in place)."""
-        return self.feedback(req)
+        """:meth:`feedback` for a transport's event loop, computed on a worker thread so that the
+        loop keeps the stream's heartbeats going while D_k steps."""
+        return await asyncio.to_thread(self.feedback, req)
 
     def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
         """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""

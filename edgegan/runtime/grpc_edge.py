@@ -90,75 +90,97 @@ async def register(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnecti
     return await stub.Register(req, metadata=conn.metadata(node.node_id), timeout=30)
 
 
-async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnection,
-                   reg: pb.RegisterReply) -> pb.Done:
-    """One Session stream: answer requests, heartbeat, watch the cloud's liveness."""
-    call = stub.Session(metadata=conn.metadata(node.node_id))
-    lock = asyncio.Lock()
-    closing = asyncio.Event()  # the cloud sent Closing: write nothing more
-    last_heard = time.monotonic()
-    shape = tuple(reg.image_shape)
+class _Stream:
+    """One Session stream of one node: answer requests, heartbeat, watch the cloud's liveness.
+    While the node computes a reply it is busy, not deaf: the liveness check waits for it."""
 
-    async def send(msg: pb.EdgeMessage, step: int | None = None) -> None:
-        """Write ``msg`` unless the stream is ending (``step``: a reply, audited as sent before
-        it is handed to the call). A call that ended meanwhile (dropped while this node
-        computed) is not an error here: the next read reports the cloud's status and
-        :func:`retrying` rejoins."""
-        async with lock:
-            if closing.is_set() or call.done():
+    def __init__(self, stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnection,
+                 reg: pb.RegisterReply) -> None:
+        self.call = stub.Session(metadata=conn.metadata(node.node_id))
+        self.node, self.reg = node, reg
+        self.lock = asyncio.Lock()
+        self.closing = asyncio.Event()  # the cloud sent Closing: write nothing more
+        self.last_heard = time.monotonic()
+        self.busy = False
+
+    async def send(self, msg: pb.EdgeMessage, step: int | None = None) -> None:
+        """Write ``msg`` unless the stream is ending (``step``: a reply, audited as sent before it is
+        handed to the call). A call that ended meanwhile (dropped while this node computed) is not
+        an error here: the next read reports the cloud's status and :func:`retrying` rejoins."""
+        async with self.lock:
+            if self.closing.is_set() or self.call.done():
                 return
             if step is not None:
-                AUDIT.write("sent", node=node.node_id, step=step)
+                AUDIT.write("sent", node=self.node.node_id, step=step)
             try:
-                await call.write(msg)
+                await self.call.write(msg)
             except asyncio.InvalidStateError:
                 pass
 
-    async def heartbeat() -> None:
+    async def heartbeat(self) -> None:
+        reg = self.reg
         while True:
             await asyncio.sleep(reg.heartbeat_interval_s)
             try:
-                await send(pb.EdgeMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
+                await self.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 return  # the call is over; the reading loop reports why
-            if time.monotonic() - last_heard > reg.heartbeat_timeout_s:
-                log.warning("cloud silent for %.1f s: reconnecting", time.monotonic() - last_heard)
-                call.cancel()
+            silent = time.monotonic() - self.last_heard
+            if not self.busy and silent > reg.heartbeat_timeout_s:
+                log.warning("cloud silent for %.1f s: reconnecting", silent)
+                self.call.cancel()
                 return
 
-    hb = asyncio.ensure_future(heartbeat())
-    try:
-        while True:
-            try:
-                msg = await call.read()
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # we are being cancelled, not the call
-                raise CloudGone("stream cancelled (missed heartbeats)") from None
-            if msg is grpc.aio.EOF:
-                raise CloudGone("stream ended")
-            last_heard = time.monotonic()
-            kind = msg.WhichOneof("kind")
-            if kind == "done":
-                return msg.done
-            if kind == "closing":
-                await _half_close(call, lock, closing, msg.closing)
-                continue
-            if kind != "request":
-                continue
-            r = msg.request
-            fake = decode_tensor(r.fake, "fake", dtype="float32", max_elements=reg.max_message_bytes // 4,
-                                 finite=True)
-            if tuple(fake.shape[1:]) != shape:
-                raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
-            labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
-            reply = await node.answer(FeedbackRequest(node.node_id, int(r.step), fake, labels))
-            await send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
-                                                             stats=reply.stats)), reply.step)
-    finally:
-        hb.cancel()
-        call.cancel()
+    async def answer(self, r: pb.FeedbackRequest) -> None:
+        """Decode a fake batch, compute this node's feedback (the edge role's ``answer``), reply."""
+        shape = tuple(self.reg.image_shape)
+        fake = decode_tensor(r.fake, "fake", dtype="float32", max_elements=self.reg.max_message_bytes // 4,
+                             finite=True)
+        if tuple(fake.shape[1:]) != shape:
+            raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
+        labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
+        self.busy = True
+        try:
+            reply = await self.node.answer(FeedbackRequest(self.node.node_id, int(r.step), fake, labels))
+        finally:
+            self.busy, self.last_heard = False, time.monotonic()
+        await self.send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
+                                                              stats=reply.stats)), reply.step)
+
+    async def read(self) -> pb.CloudMessage:
+        try:
+            msg = await self.call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled, not the call
+            raise CloudGone("stream cancelled (missed heartbeats)") from None
+        if msg is grpc.aio.EOF:
+            raise CloudGone("stream ended")
+        self.last_heard = time.monotonic()
+        return msg
+
+    async def run(self) -> pb.Done:
+        hb = asyncio.ensure_future(self.heartbeat())
+        try:
+            while True:
+                msg = await self.read()
+                kind = msg.WhichOneof("kind")
+                if kind == "done":
+                    return msg.done
+                if kind == "closing":
+                    await _half_close(self.call, self.lock, self.closing, msg.closing)
+                elif kind == "request":
+                    await self.answer(msg.request)
+        finally:
+            hb.cancel()
+            self.call.cancel()
+
+
+async def _session(stub: pb_grpc.EdgeGANStub, node: EdgeNode, conn: EdgeConnection,
+                   reg: pb.RegisterReply) -> pb.Done:
+    """One Session stream (:class:`_Stream`) until the run is done."""
+    return await _Stream(stub, node, conn, reg).run()
 
 
 async def _half_close(call: grpc.aio.StreamStreamCall, lock: asyncio.Lock, closing: asyncio.Event,
