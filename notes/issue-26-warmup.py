@@ -2,7 +2,7 @@
 (cached, full preset), Stage I with ``critic_warmup`` 0 and N; Stage I scored against the whole
 set with its class shares.
 
-    OMP_NUM_THREADS=1 .venv/bin/python notes/issue-26-warmup.py OUT.json N [N ...]
+    OMP_NUM_THREADS=1 .venv/bin/python notes/issue-26-warmup.py OUT.json SEEDS WARMUPS  (e.g. 0,1,2 0,500)
 """
 import dataclasses
 import json
@@ -21,11 +21,11 @@ from edgegan.eval.classifier import cache_dir  # noqa: E402
 from edgegan.gan import WGANConfig  # noqa: E402
 
 torch.set_num_threads(1)
-out, warmups = sys.argv[1], [0] + [int(a) for a in sys.argv[2:]]
+out, seeds, warmups = sys.argv[1], [int(a) for a in sys.argv[2].split(",")], [int(a) for a in sys.argv[3].split(",")]
 st, case = PRESETS["full"], CASES["overlapping"]
 data, ev, cfg = load_digits(), evaluator_for("digits"), WGANConfig()
 res = {}
-for seed in (0, 1, 2):
+for seed in seeds:
     sources, _ = digits_split(data, case["sources"], case["target"], 100, seed)
     gens, crits = cached_sources([s.x for s in sources], st["pretrain_steps"], cfg, seed, "cpu",
                                  cache_dir() / "benchmarks")
