@@ -7,6 +7,7 @@ depends on timing; they train with the cloud's ``training`` settings."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from edgegan.checkpoint import load_checkpoint
+from edgegan.config import from_dict
+from edgegan.gan.train import WGANConfig
 from edgegan.config import load_yaml
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.roles import CoalesceServer
@@ -41,7 +44,8 @@ def test_coalescence_end_to_end_over_grpc(tmp_path: Path) -> None:
         cloud_ready(procs, cloud)
         assert procs.wait(source, 120) == 0, procs.log(source)[-2000:]
         assert procs.wait(target, 120) == 0, procs.log(target)[-2000:]
-        assert json.loads((tmp_path / "e1" / "edge.json").read_text())["training"] == training
+        sent = dataclasses.asdict(from_dict(WGANConfig, training, "training"))  # the cloud's settings, defaults filled
+        assert json.loads((tmp_path / "e1" / "edge.json").read_text())["training"] == sent
 
         ckpt = tmp_path / "ckpt"
         assert sorted(p.name for p in (ckpt / "uploads").iterdir()) == ["e0.bundle", "e1.bundle"]
