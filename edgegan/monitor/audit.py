@@ -1,4 +1,4 @@
-"""A feedback audit log for fault tests and soaks (issue 24): who sent which step's feedback and
+"""A feedback audit log for fault tests and soaks: who sent which step's feedback and
 which the cloud applied, so a run can show that no accepted feedback was lost or applied twice.
 
 Off unless the environment variable ``EDGEGAN_AUDIT_DIR`` names a folder; then every process

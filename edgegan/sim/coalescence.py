@@ -23,6 +23,7 @@ from edgegan.data import TensorData, load_dataset
 from edgegan.checkpoint import pack_model, unpack_model
 from edgegan.errors import require
 from edgegan.eval import GeneratorScore, evaluator_for
+from edgegan.eval.evaluator import EVAL_LATENT_SEED
 from edgegan.nn import Generator
 from edgegan.sim.availability import Availability
 from edgegan.sim.context import RunContext, availability_for
@@ -31,7 +32,6 @@ from edgegan.sim.verdicts import class_population, population_share
 
 log = logging.getLogger("edgegan.sim")
 
-EVAL_SEED = 1234  # added to the scenario seed: the fixed latent every score is drawn from
 
 
 @dataclass
@@ -106,7 +106,7 @@ class _Uploads:
 
 def _score(G: Generator, sc: Scenario, device: torch.device | str) -> GeneratorScore:
     ev = evaluator_for(sc.data.dataset, sc.data.data_root, device)
-    return ev.score(G, sc.target.classes, sc.evaluation.samples, seed=sc.seed + EVAL_SEED)
+    return ev.score(G, sc.target.classes, sc.evaluation.samples, seed=sc.seed + EVAL_LATENT_SEED)
 
 
 # ---------------------------------------------------------------------- jobs (run on a pool worker)
