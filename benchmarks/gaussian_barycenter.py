@@ -279,7 +279,7 @@ def plot(rows: list[dict], path: Path) -> None:
             starred.add(t["dim"])
     ax2.set_xscale("log")
     ax2.set_yscale("log")
-    ax2.set_xlabel("solver CPU seconds (1 thread; wall was 3-4x this on the shared machine, see JSON)")
+    ax2.set_xlabel("solver CPU seconds (1 thread, scoring excluded; wall seconds and load average are in the JSON)")
     ax2.set_ylabel("BW2-UVP, % (log)")
     ax2.set_title("hard family, time to quality (one line per run); line style by d (" + ", ".join(
         f"{('solid', 'dashed', 'dotted', 'dashdot')[i % 4]}: {d}" for i, d in enumerate(dims)) + "); ★ target", fontsize=8)
