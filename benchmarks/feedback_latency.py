@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import subprocess
@@ -35,8 +34,10 @@ from typing import Sequence
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
+from _common import write_json  # noqa: E402
 import torch  # noqa: E402
 
 CASES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar": (3, 32, 32)}
@@ -241,9 +242,7 @@ def main() -> int:
                                         "warmup": warmup, "block": args.block, "edges": 1, "torch_threads": 1,
                                         "cpu_count": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())}}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

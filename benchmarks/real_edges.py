@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -32,8 +31,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
+from _common import write_json  # noqa: E402
 import torch  # noqa: E402
 
 BATCH, WIDTH, SAMPLES = 64, 128, 32
@@ -220,9 +221,7 @@ def main() -> int:
                                        "torch_threads": 1, "cpu_count": os.cpu_count(),
                                        "loadavg_at_end": list(os.getloadavg())}}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

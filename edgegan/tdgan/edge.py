@@ -202,7 +202,7 @@ class PackedEdges:
     def _check(self, nodes: Sequence[Node], requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> None:
         """:func:`check_request` for every node, as whole-group tensor checks (each node's own check,
         for its one-line error, only where a group check fails)."""
-        r0, C = requests[0], self.num_classes
+        C = self.num_classes
         ok = (all(r.fake.dtype == torch.float32 and tuple(r.fake.shape[1:]) == self.image_shape
                   and r.node_id == k and r.labels.dtype == torch.int64 and r.labels.shape == r.fake.shape[:1]
                   and len(r.labels) >= 1 for (k, _, _), r in zip(nodes, requests)))
