@@ -87,7 +87,10 @@ class EdgeHost:
         loop = asyncio.get_running_loop()
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            answers = await loop.run_in_executor(self._compute, self._pass, [r for r, _ in batch])
+            try:
+                answers = await loop.run_in_executor(self._compute, self._pass, [r for r, _ in batch])
+            except Exception as e:  # an unexpected failure of the pass fails its waiters, never hangs them
+                answers = [e] * len(batch)
             for (req, fut), ans in zip(batch, answers):
                 if fut.done():
                     continue
