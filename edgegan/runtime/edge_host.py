@@ -21,6 +21,7 @@ import torch
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, require
 from edgegan.monitor.metrics import Metrics
+from edgegan.runtime.edge_node import record_feedback
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -98,7 +99,7 @@ class EdgeHost:
                     fut.set_exception(ans)
                 else:
                     fut.set_result(ans)
-                    self._count(req, ans)
+                    record_feedback(self.metrics, req, ans)
 
     def _pass(self, requests: list[FeedbackRequest]) -> list[FeedbackReply | BaseException]:
         """One vectorised pass over ``requests`` (one per node); where the group is refused,
@@ -123,12 +124,6 @@ class EdgeHost:
         for k, row in zip(ids, block):
             self.rows[k] = row
         return replies
-
-    def _count(self, req: FeedbackRequest, reply: FeedbackReply) -> None:
-        m = self.metrics
-        m.bytes_received.inc(req.nbytes())
-        m.bytes_sent.inc(reply.nbytes())
-        m.generator_step.set(req.step)
 
     def close(self) -> None:
         self._compute.shutdown(wait=False)

@@ -21,6 +21,16 @@ from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 
+def record_feedback(m: Metrics, req: FeedbackRequest, reply: FeedbackReply) -> None:
+    """An edge's metrics for one answered request: bytes both ways, the step, the last losses."""
+    m.bytes_received.inc(req.nbytes())
+    m.bytes_sent.inc(reply.nbytes())
+    m.generator_step.set(req.step)
+    for kind in ("d_loss", "g_loss"):
+        if kind in reply.stats:
+            m.loss.labels(kind).set(reply.stats[kind])
+
+
 class EdgeNode:
     """The edge role: private data, TDGAN local discriminator, Stage I pre-training, Stage II adaptation.
 
@@ -58,13 +68,7 @@ class EdgeNode:
         require(self._tdgan is not None, "tdgan", "feedback before configure_tdgan")
         assert self._tdgan is not None
         reply = self._tdgan.feedback(req)
-        m = self.metrics
-        m.bytes_received.inc(req.nbytes())
-        m.bytes_sent.inc(reply.nbytes())
-        m.generator_step.set(req.step)
-        for kind in ("d_loss", "g_loss"):
-            if kind in reply.stats:
-                m.loss.labels(kind).set(reply.stats[kind])
+        record_feedback(self.metrics, req, reply)
         return reply
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:

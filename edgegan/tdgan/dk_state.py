@@ -75,9 +75,6 @@ class DkLayout:
         """Requests served per row (K,) int64 (a copy)."""
         return self.views(block).served.clone().view(torch.int64).flatten()
 
-    def set_served(self, block: torch.Tensor, served: torch.Tensor) -> None:
-        self.views(block).served.copy_(served.reshape(-1, 1).view(torch.uint8))
-
 
 class DkInit:
     """D_k under a seed exactly as ``build_gan(cfg.arch, …)`` draws it there (G's parameters first,

@@ -282,7 +282,7 @@ class PackedEdges:
             feedback = feedback.to(requests[idx[0]].fake.device, torch.float32)
             for j, k in enumerate(idx):
                 replies[k] = FeedbackReply(nodes[k][0], requests[k].step, feedback[j], dict(zip(STATS, stats[j])))
-        self.layout.set_served(block, self.layout.served(block) + 1)
+        views.served.copy_((views.served.clone().view(torch.int64) + 1).view(torch.uint8))
         return replies  # type: ignore[return-value]
 
 
