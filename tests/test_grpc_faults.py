@@ -11,7 +11,9 @@ import json
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -205,20 +207,27 @@ def cfg_port(cfg: Path) -> int:
     return int(yaml.safe_load(cfg.read_text())["listen"].rpartition(":")[2])
 
 
+@contextmanager
+def proxied_cloud(procs: Procs, tmp_path: Path, seed: int, **cfg) -> Iterator[tuple]:
+    """A cloud and 4 nodes (one pack) reaching it through a :class:`netlab.Proxy`, warmed up:
+    (cloud process, metrics port, proxy, packs)."""
+    config = cloud_config(tmp_path, 4, listen=f"127.0.0.1:{free_port()}", start_nodes=4, feedback_timeout_s=5.0,
+                          **cfg)
+    cloud = launch_cloud(procs, config)
+    with netlab.Proxy(("127.0.0.1", cfg_port(config)), seed=seed) as proxy:
+        packs = [pack(procs, None, f"127.0.0.1:{proxy.port}", range(0, 4))]
+        _, mport = cloud_ready(procs, cloud)
+        warm_up(procs, cloud, mport, 4, steps=10)
+        yield cloud, mport, proxy, packs
+
+
 # ---------------------------------------------------------------- slow link
 DELAY_S, JITTER_S, BYTES_PER_S = 0.050, 0.020, 1e6
 
 
 def test_slow_thin_link_finishes_drops_nobody_and_step_time_grows_by_the_latency(procs: Procs, tmp_path: Path) -> None:
     steps, phase_steps = 120, 10
-    cfg = cloud_config(tmp_path, 4, listen=f"127.0.0.1:{free_port()}", start_nodes=4, steps=steps,
-                       feedback_timeout_s=5.0)
-    cloud = launch_cloud(procs, cfg)
-    with netlab.Proxy(("127.0.0.1", cfg_port(cfg)), seed=1) as proxy:
-        target = f"127.0.0.1:{proxy.port}"
-        packs = [pack(procs, None, target, range(0, 4))]
-        _, mport = cloud_ready(procs, cloud)
-        warm_up(procs, cloud, mport, 4, steps=10)
+    with proxied_cloud(procs, tmp_path, seed=1, steps=steps) as (cloud, mport, proxy, packs):
         leaves = scrape(mport)["edgegan_leaves_total"]
         # direct and slow phases alternate (fast, slow, fast, slow; phase_steps steps each) so the
         # load other jobs put on the machine drifts under both alike
@@ -264,13 +273,7 @@ RESET_EVERY_S = 10.0
 def test_connection_resets_cost_at_most_one_step_and_feedback_is_applied_exactly_once(
         procs: Procs, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(AUDIT_ENV, str(tmp_path / "audit"))
-    cfg = cloud_config(tmp_path, 4, listen=f"127.0.0.1:{free_port()}", start_nodes=4, feedback_timeout_s=5.0)
-    cloud = launch_cloud(procs, cfg)
-    with netlab.Proxy(("127.0.0.1", cfg_port(cfg)), seed=2) as proxy:
-        target = f"127.0.0.1:{proxy.port}"
-        packs = [pack(procs, None, target, range(0, 4))]
-        _, mport = cloud_ready(procs, cloud)
-        warm_up(procs, cloud, mport, 4, steps=10)
+    with proxied_cloud(procs, tmp_path, seed=2) as (cloud, mport, proxy, _):
         first = int(step(mport))  # failures before this are the start-up churn (see warm_up)
         proxy.reset_every_s = RESET_EVERY_S
         rejoins = []
