@@ -55,3 +55,8 @@ class Refused(EdgeganError):
                  reason: FailureReason = FailureReason.MALFORMED) -> None:
         super().__init__(field, problem, fix)
         self.reason = reason
+
+
+class NodeCrashed(Exception):
+    """A node crashes on purpose (a scenario's ``crashes``): it loses its state and its stream ends
+    abruptly; the transport then rejoins it like a restarted node."""

@@ -3,8 +3,6 @@ health polling, Prometheus scraping and throw-away TLS certificates."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import re
@@ -19,6 +17,8 @@ from typing import Any
 
 import grpc
 import yaml
+
+from edgegan.runtime.pki import make_certs  # noqa: F401  (the tests' throw-away TLS)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,49 +170,3 @@ def wait_metric(procs: Procs, cloud: subprocess.Popen, metrics_port: int, name: 
             return v
         assert time.monotonic() < deadline, f"{name} = {v} < {at_least} after {timeout} s"
         time.sleep(0.1)
-
-
-def make_certs(folder: Path, client_names: tuple[str, ...] = ()) -> dict[str, Path]:
-    """A throw-away CA, a server certificate for 127.0.0.1/localhost and client certificates."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write_key(key, path: Path) -> Path:
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        return path
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("edgegan test CA")).issuer_name(name("edgegan test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": folder / "ca.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(cn: str, server: bool) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=1)))
-        if server:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        paths[f"{cn}.cert"] = folder / f"{cn}.cert.pem"
-        paths[f"{cn}.cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{cn}.key"] = write_key(key, folder / f"{cn}.key.pem")
-
-    leaf("server", True)
-    for cn in client_names:
-        leaf(cn, False)
-    return paths

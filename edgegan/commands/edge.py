@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-classes", default=None,
                    help="hosted nodes: classes per node, ';' between nodes, e.g. '0,1,2;3,4' [default: a "
                         "disjoint random share of the --classes samples each]")
+    p.add_argument("--node-data", default=None,
+                   help="hosted nodes: torch file node id → partition (edgegan.data.save_partitions; "
+                        "`edgegan simulate --backend grpc` writes one per host) [default: --node-classes]")
+    p.add_argument("--crash-at", default=None,
+                   help="simulation: 'ID:STEP,…' — that node loses its D_k and its stream is cut when the cloud "
+                        "asks it for generator step STEP; it rejoins with a fresh D_k")
+    p.add_argument("--die-at-step", type=int, default=None,
+                   help="simulation: SIGKILL this whole process when a hosted node is asked for this step")
     p.add_argument("--token", default=None, help="bearer token [default: $EDGEGAN_TOKEN]")
     p.add_argument("--token-file", default=None, help="read the bearer token from this file")
     p.add_argument("--tokens", default=None,
@@ -123,8 +131,14 @@ def _tokens(args: argparse.Namespace, ids: list[str]) -> dict[str, str]:
 
 def _hosted_data(args: argparse.Namespace, ids: list[str]) -> dict:
     """Each hosted node's partition: its --node-classes group, or a disjoint random share."""
-    from edgegan.data import load_dataset, partition_by_classes, partition_by_count
+    from edgegan.data import load_dataset, load_partitions, partition_by_classes, partition_by_count
 
+    if args.node_data:
+        table = load_partitions(args.node_data)
+        missing = [k for k in ids if k not in table]
+        require(not missing, "node_data", f"'{args.node_data}' holds no partition for {missing}",
+                "write one partition per hosted node")
+        return {k: table[k] for k in ids}
     if len(ids) == 1 and not args.node_classes:
         return {ids[0]: _local_data(args)}
     if args.node_classes:
@@ -139,6 +153,18 @@ def _hosted_data(args: argparse.Namespace, ids: list[str]) -> dict:
         each = args.max_samples or len(pool) // len(ids)
         parts = partition_by_count(pool, [each] * len(ids), seed=args.seed)
     return dict(zip(ids, parts))
+
+
+def _crash_at(args: argparse.Namespace) -> dict[str, int]:
+    """``--crash-at 'ID:STEP,…'`` as node id → step."""
+    out: dict[str, int] = {}
+    for item in (args.crash_at or "").split(","):
+        if item.strip():
+            node_id, _, step = item.strip().rpartition(":")
+            require(bool(node_id) and step.isdigit(), "crash_at", f"expected ID:STEP, got {item.strip()!r}",
+                    "e.g. --crash-at edge-3:40,edge-5:90")
+            out[node_id] = int(step)
+    return out
 
 
 def _no_cap(args: argparse.Namespace) -> argparse.Namespace:
@@ -206,7 +232,7 @@ async def _host(args: argparse.Namespace, ids: list[str], device, metrics) -> di
     from edgegan.runtime.grpc_edge import run_tdgan_edge
 
     tokens = _tokens(args, ids)
-    host = EdgeHost(_hosted_data(args, ids), device, metrics)
+    host = EdgeHost(_hosted_data(args, ids), device, metrics, _crash_at(args), args.die_at_step)
     log.info("hosting %d node(s): %s", len(ids), ", ".join(ids[:8]) + (" …" if len(ids) > 8 else ""))
 
     async def node_run(k: str):

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", default="quickstart", help="built-in name (see `edgegan scenarios`) or YAML path "
                    "[default: quickstart]")
     p.add_argument("--out", default=None, help="run folder [default: runs/<scenario name>]")
-    p.add_argument("--backend", choices=["ray", "inproc"], default=None, help="override engine.backend")
+    p.add_argument("--backend", choices=["ray", "inproc", "grpc"], default=None, help="override engine.backend")
     p.add_argument("--workers", type=int, default=None, help="pool actors (0: sized by the machine)")
     p.add_argument("--ray-address", default=None,
                    help="join an existing Ray cluster (auto, host:port, ray://host:port)")

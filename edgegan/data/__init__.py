@@ -9,6 +9,7 @@ from edgegan.data.partition import (
     partition_dirichlet,
 )
 from edgegan.data.registry import DATASETS, TensorData, load_dataset
+from edgegan.data.tensordata import load_partitions, save_partitions
 from edgegan.data.synthetic import (
     gaussian_sampler,
     grid25_sampler,
@@ -18,6 +19,6 @@ from edgegan.data.synthetic import (
 
 __all__ = [
     "DATASETS", "TensorData", "gaussian_sampler", "grid25_sampler", "label_histogram",
-    "load_dataset", "load_digits", "partition_by_classes", "partition_by_count",
-    "partition_dirichlet", "random_spd", "ring8_sampler",
+    "load_dataset", "load_digits", "load_partitions", "partition_by_classes", "partition_by_count",
+    "partition_dirichlet", "random_spd", "ring8_sampler", "save_partitions",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -36,3 +37,22 @@ class TensorData:
             return self.x[idx]
 
         return sample
+
+
+def save_partitions(path: str | Path, parts: dict[str, TensorData]) -> None:
+    """Write each node's partition (node id → :class:`TensorData`) to one torch file, the
+    ``--node-data`` of ``edgegan edge`` (tensors and plain values only: loads with ``weights_only``)."""
+    torch.save({k: {"name": d.name, "x": d.x, "y": d.y, "num_classes": d.num_classes} for k, d in parts.items()},
+               path)
+
+
+def load_partitions(path: str | Path) -> dict[str, TensorData]:
+    """The partitions :func:`save_partitions` wrote."""
+    from edgegan.errors import EdgeganError
+
+    try:
+        table = torch.load(path, weights_only=True)
+        return {str(k): TensorData(str(v["name"]), v["x"], v["y"], int(v["num_classes"])) for k, v in table.items()}
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise EdgeganError("node_data", f"'{path}' is not a partitions file ({type(e).__name__}: {e})",
+                           "write it with edgegan.data.save_partitions") from None

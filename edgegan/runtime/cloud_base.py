@@ -31,6 +31,17 @@ _STATUS = {FailureReason.TIMEOUT: "DEADLINE_EXCEEDED", FailureReason.DISCONNECTE
            FailureReason.WORKER_LOST: "UNAVAILABLE"}
 
 
+def score_generator(G: nn.Module, nodes: Iterable[NodeInfo], evaluator: Evaluator, samples_per_class: int,
+                    num_classes: int, seed: int = EVAL_LATENT_SEED) -> tuple[list[int], GeneratorScore]:
+    """Score ``G`` (:meth:`edgegan.eval.Evaluator.score`) on every class one of ``nodes`` holds (the
+    whole data set when none does), ``samples_per_class`` conditional samples each; returns
+    (those classes, the score)."""
+    classes = sorted({c for i in nodes for c, n in enumerate(i.label_histogram) if n > 0})
+    s = evaluator.score(G, classes or None, n=samples_per_class * num_classes, seed=seed,
+                        samples_per_class=samples_per_class)
+    return classes, s
+
+
 @dataclass(frozen=True)
 class NodeFailure:
     """Why a node gave no usable reply: a typed ``reason`` and a human ``detail`` (for logs only)."""
@@ -113,10 +124,8 @@ class CloudServer(abc.ABC):
         """Score ``G`` (:meth:`edgegan.eval.Evaluator.score`) on every class one of ``nodes`` holds (the
         whole data set when none does) and set ``edgegan_feature_fid``; returns (those classes, the
         score). The cloud's evaluator and ``eval_samples_per_class`` unless given."""
-        per_class = samples_per_class or self.cfg.eval_samples_per_class
-        classes = sorted({c for i in nodes for c, n in enumerate(i.label_histogram) if n > 0})
-        s = (evaluator or self._evaluator()).score(G, classes or None, n=per_class * self.cfg.num_classes, seed=seed,
-                                                   samples_per_class=per_class)
+        classes, s = score_generator(G, nodes, evaluator or self._evaluator(),
+                                     samples_per_class or self.cfg.eval_samples_per_class, self.cfg.num_classes, seed)
         self.metrics.feature_fid.set(s.fid_target if s.fid_target is not None else s.fid_whole)
         return classes, s
 

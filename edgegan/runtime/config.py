@@ -98,6 +98,13 @@ class CloudConfig:
     exit_when_done: bool = field(default=True, metadata={"unit": "exit once the run is finished"})
     linger_s: float = field(default=2.0, metadata={"unit": "seconds to keep serving after the run ends"})
     device: str = field(default="auto", metadata={"unit": "cpu, cuda, cuda:N or auto"})
+    schedule: Optional[str] = field(default=None, metadata={
+        "unit": "tdgan: JSON schedule (tasks and join/leave events by tick, as `edgegan simulate --backend grpc` "
+                "writes it); nodes are then members exactly when it has them online and their stream is open"})
+    join_wait_s: float = field(default=60.0, metadata={
+        "unit": "with schedule: seconds a tick waits for the stream of a node it brings online"})
+    snapshot_every: int = field(default=0, metadata={
+        "unit": "with schedule: generator steps between G snapshots in checkpoint_dir/snapshots (0: only the last)"})
     eval_dataset: Optional[str] = field(default="auto", metadata={
         "unit": "data set the cloud reads to score G (feature-FID, class accuracy); auto: digits for 1x8x8 "
                 "images of 10 classes; none: no evaluation"})
@@ -126,7 +133,11 @@ class CloudConfig:
         require(0 < self.heartbeat_interval_s < self.heartbeat_timeout_s, f"{p}heartbeat_interval_s",
                 "need 0 < heartbeat_interval_s < heartbeat_timeout_s")
         check_fields(self, prefix, ("feedback_timeout_s", "stream_drain_s"), 0, strict_low=True)
-        check_fields(self, prefix, ("rejoin_grace_s",), 0)
+        check_fields(self, prefix, ("rejoin_grace_s", "join_wait_s", "snapshot_every"), 0)
+        if self.schedule is not None:
+            require(self.mode == "tdgan", f"{p}schedule", "a schedule drives a tdgan run", "set mode: tdgan")
+            require(os.path.isfile(self.schedule), f"{p}schedule", f"no file '{self.schedule}'",
+                    "give the path of a schedule JSON (tasks, events)")
         require(self.metrics_port is None or 0 <= self.metrics_port < 65536, f"{p}metrics_port", "not a TCP port")
         require(len(self.image_shape) == 3 and all(d >= 1 for d in self.image_shape), f"{p}image_shape",
                 f"expected [C, H, W], got {self.image_shape}")

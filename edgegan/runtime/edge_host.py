@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
 
 from edgegan.data.tensordata import TensorData
-from edgegan.errors import EdgeganError, require
+from edgegan.errors import EdgeganError, NodeCrashed, require
 from edgegan.monitor.metrics import Metrics
 from edgegan.runtime.edge_node import record_feedback
 from edgegan.tdgan.config import TDGANConfig
@@ -39,10 +41,14 @@ class EdgeHost:
     nodes : node id → that node's private data (one data set: same image shape and classes).
     device : where the passes run.
     metrics : the process's Prometheus metrics.
+    crashes : simulation: node id → the generator step at which that node crashes (loses its D_k,
+        its stream is cut; it rejoins with a fresh D_k), as a simulator worker's node does.
+    die_at_step : simulation: SIGKILL this whole process when a node is asked for this step.
     """
 
     def __init__(self, nodes: dict[str, TensorData], device: torch.device | str = "cpu",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, crashes: dict[str, int] | None = None,
+                 die_at_step: int | None = None) -> None:
         require(bool(nodes), "node_ids", "no nodes to host", "name at least one node")
         shapes = {(d.image_shape, d.num_classes) for d in nodes.values()}
         require(len(shapes) == 1, "nodes", f"hosted nodes hold different data shapes {sorted(shapes)}",
@@ -57,6 +63,10 @@ class EdgeHost:
         self._waiting: list[Waiting] = []
         self._drainer: asyncio.Task | None = None
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="edgegan-host")
+        unknown = sorted(set(crashes or {}) - set(nodes))
+        require(not unknown, "crash_at", f"nodes {unknown} are not hosted here", "crash only hosted nodes")
+        self.crashes = dict(crashes or {})
+        self.die_at_step = die_at_step
 
     def node(self, node_id: str) -> HostedNode:
         """The edge role of hosted node ``node_id`` (what :func:`~edgegan.runtime.grpc_edge.run_tdgan_edge` drives)."""
@@ -78,6 +88,14 @@ class EdgeHost:
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:
         """Node ``req.node_id``'s reply, computed in the next pass over the pending requests."""
+        if self.die_at_step is not None and req.step >= self.die_at_step:
+            log.warning("asked for step %d: this host dies now (SIGKILL, simulated)", req.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.crashes.get(req.node_id) == req.step:
+            del self.crashes[req.node_id]
+            assert self.packed is not None
+            self.rows[req.node_id] = self.packed.fresh(req.node_id, self.data[req.node_id])
+            raise NodeCrashed(f"node '{req.node_id}' crashes at step {req.step} (its D_k is lost)")
         fut: asyncio.Future[FeedbackReply] = asyncio.get_running_loop().create_future()
         self._waiting.append((req, fut))
         if self._drainer is None or self._drainer.done():

@@ -19,7 +19,7 @@ import grpc
 
 from edgegan import __version__
 from edgegan.config import from_dict
-from edgegan.errors import EdgeganError
+from edgegan.errors import EdgeganError, NodeCrashed
 from edgegan.gan.train import WGANConfig
 from edgegan.monitor.audit import AuditLog
 from edgegan.runtime.grpc_server import channel_options
@@ -219,10 +219,13 @@ async def retrying(conn: EdgeConnection, attempt: Callable[[grpc.aio.Channel, Ca
                 raise EdgeganError("cloud", f"{what}: {e.code().name}: {e.details()}") from None
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 backoff = 2.0  # benched or rate-limited: wait the longest step, not Register every 0.2 s
-            log.info("%s: cloud unreachable (%s): retrying", what, e.code().name)
+            log.info("%s: stream ended or cloud unreachable (%s: %s): retrying", what, e.code().name, e.details())
         except CloudGone as e:
             reached()
             log.info("%s: lost the cloud (%s): retrying", what, e)
+        except NodeCrashed as e:
+            reached()
+            log.warning("%s: %s: rejoining", what, e)
         finally:
             await channel.close()
         if time.monotonic() - last_ok > conn.retry_s:

@@ -30,7 +30,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,6 +42,7 @@ from edgegan.runtime.guard import CALLER, SERVICE, Guard, Refusal
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
+from edgegan.runtime.scheduled import StreamGate, schedule_from_dict
 from edgegan.runtime.tensor_codec import ChunkAssembler, WireError, decode_tensor, encode_tensor, iter_chunks
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
@@ -52,6 +53,14 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Explicit message size limits (the 4 MiB default is too small for CIFAR batches and models)."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+class Membership(Protocol):
+    """Who hears of a node's stream opening and closing: the TDGAN server, or a schedule's gate."""
+
+    def connected(self, node_id: str) -> None: ...
+
+    def disconnected(self, node_id: str) -> None: ...
 
 
 class _Session:
@@ -108,6 +117,7 @@ class GrpcLink:
         self.waiting = 0  # DownloadModels calls waiting for a bundle
         self.streams = 0  # Session handlers still running (draining included)
         self.on_drop: Callable[[str, FailureReason], None] | None = None  # the guard's hook
+        self.membership: Membership = server  # told when streams open and close (a StreamGate replays a schedule)
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
@@ -247,7 +257,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         if self.link.done is not None:
             session.outbox.put_nowait(pb.CloudMessage(done=self.link.done))
         else:
-            self.server.connected(node_id)
+            self.link.membership.connected(node_id)
         return session
 
     def _leave(self, session: _Session) -> None:
@@ -257,7 +267,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         if self.link.sessions.get(session.node_id) is session:
             del self.link.sessions[session.node_id]
             if self.link.done is None:
-                self.server.disconnected(session.node_id)
+                self.link.membership.disconnected(session.node_id)
 
     async def _drain(self, session: _Session, context: grpc.aio.ServicerContext,
                      reader: asyncio.Task, writer: asyncio.Task) -> None:
@@ -384,8 +394,14 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
+    gate = None
     try:
-        outcome = await server.run(link, stop)
+        if cfg.schedule is not None:
+            assert isinstance(server, TDGANServer)
+            schedule = schedule_from_dict(json.loads(Path(cfg.schedule).read_text()))
+            gate = StreamGate(server, schedule, link, cfg.join_wait_s, server.dir, cfg.snapshot_every, stop)
+            await gate.start()
+        outcome = await server.run(gate or link, stop)
         (server.dir / "report.json").write_text(json.dumps(server.report(), indent=2))
         log.info("run %s: %s at step %d", cfg.run_id, outcome, server.step)
         if outcome == "finished" and not cfg.exit_when_done:
@@ -394,6 +410,8 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
             await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=cfg.linger_s)
     finally:
         watchdog.cancel()
+        if gate is not None:
+            gate.close()
         await health_servicer.enter_graceful_shutdown()
         await link.close_all(grace_s=1.0)
         await grpc_server.stop(grace=1.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edgegan.device import resolve_device
+from edgegan.errors import require
 from edgegan.monitor.metrics import Metrics, start_metrics_server
 from edgegan.sim.coalescence import run_coalescence
 from edgegan.sim.context import Progress, RunContext
@@ -32,6 +33,11 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
 
     ``metrics_port`` > 0 serves Prometheus ``/metrics`` while the run lasts.
     """
+    sc.engine.validate()  # command-line overrides (backend) included
+    grpc = sc.engine.backend == "grpc"
+    require(not grpc or sc.pipelines == ["tdgan"], "engine.backend",
+            f"the grpc backend runs the tdgan pipeline, this scenario runs {sc.pipelines}",
+            "use --backend inproc or ray for coalescence and grid runs")
     metrics = metrics or Metrics()
     out = Path(out_dir)  # made by RunRecorder once the pool is up: a failed start leaves no empty run folder
     if metrics_port:
@@ -44,14 +50,15 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
     # intra-op threads on a shared or busy machine are many times slower than one
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    pool = make_pool(sc.engine.backend, sc.engine.workers, sc.engine.resident_nodes, res.num_cpus, num_gpus,
-                     sc.engine.ray_address, str(device) if sc.engine.backend == "inproc" else "cpu",
+    pool = make_pool("inproc" if grpc else sc.engine.backend, 1 if grpc else sc.engine.workers, sc.engine.resident_nodes, res.num_cpus, num_gpus,
+                     sc.engine.ray_address, str(device) if sc.engine.backend != "ray" else "cpu",
                      connect_timeout_s=sc.engine.ray_connect_timeout_s)
     torch.set_num_threads(1)
     rec = RunRecorder(out)
     uses_aggregator = any(p in ("coalescence", "grid") for p in sc.pipelines)
     summary = RunSummary(sc.name, sc.description, sc.seed, sc.pipelines, sc.aggregator if uses_aggregator else None,
-                         sc.source, EngineInfo(pool.backend, pool.size, str(device), sc.engine.resident_nodes, num_gpus),
+                         sc.source, EngineInfo(sc.engine.backend, sc.engine.hosts if grpc else pool.size, str(device),
+                                    sc.engine.resident_nodes, num_gpus),
                          dataclasses.asdict(sc))
     ctx = RunContext(sc, pool, rec, progress or _no_progress, device, metrics, out, evaluate)
     try:
@@ -63,7 +70,7 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
                 summary.tdgan = run_tdgan(ctx)
             else:
                 summary.grid = run_grid(ctx)
-        summary.engine.workers_stats = pool.stats()
+        summary.engine.workers_stats = summary.tdgan.processes if grpc and summary.tdgan else pool.stats()
         summary.engine.lost_workers = [pool.lost[i] for i in sorted(pool.lost)]
     finally:
         pool.shutdown()

@@ -256,10 +256,25 @@ class OutputsSpec:
 
 
 @dataclass
+class HostKillSpec:
+    """grpc backend: edge-host process ``host`` is killed (SIGKILL) when one of its nodes is asked
+    for generator step ``step``; it is restarted and its nodes rejoin with fresh D_k at their next
+    scheduled join."""
+
+    host: int = 0
+    step: int = 0
+
+
+@dataclass
 class EngineSpec:
     """Where the virtual nodes run (command-line flags override these)."""
 
-    backend: Literal["inproc", "ray"] = field(default="ray", metadata={"unit": "ray actor pool or in-process"})
+    backend: Literal["inproc", "ray", "grpc"] = field(default="ray", metadata={
+        "unit": "ray actor pool, in-process, or real processes: a cloud and `hosts` edge hosts over gRPC + TLS"})
+    hosts: int = field(default=2, metadata={"unit": "grpc: edge-host processes the nodes are spread over"})
+    join_wait_s: float = field(default=60.0, metadata={
+        "unit": "grpc: seconds a tick waits for the stream of a node the schedule brings online"})
+    host_kills: list[HostKillSpec] = field(default_factory=list)
     workers: int = field(default=0, metadata={"unit": "pool actors (0: sized by the machine / cluster)"})
     resident_nodes: int = field(default=512, metadata={
         "unit": "virtual nodes kept in memory per actor; the least recently used beyond are spilled to disk"})
@@ -272,6 +287,15 @@ class EngineSpec:
 
     def validate(self, prefix: str = "engine") -> None:
         check_fields(self, prefix, ("workers",), 0)
+        check_fields(self, prefix, ("hosts",), 1)
+        check_fields(self, prefix, ("join_wait_s",), 0, strict_low=True)
+        for i, k in enumerate(self.host_kills):
+            require(self.backend == "grpc", f"{prefix}.host_kills[{i}]", "only the grpc backend has host processes",
+                    "run with --backend grpc, or remove engine.host_kills")
+            require(0 <= k.host < self.hosts, f"{prefix}.host_kills[{i}].host", f"{k.host} is not in [0, {self.hosts})")
+            require(k.step >= 1, f"{prefix}.host_kills[{i}].step", f"must be >= 1, got {k.step}")
+        require(len({k.host for k in self.host_kills}) == len(self.host_kills), f"{prefix}.host_kills",
+                "a host is killed twice", "kill each host at most once")
         check_fields(self, prefix, ("resident_nodes",), 1)
         check_fields(self, prefix, ("feedback_timeout_s", "ray_connect_timeout_s"), 0, strict_low=True)
 
