@@ -38,6 +38,8 @@ def simulate(sc: Scenario, out_dir: str | Path, progress: Progress | None = None
     require(not grpc or sc.pipelines == ["tdgan"], "engine.backend",
             f"the grpc backend runs the tdgan pipeline, this scenario runs {sc.pipelines}",
             "use --backend inproc or ray for coalescence and grid runs")
+    if sc.engine.host_kills and not grpc:
+        log.warning("engine.host_kills ignored: only the grpc backend runs edge-host processes")
     metrics = metrics or Metrics()
     out = Path(out_dir)  # made by RunRecorder once the pool is up: a failed start leaves no empty run folder
     if metrics_port:

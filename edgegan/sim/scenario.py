@@ -274,7 +274,7 @@ class EngineSpec:
     hosts: int = field(default=2, metadata={"unit": "grpc: edge-host processes the nodes are spread over"})
     join_wait_s: float = field(default=60.0, metadata={
         "unit": "grpc: seconds a tick waits for the stream of a node the schedule brings online"})
-    host_kills: list[HostKillSpec] = field(default_factory=list)
+    host_kills: list[HostKillSpec] = field(default_factory=list)  # grpc only; other backends ignore them
     workers: int = field(default=0, metadata={"unit": "pool actors (0: sized by the machine / cluster)"})
     resident_nodes: int = field(default=512, metadata={
         "unit": "virtual nodes kept in memory per actor; the least recently used beyond are spilled to disk"})
@@ -290,8 +290,6 @@ class EngineSpec:
         check_fields(self, prefix, ("hosts",), 1)
         check_fields(self, prefix, ("join_wait_s",), 0, strict_low=True)
         for i, k in enumerate(self.host_kills):
-            require(self.backend == "grpc", f"{prefix}.host_kills[{i}]", "only the grpc backend has host processes",
-                    "run with --backend grpc, or remove engine.host_kills")
             require(0 <= k.host < self.hosts, f"{prefix}.host_kills[{i}].host", f"{k.host} is not in [0, {self.hosts})")
             require(k.step >= 1, f"{prefix}.host_kills[{i}].step", f"must be >= 1, got {k.step}")
         require(len({k.host for k in self.host_kills}) == len(self.host_kills), f"{prefix}.host_kills",
