@@ -12,7 +12,8 @@ feedback comes either
 The two run in alternating rounds (in-process, gRPC, in-process, gRPC, …) so that a drifting load
 hits both; each round's first steps are left out. Reported per E: steps/s both ways and their
 ratio, the exchange round trip p50 / p99 (requests sent → every reply decoded), the cloud's RSS
-(peak) and CPU-seconds per node-step over gRPC, bytes per node-step (the cloud's sent + received
+(peak of a fresh process serving only a gRPC round: the benchmark's own process also holds the
+in-process rounds' nodes) and CPU-seconds per node-step over gRPC, bytes per node-step (the cloud's sent + received
 message bytes), and nodes dropped (must be 0).
 
     python benchmarks/real_edges.py --json benchmarks/results/real_edges.json
@@ -182,10 +183,18 @@ def measure(e: int, steps: int, warmup: int, rounds: int, hosts: int) -> dict:
             "ratio": rpc_sps / in_sps, "p50_ms": float(np.median([r["p50_ms"] for r in rpc])),
             "p99_ms": float(np.max([r["p99_ms"] for r in rpc])),
             "inproc_p50_ms": float(np.median([r["p50_ms"] for r in inproc])),
-            "cloud_rss_gib": _peak_rss() / 2**30,
+            "cloud_rss_gib": cloud_rss(e, hosts) / 2**30, "bench_process_peak_rss_gib": _peak_rss() / 2**30,
             "cloud_cpu_ms_per_node_step": 1e3 * sum(r["cloud_cpu_s"] for r in rpc) / node_steps,
             "bytes_per_node_step": sum(r["bytes_total"] for r in rpc) / node_steps,
             "dropped": sum(r["dropped"] for r in rpc), "rounds": rounds, "steps_per_round": steps}
+
+
+def cloud_rss(e: int, hosts: int, steps: int = 10) -> int:
+    """Peak RSS (bytes) of a fresh process that only serves the gRPC round's cloud with E streams:
+    the benchmark's own process also held the in-process rounds' E nodes."""
+    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(e), str(steps), str(hosts)],
+                         capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def _peak_rss() -> int:
@@ -202,8 +211,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30, help="measured steps per round and transport")
     ap.add_argument("--rounds", type=int, default=2, help="alternating in-process / gRPC rounds")
     ap.add_argument("--hosts", type=int, default=2, help="edge processes hosting the E nodes")
+    ap.add_argument("--rss-probe", nargs=3, metavar=("E", "STEPS", "HOSTS"), help=argparse.SUPPRESS)
     ap.add_argument("--host-worker", nargs=3, metavar=("PORT", "E", "IDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_probe:
+        e, steps, hosts = (int(v) for v in args.rss_probe)
+        torch.set_num_threads(1)
+        asyncio.run(grpc_round(e, steps, 2, hosts))
+        print(_peak_rss())
+        return 0
     if args.host_worker:
         host_worker(int(args.host_worker[0]), int(args.host_worker[1]), args.host_worker[2].split(","))
         return 0

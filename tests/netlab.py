@@ -329,6 +329,19 @@ def start_in(procs, host: Host | None, name: str, *args: str, script: str | None
     return p
 
 
+def start_edge_host(procs, host: Host | None, name: str, target: str, nodes: dict[str, tuple[str, str]],
+                    retry_s: float = 60.0):
+    """``edgegan edge`` hosting ``nodes`` (id → (token, comma-separated classes)) in one process
+    (:class:`~edgegan.runtime.edge_host.EdgeHost`: each node its own Session stream, token and D_k),
+    inside ``host``; the tokens go to a 0600 file beside the logs."""
+    tokens = procs.tmp / f"{name}.tokens.yaml"
+    tokens.touch(mode=0o600)
+    tokens.write_text("".join(f"{k}: {tok}\n" for k, (tok, _) in nodes.items()))
+    return start_in(procs, host, name, "edge", "--cloud", target, "--retry-s", str(retry_s),
+                    "--node-ids", ",".join(nodes), "--tokens", str(tokens),
+                    "--node-classes", ";".join(c for _, c in nodes.values()))
+
+
 def freeze(p: subprocess.Popen) -> None:
     p.send_signal(signal.SIGSTOP)
 

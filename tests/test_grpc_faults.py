@@ -54,11 +54,9 @@ def cloud_config(tmp: Path, nodes: int, **cfg) -> Path:
 
 
 def pack(procs: Procs, host: netlab.Host | None, target: str, nodes: range, retry_s: float = 60.0):
-    """One process holding nodes ``e{i}`` for i in ``nodes`` (``tests/edge_pack.py``: each node
-    its own channel, stream and retry loop, as ``edgegan edge`` runs it)."""
-    specs = [f"e{i}:t{i}:{CLASSES[i % len(CLASSES)]}" for i in nodes]
-    return netlab.start_in(procs, host, f"pack{nodes.start}", "--cloud", target, "--retry-s", str(retry_s), *specs,
-                           script=str(Path(__file__).parent / "edge_pack.py"))
+    """One ``edgegan edge`` process hosting nodes ``e{i}`` for i in ``nodes``."""
+    return netlab.start_edge_host(procs, host, f"pack{nodes.start}", target,
+                                  {f"e{i}": (f"t{i}", CLASSES[i % len(CLASSES)]) for i in nodes}, retry_s)
 
 
 def step(mport: int) -> float:
