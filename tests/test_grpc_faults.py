@@ -318,7 +318,6 @@ def test_cloud_sigkill_under_load_then_restart_resumes_forward_and_applies_no_st
     saved = load_checkpoint(tmp_path / "ckpt" / "cloud.pt")["tdgan"]["step"]
     cloud2 = launch_cloud(procs, cfg, name="cloud2")
     _, mport2 = cloud_ready(procs, cloud2, name="cloud2")
-    t_ready = time.monotonic()
     with StepWatch(mport2) as watch:
         rejoin_s = wait_online(procs, cloud2, mport2, n, timeout=60)
         wait_metric(procs, cloud2, mport2, "edgegan_generator_step", killed_at + 10)
