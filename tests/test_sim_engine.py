@@ -31,6 +31,19 @@ def tiny_tdgan(seed: int = 3, backend: str = "inproc", **schedule) -> dict:
     }
 
 
+def windows_and_crashes() -> dict:
+    """5 nodes at tdgan-churn's D_k width and batch: node1 leaves and comes back, node4 joins and
+    leaves, node2 crashes at step 6."""
+    sched = {"kind": "windows", "steps": 16, "windows": [{"node": "node1", "join": 0, "leave": 5},
+                                                         {"node": "node1", "join": 10},
+                                                         {"node": "node4", "join": 3, "leave": 12}],
+             "crashes": [{"node": "node2", "step": 6}]}
+    data = tiny_tdgan(seed=2, **sched)
+    data["nodes"] = {"count": 5}
+    data["training"] = {"steps": 16, "tdgan": {"batch_size": 32, "remind_batch_size": 32, "width": 128}}
+    return data
+
+
 def strip(rows):
     return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
 

@@ -13,7 +13,7 @@ from edgegan.sim.report import read_metrics  # noqa: E402
 from edgegan.sim.run import simulate  # noqa: E402
 from edgegan.sim.scenario import scenario_from_dict  # noqa: E402
 
-from test_sim_engine import strip, tiny_tdgan  # noqa: E402
+from test_sim_engine import strip, tiny_tdgan, windows_and_crashes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,7 @@ def test_windows_and_crashes_at_the_churn_scenarios_widths_match_inproc_exactly(
     """tdgan-churn's D_k width and batch (where a one-row pass once summed differently and the
     backends drifted apart at 1e-8 from the first lone node), nodes joining, leaving and crashing,
     spread over 2 Ray workers and over 1 or 3 in-process workers: the same bytes."""
-    sched = {"kind": "windows", "steps": 16, "windows": [{"node": "node1", "join": 0, "leave": 5},
-                                                         {"node": "node1", "join": 10},
-                                                         {"node": "node4", "join": 3, "leave": 12}],
-             "crashes": [{"node": "node2", "step": 6}]}
-    data = tiny_tdgan(seed=2, **sched)
-    data["nodes"] = {"count": 5}
-    data["training"] = {"steps": 16, "tdgan": {"batch_size": 32, "remind_batch_size": 32, "width": 128}}
+    data = windows_and_crashes()
     runs = {"ray": {"backend": "ray", "workers": 2, "resident_nodes": 2},
             "inproc1": {"backend": "inproc", "workers": 1, "resident_nodes": 100},
             "inproc3": {"backend": "inproc", "workers": 3, "resident_nodes": 1}}
