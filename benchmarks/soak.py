@@ -205,6 +205,10 @@ def main() -> int:
         "partitions": partitions, "partitions_healed": healed,
         "reconnects": samples[-1]["reconnects"], "drops": samples[-1]["drops"],
         "rejected": samples[-1]["rejected"], "proxy_resets": samples[-1]["proxy_resets"],
+        "rejected_by_reason": {k.split('reason="')[1].split('"')[0]: v for k, v in m.items()
+                               if k.startswith("edgegan_feedback_rejected_total{") and v},
+        "online_end": samples[-1]["online"],
+        "rejections_logged": [line for line in procs.log(cloud).splitlines() if "rejected feedback" in line][:20],
         "audit": audit, "events": events, "samples": samples, "machine": machine(),
     }
     out["rate_end_over_start"] = round(out["rate_end"] / out["rate_start"], 3) if out["rate_start"] else None

@@ -163,3 +163,37 @@ def test_config_validation():
         from_dict(TDGANConfig, {"max_feedback_norm": 0.0}, "tdgan")
     with pytest.raises(EdgeganError, match=r"^tdgan\.critic_steps: "):
         from_dict(TDGANConfig, {"critic_steps": 0}, "tdgan")
+
+
+def test_an_honest_edge_clips_feedback_above_the_bound_instead_of_being_refused(parts):
+    """D_k's input gradient grows over a long run (a 64-node soak reached per-sample norm 1.0, the
+    bound, after ~4000 steps). With ``clip_feedback`` (default) the edge scales each such sample to
+    just under ``max_feedback_norm`` and the cloud accepts it; samples within keep their bytes.
+    Without it the same reply is refused."""
+    norms = {}
+    for clip in (False, True):
+        cfg = dataclasses.replace(CFG, clip_feedback=clip)
+        cloud, edges = make(parts, cfg)
+        cloud.join(edges["n0"].info())
+        (req,) = cloud.make_requests()
+        reply = edges["n0"].feedback(req)
+        norms[clip] = (reply.grad, reply.grad.flatten(1).norm(dim=1))
+    raw, n_raw = norms[False]
+    bound = float(n_raw.median())  # half the samples above it
+    results = {}
+    for clip in (False, True):
+        cfg = dataclasses.replace(CFG, clip_feedback=clip, max_feedback_norm=bound)
+        cloud, edges = make(parts, cfg)
+        cloud.join(edges["n0"].info())
+        (req,) = cloud.make_requests()
+        reply = edges["n0"].feedback(req)
+        results[clip] = (cloud.apply_feedback([reply]), reply.grad)
+    assert results[False][0]["rejected"] == 1 and results[False][0]["g_stepped"] == 0
+    stats, clipped = results[True]
+    assert stats["accepted"] == 1 and stats["rejected"] == 0
+    n = clipped.flatten(1).norm(dim=1)
+    over = n_raw > bound * 0.999
+    assert 0 < int(over.sum()) < len(over)
+    assert torch.equal(clipped[~over], raw[~over])  # within the bound: the same bytes
+    torch.testing.assert_close(n[over], torch.full_like(n[over], bound * 0.999), rtol=1e-5, atol=0)
+    assert bool((n <= bound).all())

@@ -32,6 +32,9 @@ class TDGANConfig(WGANConfig):
     remind_batch_size: int = field(default=64, metadata={"unit": "samples per reminding-loss batch (n)"})
     max_feedback_norm: float = field(default=1.0, metadata={
         "unit": "bound on the per-sample L2 norm of ∂loss_G/∂fake (loss is a batch mean)"})
+    clip_feedback: bool = field(default=True, metadata={
+        "unit": "edges scale a sample's feedback down to just under max_feedback_norm rather than send one the "
+                "cloud refuses (D_k's input gradient grows over thousands of steps; samples within keep their bytes)"})
     max_share: float = field(default=1.0, metadata={
         "unit": "largest π_k of one node (1: π_k = n_k/n as in seed 003; < 1 caps a node's self-reported weight)"})
     arch: str = arch_field(what="model family for default G / D_k")

@@ -87,6 +87,21 @@ def check_request(node_id: str, image_shape: tuple[int, ...], pools: dict[int, t
 
 #: Statistics of a reply, in the order the vectorised pass computes them.
 STATS = ("d_loss", "d_real", "d_fake", "g_loss")
+#: Clipped feedback lands this far under the cloud's bound, so its recomputed norm never exceeds it.
+CLIP_MARGIN = 0.999
+
+
+def clip_feedback(g: torch.Tensor, bound: float) -> torch.Tensor:
+    """Per-sample L2 clip of feedback (K, B, …): a sample whose norm is above ``CLIP_MARGIN`` ×
+    ``bound`` (the cloud's refusal threshold, ``tdgan.max_feedback_norm``) is scaled to that norm,
+    as in DP-SGD's per-sample clipping; every other sample keeps its exact bytes."""
+    n = g.flatten(2).norm(dim=2)
+    limit = bound * CLIP_MARGIN
+    over = n > limit
+    if not bool(over.any()):
+        return g
+    scale = torch.where(over, limit / n, torch.ones_like(n))
+    return g * scale.view(*scale.shape, *(1,) * (g.dim() - 2))
 #: Fewest rows one vectorised pass computes (a lone row is passed twice; see ``PackedEdges._answer``).
 MIN_PASS_ROWS = 2
 #: A hosted node as the feedback pass needs it: id, private data, :func:`class_pools` of the data.
@@ -279,6 +294,8 @@ class PackedEdges:
         replies: list[FeedbackReply | None] = [None] * len(nodes)
         for idx in by_shape.values():
             feedback, stats = self._answer(views, idx, draws, [seeds[k] for k in idx], requests, labels)
+            if self.cfg.clip_feedback:
+                feedback = clip_feedback(feedback, self.cfg.max_feedback_norm)
             feedback = feedback.to(requests[idx[0]].fake.device, torch.float32)
             for j, k in enumerate(idx):
                 replies[k] = FeedbackReply(nodes[k][0], requests[k].step, feedback[j], dict(zip(STATS, stats[j])))
