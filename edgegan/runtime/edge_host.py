@@ -34,8 +34,6 @@ log = logging.getLogger("edgegan.edge")
 Waiting = tuple[FeedbackRequest, "asyncio.Future[FeedbackReply]"]
 #: Seconds a pass may wait for the rest of a step's requests (see :meth:`EdgeHost._gather_step`).
 COALESCE_S = 0.002
-#: Event-loop turns a pass waits, while more requests keep arriving, before it starts (~µs each).
-COALESCE_YIELDS = 8
 
 
 class EdgeHost:

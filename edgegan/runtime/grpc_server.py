@@ -357,6 +357,15 @@ def _server_credentials(cfg: CloudConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _schedule_gate(cfg: CloudConfig, server: CloudServer, link: GrpcLink, stop: asyncio.Event) -> StreamGate | None:
+    """With ``cfg.schedule``: the :class:`StreamGate` that admits nodes at the schedule's ticks."""
+    if cfg.schedule is None:
+        return None
+    assert isinstance(server, TDGANServer)
+    schedule = schedule_from_dict(json.loads(Path(cfg.schedule).read_text()))
+    return StreamGate(server, schedule, link, cfg.join_wait_s, server.dir, cfg.snapshot_every, stop)
+
+
 async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file: str | Path | None = None) -> int:
     """Run a cloud process until its run finishes (``exit_when_done``) or SIGTERM/SIGINT.
 
@@ -394,12 +403,9 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
-    gate = None
+    gate = _schedule_gate(cfg, server, link, stop)
     try:
-        if cfg.schedule is not None:
-            assert isinstance(server, TDGANServer)
-            schedule = schedule_from_dict(json.loads(Path(cfg.schedule).read_text()))
-            gate = StreamGate(server, schedule, link, cfg.join_wait_s, server.dir, cfg.snapshot_every, stop)
+        if gate is not None:
             await gate.start()
         outcome = await server.run(gate or link, stop)
         (server.dir / "report.json").write_text(json.dumps(server.report(), indent=2))
