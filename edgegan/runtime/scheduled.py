@@ -163,7 +163,8 @@ class StreamGate(ScheduledLink):
 
     ``out_dir`` receives ``ticks.jsonl`` (one row per tick, as the simulator records them) and, every
     ``snapshot_every`` generator steps and at the end, ``snapshots/step-N.pt`` with G's weights and
-    the nodes seen so far. ``stop`` is set when the schedule runs out before ``server.cfg.steps``.
+    the nodes seen so far. ``stop`` is set once the schedule's last tick ran (the run then ends
+``finished`` if it took ``server.cfg.steps`` steps, else stopped: a node absent for good idles ticks).
     """
 
     def __init__(self, server: TDGANServer, schedule: Schedule, sessions: Sessions, join_wait_s: float,
@@ -221,7 +222,10 @@ class StreamGate(ScheduledLink):
             else:
                 log.warning("node %s is scheduled to join at tick %d but has no open stream after %g s: "
                             "it sits this window out", node_id, tick, self.join_wait_s)
-        if self.exhausted and not self.members:
+
+    async def _advance(self, t: int) -> None:
+        await super()._advance(t)
+        if self.exhausted:  # the last tick ran: stop, finished or not (nodes absent for good leave steps undone)
             self.stop.set()
 
     async def _send(self, requests: Sequence[FeedbackRequest], timeout_s: float, tick: int) -> dict[str, Answer]:
@@ -233,7 +237,6 @@ class StreamGate(ScheduledLink):
 
     async def finish(self, step: int, reason: str) -> None:
         await super().finish(step, reason)
-        self.snapshot()
         await self.sessions.finish(step, reason)
 
     # ------------------------------------------------------------------ what the run leaves behind
@@ -256,4 +259,7 @@ class StreamGate(ScheduledLink):
         return path
 
     def close(self) -> None:
+        """The last snapshot (finished or stopped) and the tick log closed."""
+        self._complete()
+        self.snapshot()
         self._ticks.close()
