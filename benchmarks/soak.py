@@ -28,6 +28,7 @@ partition happens (the output says so).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -76,6 +77,31 @@ def drift(ys: list[float]) -> float:
     return statistics.median(ys[-3:]) - statistics.median(ys[:3])
 
 
+class AuditCounts:
+    """Running totals of the audit log's ``sent`` records and applied feedback, read incrementally
+    for the 10-s samples (a full :func:`summarize` re-reads the whole log, work that grows with the
+    run and, at 64 nodes, took a core from the cloud it measures); the reconciliation (lost,
+    duplicated) is one :func:`summarize` at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.pos, self.sent, self.applied = folder, {}, 0, 0
+
+    def update(self) -> dict[str, int]:
+        for p in sorted(self.folder.glob("*.jsonl")):
+            with open(p, "rb") as f:
+                f.seek(self.pos.get(p, 0))
+                chunk = f.read()
+            whole = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next sample
+            self.pos[p] = self.pos.get(p, 0) + len(whole)
+            for line in whole.splitlines():
+                r = json.loads(line)
+                if r["kind"] == "sent":
+                    self.sent += 1
+                elif r["kind"] == "step":
+                    self.applied += len(r["applied"])
+        return {"sent": self.sent, "applied": self.applied}
+
+
 def main() -> int:
     from _common import parser
 
@@ -102,6 +128,7 @@ def main() -> int:
                        guard={"timeout_bench_s": 1.0})
     cport = int(cfg.read_text().split("listen: 127.0.0.1:")[1].split()[0])
     samples: list[dict] = []
+    counts = AuditCounts(tmp / "audit")
     events: list[dict] = []
     partitions = healed = 0
     with netlab.Proxy(("127.0.0.1", cport), reset_every_s=0, seed=args.seed, host="0.0.0.0") as proxy, \
@@ -162,7 +189,7 @@ def main() -> int:
                         events.append({"t": round(now - t0, 1), "event": f"restart host{h} process"})
                 if now >= next_sample:
                     m = scrape(mport)
-                    audit = summarize(tmp / "audit")
+                    audit = counts.update()
                     row = {"t_s": round(now - t0, 1), "step": m["edgegan_generator_step"],
                            "online": m["edgegan_nodes_online"], "cloud": proc_stats(cloud.pid),
                            "hosts": [proc_stats(hp.pid) for hp in host_procs],
