@@ -8,7 +8,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 #: Test files that start Ray (a local ``ray.init`` or ``ray start`` clusters).
-RAY_FILES = {"test_ray_cluster", "test_sim_ray", "test_flower_simulation"}
+RAY_FILES = {"test_ray_cluster", "test_sim_ray", "test_sim_grpc", "test_flower_simulation"}
 
 
 def pytest_collection_modifyitems(config, items):
