@@ -96,7 +96,8 @@ class CloudConfig:
     start_nodes: int = field(default=1, metadata={"unit": "online nodes needed before the first step"})
     min_nodes: int = field(default=1, metadata={"unit": "online nodes needed for any later step"})
     exit_when_done: bool = field(default=True, metadata={"unit": "exit once the run is finished"})
-    linger_s: float = field(default=2.0, metadata={"unit": "seconds to keep serving after the run ends"})
+    linger_s: float = field(default=2.0, metadata={
+        "unit": "after the run ends, seconds to keep serving until every registered node has been told"})
     device: str = field(default="auto", metadata={"unit": "cpu, cuda, cuda:N or auto"})
     schedule: Optional[str] = field(default=None, metadata={
         "unit": "tdgan: JSON schedule (tasks and join/leave events by tick, as `edgegan simulate --backend grpc` "

@@ -118,6 +118,7 @@ class GrpcLink:
         self.streams = 0  # Session handlers still running (draining included)
         self.on_drop: Callable[[str, FailureReason], None] | None = None  # the guard's hook
         self.membership: Membership = server  # told when streams open and close (a StreamGate replays a schedule)
+        self.told_done: set[str] = set()  # nodes whose stream has carried the run's Done
 
     async def exchange(self, requests: Sequence[FeedbackRequest],
                        timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
@@ -157,7 +158,11 @@ class GrpcLink:
     async def finish(self, step: int, reason: str) -> None:
         self.done = pb.Done(step=step, reason=reason)
         for s in list(self.sessions.values()):
-            s.outbox.put_nowait(pb.CloudMessage(done=self.done))
+            self.tell_done(s)
+
+    def tell_done(self, session: _Session) -> None:
+        """Queue the run's Done on ``session``; its writer records the node in ``told_done`` once written."""
+        session.outbox.put_nowait(pb.CloudMessage(done=self.done))
 
     async def close_all(self, grace_s: float) -> None:
         """End every open Session and waiting download with UNAVAILABLE (the cloud is stopping)
@@ -240,6 +245,8 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
                 return
             await context.write(msg)
             metrics.bytes_sent.inc(msg.ByteSize())
+            if msg.HasField("done"):
+                self.link.told_done.add(session.node_id)
 
     async def _open(self, node_id: str, context: grpc.aio.ServicerContext) -> _Session:
         """Admit a Session of ``node_id`` (ending an older one of the same node) and register it."""
@@ -255,7 +262,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         session = _Session(node_id, self.link)
         self.link.sessions[node_id] = session
         if self.link.done is not None:
-            session.outbox.put_nowait(pb.CloudMessage(done=self.link.done))
+            self.link.tell_done(session)
         else:
             self.link.membership.connected(node_id)
         return session
@@ -366,6 +373,14 @@ def _schedule_gate(cfg: CloudConfig, server: CloudServer, link: GrpcLink, stop: 
     return StreamGate(server, schedule, link, cfg.join_wait_s, server.dir, cfg.snapshot_every, stop)
 
 
+async def _linger(seconds: float, server: CloudServer, link: GrpcLink, stop: asyncio.Event) -> None:
+    """After the run: keep serving up to ``seconds`` until every registered node's stream carried
+    Done (one that was reconnecting gets it when it reopens), or until ``stop``."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline and not set(server.registered) <= link.told_done:
+        await asyncio.sleep(0.05)
+
+
 async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file: str | Path | None = None) -> int:
     """Run a cloud process until its run finishes (``exit_when_done``) or SIGTERM/SIGINT.
 
@@ -400,20 +415,21 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    run_stop = asyncio.Event() if cfg.schedule is not None else stop  # a schedule's end stops the run, not the process
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (stop.set(), run_stop.set()))
     watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
-    gate = _schedule_gate(cfg, server, link, stop)
+    gate = _schedule_gate(cfg, server, link, run_stop)
     try:
         if gate is not None:
             await gate.start()
-        outcome = await server.run(gate or link, stop)
+        outcome = await server.run(gate or link, run_stop)
         (server.dir / "report.json").write_text(json.dumps(server.report(), indent=2))
         log.info("run %s: %s at step %d", cfg.run_id, outcome, server.step)
         if outcome == "finished" and not cfg.exit_when_done:
             await stop.wait()
         elif outcome == "finished":
-            await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=cfg.linger_s)
+            await _linger(cfg.linger_s, server, link, stop)
     finally:
         watchdog.cancel()
         if gate is not None:

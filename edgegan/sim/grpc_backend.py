@@ -120,7 +120,7 @@ class GrpcRun:
                           steps=steps, feedback_timeout_s=sc.engine.feedback_timeout_s, device=str(ctx.device),
                           tdgan=sc.training.tdgan, eval_dataset=None, schedule=str(schedule),
                           join_wait_s=sc.engine.join_wait_s,
-                          snapshot_every=sc.evaluation.every if ctx.evaluate else 0, linger_s=1.0,
+                          snapshot_every=sc.evaluation.every if ctx.evaluate else 0, linger_s=60.0,
                           # every window reopens a Session (Register + Session): a schedule replayed
                           # at simulation speed opens many more per second than a lab's nodes
                           guard=GuardConfig(calls_per_s=10.0, call_burst=100))
