@@ -303,7 +303,7 @@ def test_cloud_sigkill_under_load_then_restart_resumes_forward_and_applies_no_st
 
     monkeypatch.setenv(AUDIT_ENV, str(tmp_path / "audit"))
     n = 16
-    cfg = cloud_config(tmp_path, n, listen=f"127.0.0.1:{free_port()}", start_nodes=n, checkpoint_every=10,
+    cfg = cloud_config(tmp_path, n, listen=f"127.0.0.1:{free_port()}", start_nodes=n, checkpoint_every=40,
                        feedback_timeout_s=5.0, rejoin_grace_s=30.0)
     cloud = launch_cloud(procs, cfg)
     target = f"127.0.0.1:{cfg_port(cfg)}"
@@ -311,7 +311,8 @@ def test_cloud_sigkill_under_load_then_restart_resumes_forward_and_applies_no_st
     _, mport = cloud_ready(procs, cloud)
     warm_up(procs, cloud, mport, n, steps=15)
     wait_metric(procs, cloud, mport, "edgegan_checkpoints_total", 2)
-    wait_metric(procs, cloud, mport, "edgegan_generator_step", step(mport) + 5)  # mid-way to the next checkpoint
+    # 5 steps past a checkpoint, far (35 steps) from the next: a fast run must not race past it
+    wait_metric(procs, cloud, mport, "edgegan_generator_step", step(mport) + 5)
     killed_at = step(mport)
     cloud.kill()
     cloud.wait(10)
