@@ -278,3 +278,42 @@ def test_packed_edges_refuse_a_bad_request_in_one_line_and_keep_the_rows(parts):
             packed.feedback(block, nodes, reqs)
         assert torch.equal(block, before), name
     assert [r.node_id for r in packed.feedback(block, nodes, good)] == ids and not torch.equal(block, before)
+
+
+def test_a_nodes_numbers_do_not_depend_on_how_many_share_its_pass_or_on_threads(digits):
+    """40 nodes (more than a SIMD block of rows, so kernels' vector bodies and scalar tails both
+    see them) over three rounds: all in one pass on 2 threads, one by one, in two interleaved halves
+    on 1 thread, and 7 + 33: every reply, statistic and row after is the same bytes."""
+    n = 40
+    cfg = dataclasses.replace(CFG, batch_size=64)
+    parts = partition_by_classes(digits, [[c, (c + 1) % 10] for c in range(10)] * (n // 10),
+                                 samples_per_node=[50] * n, seed=0)
+    ids = [f"n{i}" for i in range(n)]
+    packed = PackedEdges(cfg, parts[0])
+    nodes = [(k, p, class_pools(p)) for k, p in zip(ids, parts)]
+    fresh = torch.stack([packed.fresh(k, p) for k, p in zip(ids, parts)])
+    threads = torch.get_num_threads()
+
+    def run(groups, num_threads):
+        torch.set_num_threads(num_threads)
+        g, block, out = torch.Generator().manual_seed(0), fresh.clone(), {}
+        for step in range(3):
+            reqs = [FeedbackRequest(k, step, torch.rand(64, 1, 8, 8, generator=g) * 2 - 1,
+                                    p.y[torch.randint(len(p), (64,), generator=g)].clone()) for k, p in zip(ids, parts)]
+            for grp in groups:
+                sub = block[grp].clone()
+                out.update({(step, k): r for k, r in zip(grp, packed.feedback(sub, [nodes[k] for k in grp],
+                                                                                [reqs[k] for k in grp]))})
+                block[grp] = sub
+        return block, out
+
+    try:
+        block0, out0 = run([list(range(n))], 2)
+        for groups, num_threads in (([[i] for i in range(n)], 2), ([list(range(0, n, 2)), list(range(1, n, 2))], 1),
+                                    ([list(range(7)), list(range(7, n))], 2)):
+            block, out = run(groups, num_threads)
+            assert torch.equal(block, block0), (len(groups), num_threads)
+            for key, r in out.items():
+                assert torch.equal(r.grad, out0[key].grad) and r.stats == out0[key].stats, key
+    finally:
+        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgegan.nn.base import Generator, ProjectionCritic
 
@@ -57,3 +58,20 @@ class MLPCritic(ProjectionCritic):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x.flatten(1)))  # (B, hidden)
+
+    def stacked(self, W: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Scores (K, B) of K critics of this shape at once: critic k has the parameters
+        ``W[name][k]`` (names as in ``named_parameters``) and scores x[k] (B, *in_shape) with labels
+        y[k]. One batched matmul per layer (h ← LeakyReLU(h W_lᵀ + b_l)), so K critics cost the
+        per-op dispatch of one; row k's numbers come from row k's weights and inputs only."""
+        slope = self.act.negative_slope
+        h = x.flatten(2)
+        for i, layer in enumerate(self.body):
+            if isinstance(layer, nn.Linear):
+                h = F.leaky_relu(torch.baddbmm(W[f"body.{i}.bias"].unsqueeze(1), h,
+                                               W[f"body.{i}.weight"].transpose(1, 2)), slope)
+        w = W["out.weight"]                                                    # (K, 1, hidden)
+        if self.proj is not None:  # ⟨w, h⟩ + ⟨embed(y), h⟩ as one product: a (B, 1) matmul's kernel depends on K
+            w = w + W["proj.weight"].gather(1, y.unsqueeze(2).expand(-1, -1, h.shape[2]))
+        s = (h * w).sum(2) + W["out.bias"]
+        return s

@@ -41,9 +41,9 @@ class TDGANConfig(WGANConfig):
     width: Optional[int] = field(default=None, metadata={"unit": "hidden size / base channels (None: family default)"})
     seed: int = field(default=0, metadata={"unit": "RNG seed (labels, latents, real batches, default D_k init)"})
     exact_grouping: bool = field(default=True, metadata={
-        "unit": "a node's D_k numbers are the same bytes whichever nodes share its pass (a lone node is "
-                "computed as a pair: a one-row batched kernel sums in another order); false: a lone node "
-                "costs one row, and results differ at ~1e-8 between groupings, hosts and backends"})
+        "unit": "with a convolutional D_k (vmap pass), a lone node is computed as a pair so its numbers are the same "
+                "bytes whichever nodes share its pass (a one-row batched convolution sums in another order); false: "
+                "a lone node costs one row and differs at ~1e-8 between groupings. MLP critics are exact either way"})
 
     def validate(self, prefix: str = "") -> None:
         p = f"{prefix}." if prefix else ""

@@ -7,7 +7,7 @@ moments…], then the node's RNG state and the number of requests it served (int
 the only storage of D_k state: the simulator's hosts keep thousands of them in one block, an
 edge process keeps one per node it hosts, and :class:`~edgegan.tdgan.edge.TDGANEdge` is a view
 of one. :class:`DkInit` is the one way a node's D_k is initialised under its seed, and
-:func:`adam_rows` the one update rule.
+:meth:`Slab.adam` the one update rule.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ class DkLayout:
         numels = [math.prod(s) for s in self.shapes]
         self.sizes = numels + [len(params)] + numels[:len(params)] * 2
         self.n_float = 4 * sum(self.sizes)
+        self.n_params = sum(numels[:len(params)])
         self.n_rng = torch.Generator().get_state().numel()
         self.nbytes = self.n_float + self.n_rng + 8
 
@@ -66,6 +68,13 @@ class DkLayout:
         parts = list(block[:, :self.n_float].view(torch.float32).split(self.sizes, dim=1))
         return RowViews(parts[:n], parts[n], parts[n + 1:n + 1 + P], parts[n + 1 + P:],
                         block[:, self.n_float:self.n_float + self.n_rng], block[:, self.n_float + self.n_rng:])
+
+    def flat(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views (K, #params) float32 of ``block``'s parameters, first and second moments."""
+        f = block[:, :self.n_float].view(torch.float32)
+        a = sum(self.sizes[:self.n_weights]) + len(self.names)
+        n = self.n_params
+        return f[:, :n], f[:, a:a + n], f[:, a + n:a + 2 * n]
 
     def weights_bytes(self) -> int:
         """Bytes at the start of a row that hold D_k's parameters and buffers."""
@@ -105,18 +114,81 @@ class DkInit:
         return torch.cat([floats.view(torch.uint8), rng, torch.zeros(8, dtype=torch.uint8)])
 
 
-def adam_rows(W: dict[str, torch.Tensor], m: dict[str, torch.Tensor], v: dict[str, torch.Tensor],
-              steps: torch.Tensor, grads: dict[str, torch.Tensor], lr: float, betas: tuple[float, float]) -> None:
-    """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of K stacked rows in
-    place, each with its own step count: with t = steps + 1,
-        m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,
-        W ← W − m / ((√v / √(1 − β2^t) + ε) (1 − β1^t) / lr).
-    ``W``, ``m``, ``v``, ``grads``: name → (K, …); ``steps``: (K, P) float32, one column per name."""
-    b1, b2 = betas
-    steps += 1
-    for i, (n, w) in enumerate(W.items()):
-        t = steps[:, i].to(w.device).view((-1,) + (1,) * (w.dim() - 1))
-        m[n].lerp_(grads[n], 1 - b1)
-        v[n].mul_(b2).addcmul_(grads[n], grads[n], value=1 - b2)
-        denom = (v[n].sqrt() / (1 - b2 ** t).sqrt()).add_(ADAM_EPS)
-        w.addcdiv_(m[n], denom * ((1 - b1 ** t) / lr), value=-1.0)
+#: Row stride of a :class:`Slab` in float32 and the unit :func:`shape_free` pads to: an elementwise
+#: kernel then runs whole SIMD blocks (also when split over up to 8 threads), so no element falls into
+#: its scalar tail loop, whose exp / pow round differently from the vector body. Unit: elements.
+LANE = 256
+
+
+def lanes(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`LANE`."""
+    return -(-n // LANE) * LANE
+
+
+def shape_free(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``fn`` of ``t``, computed on a zero-padded contiguous copy :func:`lanes` long: an
+    element's value does not depend on the size of ``t``, i.e. on how many nodes share the pass."""
+    n = t.numel()
+    flat = t.new_zeros(lanes(n))
+    flat[:n] = t.flatten()
+    return fn(flat)[:n].view(t.shape)
+
+
+class Slab:
+    """K rows' D_k parameters ``w`` and Adam moments ``m``, ``v`` as float32 (K, lanes(#params))
+    buffers on the pass's device (zero-padded columns), with the Adam steps (K, P): the form a
+    feedback pass reads, updates (:meth:`adam`) and writes back (:meth:`put`)."""
+
+    def __init__(self, layout: DkLayout, block: torch.Tensor, rows: torch.Tensor | None, device: torch.device) -> None:
+        self.layout, n = layout, layout.n_params
+        params, first, second = layout.flat(block)
+        self.steps = layout.views(block).steps
+        if rows is not None:
+            params, first, second, self.steps = (t.index_select(0, rows) for t in (params, first, second, self.steps))
+        else:
+            self.steps = self.steps.clone()
+        self.w, self.m, self.v = (torch.zeros(len(t), lanes(n), device=device) for t in (params, first, second))
+        for buf, t in ((self.w, params), (self.m, first), (self.v, second)):
+            buf[:, :n] = t
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """D_k's parameters as name → (K, *shape) views of ``w``."""
+        L, out, at = self.layout, {}, 0
+        for name, shape in zip(L.names, L.shapes):
+            size = math.prod(shape)
+            out[name] = self.w[:, at:at + size].view(len(self.w), *shape)
+            at += size
+        return out
+
+    def adam(self, grads: Sequence[torch.Tensor], lr: float, betas: tuple[float, float], rows: slice = slice(None)) -> None:
+        """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of ``rows`` in place,
+        each parameter with its own step count: with t = steps + 1,
+            m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,
+            W ← W − m / ((√v / √(1 − β2^t) + ε) (1 − β1^t) / lr).
+        ``grads``: per parameter name, (K', *shape) for the K' rows in ``rows``."""
+        b1, b2 = betas
+        w, m, v = self.w[rows], self.m[rows], self.v[rows]
+        g = torch.zeros_like(w)
+        g[:, :self.layout.n_params] = torch.cat([t.flatten(1) for t in grads], 1)
+        self.steps[rows] += 1
+        t = self.steps[rows].to(w.device)
+        numels = torch.tensor([math.prod(s) for s in self.layout.shapes[:len(self.layout.names)]], device=w.device)
+
+        def per_element(f: torch.Tensor) -> torch.Tensor:  # (K', P) → (K', lanes) (pad columns 1)
+            out = torch.ones_like(w)
+            out[:, :self.layout.n_params] = f.repeat_interleave(numels, dim=1)
+            return out
+        c2 = per_element(shape_free(lambda u: (1 - b2 ** u).sqrt(), t))
+        c1 = per_element(shape_free(lambda u: (1 - b1 ** u) / lr, t))
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        w.addcdiv_(m, (v.sqrt() / c2).add_(ADAM_EPS) * c1, value=-1.0)
+
+    def put(self, block: torch.Tensor, rows: torch.Tensor | None, k: int) -> None:
+        """Write the first ``k`` rows back into ``block``'s rows ``rows`` (None: all, in order)."""
+        n = self.layout.n_params
+        for part, buf in zip(self.layout.flat(block), (self.w, self.m, self.v)):
+            src = buf[:k, :n].cpu()
+            part.copy_(src) if rows is None else part.index_copy_(0, rows, src)
+        steps = self.layout.views(block).steps
+        steps.copy_(self.steps[:k]) if rows is None else steps.index_copy_(0, rows, self.steps[:k])

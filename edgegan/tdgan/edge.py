@@ -20,14 +20,15 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, require
 from edgegan.gan.losses import critic_loss, generator_loss
+from edgegan.nn.mlp import MLPCritic
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.dk_state import DkInit, RowViews, adam_rows, node_seed
+from edgegan.tdgan.dk_state import DkInit, Slab, node_seed, shape_free
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 __all__ = ["PackedEdges", "TDGANEdge", "check_request", "class_pools", "d_loss_logloss", "g_loss_logloss",
@@ -107,50 +108,65 @@ MIN_PASS_ROWS = 2
 #: A hosted node as the feedback pass needs it: id, private data, :func:`class_pools` of the data.
 Node = tuple[str, TensorData, dict[int, torch.Tensor]]
 Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StackedCritic = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _logloss_pass(D: nn.Module, cfg: TDGANConfig, W: dict[str, torch.Tensor], m: dict[str, torch.Tensor],
-                  v: dict[str, torch.Tensor], steps: torch.Tensor, reals: list[torch.Tensor], fake: torch.Tensor,
+def stacked_critic(D: nn.Module) -> StackedCritic:
+    """Scores (K, B) of K critics shaped like ``D`` with stacked parameters W (name → (K, …)) on
+    x (K, B, …) and labels y (K, B): :meth:`MLPCritic.stacked` (one batched matmul per layer) for
+    MLP critics, ``vmap`` of ``functional_call`` for any other D."""
+    if isinstance(D, MLPCritic):
+        return D.stacked
+    return vmap(lambda w, a, b: functional_call(D, w, (a, b)))  # type: ignore[no-any-return]
+
+
+def logloss_terms(s: torch.Tensor, sign: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per score s the log-loss −log σ(sign · s) of seed 003 eq. 1 (sign +1: scored as real, −1: as
+    fake) and its derivative −sign · σ(−sign · s), both :func:`shape_free` (exact whatever K)."""
+    z = -sign * s
+    return shape_free(F.softplus, z), -sign * shape_free(torch.sigmoid, z)
+
+
+def _logloss_pass(score: StackedCritic, cfg: TDGANConfig, slab: Slab, reals: list[torch.Tensor], fake: torch.Tensor,
                   y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
-    """Seed 003's logloss node step on K stacked D_k in one ``vmap`` pass (``W``: name → (K, …)):
-    per critic step in ``reals`` one :func:`adam_rows` update of each D_k on
-    −log D_k(x, y) − log(1 − D_k(x̂_k, y)), then the replies ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W)
-    and per node [d_loss, d_real, d_fake, g_loss]. A node's numbers do not depend on the others in K."""
-
-    def d_loss(w: dict[str, torch.Tensor], real: torch.Tensor, x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        return d_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), real, x, lab)
-
-    def g_loss(x: torch.Tensor, w: dict[str, torch.Tensor], lab: torch.Tensor) -> torch.Tensor:
-        return g_loss_logloss(lambda a, b: functional_call(D, w, (a, b)), x, lab)
-
+    """Seed 003's logloss node step on K stacked D_k (``slab``; ``score``: :func:`stacked_critic`) in
+    one pass: per critic step in ``reals`` one :meth:`Slab.adam` update of each D_k on
+    −log D_k(x, y) − log(1 − D_k(x̂_k, y)) (real and fake batches in one forward), then the replies
+    ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real, d_fake, g_loss].
+    Gradients are back-propagated from ∂loss/∂s of every score at once: node k's only reach its own
+    D_k and fakes, so a node's numbers do not depend on the others in K."""
+    B = fake.shape[1]
+    sign = torch.cat([torch.ones(B), -torch.ones(B)]).to(fake.device)
     for real in reals:
-        grads, loss = vmap(grad_and_value(d_loss))(W, real, fake, y)
-        adam_rows(W, m, v, steps, grads, cfg.lr, (cfg.beta1, cfg.beta2))
+        W = {n: t.detach().requires_grad_(True) for n, t in slab.named().items()}
+        s = score(W, torch.cat([real, fake], 1), torch.cat([y, y], 1))
+        loss, ds = logloss_terms(s.detach(), sign)
+        slab.adam(torch.autograd.grad(s, list(W.values()), ds / B), cfg.lr, (cfg.beta1, cfg.beta2))
+    W = slab.named()
     with torch.no_grad():
-        score = vmap(lambda w, a, b: functional_call(D, w, (a, b)))
-        d_real, d_fake = score(W, reals[-1], y).mean(1), score(W, fake, y).mean(1)  # (K,)
-    feedback, g = vmap(grad_and_value(g_loss))(fake, W, y)                      # (K, B, C, H, W), (K,)
-    return feedback.detach(), torch.stack([loss.detach(), d_real, d_fake, g.detach()], 1).tolist()
+        d_real = score(W, reals[-1], y).mean(1)
+    x = fake.detach().requires_grad_(True)
+    s = score(W, x, y)
+    g, ds = logloss_terms(s.detach(), 1.0)
+    (feedback,) = torch.autograd.grad(s, x, ds / B)                           # (K, B, C, H, W)
+    d_loss = loss[:, :B].mean(1) + loss[:, B:].mean(1)
+    return feedback, torch.stack([d_loss, d_real, s.detach().mean(1), g.mean(1)], 1).tolist()
 
 
-def _critic_steps(D: nn.Module, cfg: TDGANConfig, W: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
-                  m: dict[str, torch.Tensor], v: dict[str, torch.Tensor], steps: torch.Tensor,
-                  reals: list[torch.Tensor], fake: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """Row k's ``critic_steps`` autograd updates of D_k (:func:`adam_rows`); the last critic loss."""
+def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
+                  fake: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Row k's ``critic_steps`` autograd updates of D_k (:meth:`Slab.adam`); the last critic loss."""
     for real in reals:
-        w = {n: t[k].detach().requires_grad_(True) for n, t in W.items()}
+        w = {n: t[k].detach().requires_grad_(True) for n, t in slab.named().items()}
         critic: Critic = lambda a, lab, w=w: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
         loss = (critic_loss(critic, real, fake, cfg.gp_weight, y) if cfg.loss == "wgan-gp"  # type: ignore[arg-type]
                 else d_loss_logloss(critic, real, fake, y))  # type: ignore[arg-type]
         grads = torch.autograd.grad(loss, list(w.values()))
-        adam_rows({n: t[k:k + 1] for n, t in W.items()}, {n: t[k:k + 1] for n, t in m.items()},
-                  {n: t[k:k + 1] for n, t in v.items()}, steps[k:k + 1],
-                  {n: g.unsqueeze(0) for n, g in zip(W, grads)}, cfg.lr, (cfg.beta1, cfg.beta2))
+        slab.adam([g.unsqueeze(0) for g in grads], cfg.lr, (cfg.beta1, cfg.beta2), slice(k, k + 1))
     return loss
 
 
-def _autograd_pass(D: nn.Module, cfg: TDGANConfig, W: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                   m: dict[str, torch.Tensor], v: dict[str, torch.Tensor], steps: torch.Tensor,
+def _autograd_pass(D: nn.Module, cfg: TDGANConfig, slab: Slab, buffers: dict[str, torch.Tensor],
                    reals: list[torch.Tensor], fake: torch.Tensor, y: torch.Tensor, seeds: list[int],
                    ) -> tuple[torch.Tensor, list[list[float]]]:
     """The same node step, node by node with autograd, where one pass cannot hold it: the wgan-gp
@@ -166,8 +182,9 @@ def _autograd_pass(D: nn.Module, cfg: TDGANConfig, W: dict[str, torch.Tensor], b
             torch.default_generator.manual_seed(seeds[k])
             for d in cuda:
                 torch.cuda.default_generators[d.index or 0].manual_seed(seeds[k])
-            loss = _critic_steps(D, cfg, W, b, m, v, steps, [real[k] for real in reals], fake[k], y[k], k)
-        critic = lambda a, lab: functional_call(D, {**{n: t[k] for n, t in W.items()}, **b}, (a, lab))  # noqa: E731
+            loss = _critic_steps(D, cfg, slab, b, [real[k] for real in reals], fake[k], y[k], k)
+        w = {n: t[k] for n, t in slab.named().items()}
+        critic = lambda a, lab: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
         with torch.no_grad():
             d_real, d_fake = critic(reals[-1][k], y[k]).mean(), critic(fake[k], y[k]).mean()
         x = fake[k].clone().requires_grad_(True)
@@ -197,6 +214,8 @@ class PackedEdges:
         self.layout = self.init.layout
         self.nbytes, self.n_float = self.layout.nbytes, self.layout.n_float
         self.vectorised = cfg.loss == "logloss" and not self.layout.buffer_names
+        self.score = stacked_critic(self.init.D)
+        self.min_rows = 1 if isinstance(self.init.D, MLPCritic) else MIN_PASS_ROWS
 
     def fresh(self, node_id: str, data: TensorData, d_from: str | None = None) -> torch.Tensor:
         """Node ``node_id``'s initial row: D_k as ``build_gan`` draws it under the seed of node
@@ -243,41 +262,30 @@ class PackedEdges:
             rng[k] = gen.get_state()
         return draws, seeds
 
-    def _answer(self, views: RowViews, idx: list[int], draws: list[list[torch.Tensor]], seeds: list[int],
+    def _answer(self, block: torch.Tensor, idx: list[int], draws: list[list[torch.Tensor]], seeds: list[int],
                 requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> tuple[torch.Tensor, list[list[float]]]:
-        """Answer rows ``idx`` (one batch shape) in one pass and write their D_k and Adam state back.
-        With ``cfg.exact_grouping`` a lone row is passed twice to the vectorised pass
-        (:data:`MIN_PASS_ROWS`): a batched kernel over one row sums in another order than over two
-        or more, and a node's numbers must not depend on its company."""
+        """Answer rows ``idx`` (one batch shape) of ``block`` in one pass and write their D_k and Adam
+        state back. With ``cfg.exact_grouping`` a lone row is passed twice to a ``vmap`` pass
+        (:data:`MIN_PASS_ROWS`): a batched convolution over one row sums in another order than over
+        two or more, and a node's numbers must not depend on its company."""
         K = len(idx)
-        pad = self.vectorised and self.cfg.exact_grouping and K < MIN_PASS_ROWS
-        idx = idx + idx[:1] * (MIN_PASS_ROWS - K) if pad else idx
+        pad = self.vectorised and self.cfg.exact_grouping and K < self.min_rows
+        idx = idx + idx[:1] * (self.min_rows - K) if pad else idx
         L, dev, rows = self.layout, self.device, torch.tensor(idx)
-        whole = idx == list(range(len(views.steps)))
-
-        def take(part: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # contiguous (K, *shape) copy
-            sel = part if whole else part.index_select(0, rows)
-            return sel.reshape((len(idx),) + shape).to(dev, copy=True, memory_format=torch.contiguous_format)
-
-        P = len(L.names)
-        W = {n: take(views.weights[i], L.shapes[i]) for i, n in enumerate(L.names)}
-        buffers = {n: take(views.weights[P + i], L.shapes[P + i]) for i, n in enumerate(L.buffer_names)}
-        m = {n: take(views.first[i], L.shapes[i]) for i, n in enumerate(L.names)}
-        v = {n: take(views.second[i], L.shapes[i]) for i, n in enumerate(L.names)}
-        steps = views.steps.index_select(0, rows)
+        whole = idx == list(range(len(block)))
+        slab = Slab(L, block, None if whole else rows, dev)
+        buffer_views = L.views(block).weights[len(L.names):]
+        buffers = {n: t.index_select(0, rows).reshape((len(idx),) + L.shapes[len(L.names) + i]).to(dev)
+                   for i, (n, t) in enumerate(zip(L.buffer_names, buffer_views))}
         reals = [torch.stack([draws[k][s] for k in idx]).to(dev) for s in range(self.cfg.critic_steps)]
         y = torch.stack([labels[k] for k in idx]).to(dev)
         fake = torch.stack([requests[k].fake.detach() for k in idx]).to(dev)
-        args = (self.init.D, self.cfg, W, m, v, steps, reals, fake, y)
-        feedback, stats = (_logloss_pass(*args) if self.vectorised
-                           else _autograd_pass(self.init.D, self.cfg, W, buffers, m, v, steps, reals, fake, y, seeds))
-        rows = rows[:K]
-        for parts, tensors in ((views.weights, [*W.values(), *buffers.values()]), (views.first, list(m.values())),
-                               (views.second, list(v.values()))):
-            for part, t in zip(parts, tensors):
-                part.index_copy_(0, rows, t[:K].flatten(1).cpu())
-        views.steps.index_copy_(0, rows, steps[:K])
-        return feedback[:K], stats[:K]
+        feedback, stats = (_logloss_pass(self.score, self.cfg, slab, reals, fake, y) if self.vectorised
+                           else _autograd_pass(self.init.D, self.cfg, slab, buffers, reals, fake, y, seeds))
+        slab.put(block, None if whole else rows[:K], K)
+        for part, t in zip(buffer_views, buffers.values()):
+            part.index_copy_(0, rows[:K], t[:K].flatten(1).cpu())
+        return feedback[:K].detach(), stats[:K]
 
     def feedback(self, block: torch.Tensor, nodes: Sequence[Node], requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
         """Answer ``requests[k]`` as node ``nodes[k]`` = (id, private data, :func:`class_pools`) whose
@@ -293,7 +301,7 @@ class PackedEdges:
             by_shape.setdefault(tuple(r.fake.shape), []).append(k)
         replies: list[FeedbackReply | None] = [None] * len(nodes)
         for idx in by_shape.values():
-            feedback, stats = self._answer(views, idx, draws, [seeds[k] for k in idx], requests, labels)
+            feedback, stats = self._answer(block, idx, draws, [seeds[k] for k in idx], requests, labels)
             if self.cfg.clip_feedback:
                 feedback = clip_feedback(feedback, self.cfg.max_feedback_norm)
             feedback = feedback.to(requests[idx[0]].fake.device, torch.float32)
