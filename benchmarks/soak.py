@@ -224,6 +224,9 @@ def main() -> int:
                   "heartbeat_timeout_s": HB_TIMEOUT_S, "feedback_timeout_s": FEEDBACK_TIMEOUT_S,
                   "loadavg_at_end": list(os.getloadavg())},
         "rss_slope_mib_per_h": round(slope_per_h(ts, [s["cloud"]["rss_mib"] for s in post]), 3),
+        # the same fit over the second half only: a warm-up that saturates and a leak differ here
+        "rss_slope_second_half_mib_per_h": round(slope_per_h(ts[len(ts) // 2:], [s["cloud"]["rss_mib"]
+                                                                               for s in post[len(post) // 2:]]), 3),
         "fd_drift": drift([s["cloud"]["fds"] for s in post]),
         "thread_drift": drift([s["cloud"]["threads"] for s in post]),
         "rate_start": statistics.fmean(s["steps_per_s"] for s in post[:k]),
@@ -240,7 +243,7 @@ def main() -> int:
     }
     out["rate_end_over_start"] = round(out["rate_end"] / out["rate_start"], 3) if out["rate_start"] else None
     shutil.rmtree(tmp, ignore_errors=True)
-    print_table([{k: out[k] for k in ("rss_slope_mib_per_h", "fd_drift", "thread_drift", "rate_end_over_start",
+    print_table([{k: out[k] for k in ("rss_slope_mib_per_h", "rss_slope_second_half_mib_per_h", "fd_drift", "thread_drift", "rate_end_over_start",
                                       "lost", "duplicated", "partitions_healed", "reconnects", "drops")}],
                 f"soak: {args.minutes:g} min, {args.hosts} hosts × {args.nodes_per_host} nodes"
                 f"{'' if why_no_netns is None else ' (no namespaces: ' + why_no_netns + ')'}")
