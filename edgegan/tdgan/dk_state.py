@@ -161,8 +161,8 @@ class Slab:
         return out
 
     def adam(self, grads: Sequence[torch.Tensor], lr: float, betas: tuple[float, float], rows: slice = slice(None)) -> None:
-        """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of ``rows`` in place,
-        each parameter with its own step count: with t = steps + 1,
+        """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of ``rows`` in place
+        (the row layout keeps a step count per parameter, as torch.optim does; all step together): with t = steps + 1,
             m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,
             W ← W − m / ((√v / √(1 − β2^t) + ε) (1 − β1^t) / lr).
         ``grads``: per parameter name, (K', *shape) for the K' rows in ``rows``."""
@@ -171,15 +171,9 @@ class Slab:
         g = torch.zeros_like(w)
         g[:, :self.layout.n_params] = torch.cat([t.flatten(1) for t in grads], 1)
         self.steps[rows] += 1
-        t = self.steps[rows].to(w.device)
-        numels = torch.tensor([math.prod(s) for s in self.layout.shapes[:len(self.layout.names)]], device=w.device)
-
-        def per_element(f: torch.Tensor) -> torch.Tensor:  # (K', P) → (K', lanes) (pad columns 1)
-            out = torch.ones_like(w)
-            out[:, :self.layout.n_params] = f.repeat_interleave(numels, dim=1)
-            return out
-        c2 = per_element(shape_free(lambda u: (1 - b2 ** u).sqrt(), t))
-        c1 = per_element(shape_free(lambda u: (1 - b1 ** u) / lr, t))
+        t = self.steps[rows, :1].to(w.device)  # (K', 1): every parameter of a D_k steps together
+        c2 = shape_free(lambda u: (1 - b2 ** u).sqrt(), t)
+        c1 = shape_free(lambda u: (1 - b1 ** u) / lr, t)
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         w.addcdiv_(m, (v.sqrt() / c2).add_(ADAM_EPS) * c1, value=-1.0)
