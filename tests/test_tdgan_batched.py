@@ -228,8 +228,9 @@ def test_a_new_nodes_row_holds_d_k_as_build_gan_draws_it_under_the_nodes_seed(pa
 @pytest.mark.parametrize("arch,loss", [("mlp", "logloss"), ("dcgan", "logloss"), ("mlp", "wgan-gp")])
 def test_a_nodes_reply_does_not_depend_on_who_shares_its_call_even_with_mixed_batch_sizes(parts, arch, loss):
     """At the default widths and batch size, rows answered alone, together, or beside a node of
-    another batch size give the same bytes (a one-row batched kernel sums in another order than a
-    two-row one: without the lone row's twin, every node here differed at 1e-8)."""
+    another batch size give the same bytes (a one-row batched convolution sums in another order than
+    a two-row one: without the lone row's twin, every dcgan node here differed at 1e-8; an MLP D_k's
+    pass needs no twin)."""
     cfg = TDGANConfig(arch=arch, loss=loss, seed=5)
     packed = PackedEdges(cfg, parts[0])
     ids = [f"n{i}" for i in range(3)]
