@@ -130,3 +130,20 @@ def test_make_certs_makes_a_ca_server_and_client_certificates(tmp_path):
     from edgegan.runtime.config import TLSConfig
 
     TLSConfig(str(out / "server.pem"), str(out / "server.key"), str(out / "ca.pem")).validate()
+
+
+def test_the_cloud_limits_malloc_arenas_and_the_knob_is_validated():
+    """`malloc_arenas` (default 2) is applied by `edgegan cloud` through glibc's mallopt; a
+    negative value is a one-line error naming the field."""
+    import platform
+
+    from edgegan.commands.cloud import limit_malloc_arenas
+    from edgegan.config import from_dict
+    from edgegan.errors import EdgeganError
+    from edgegan.runtime.config import CloudConfig
+
+    assert CloudConfig().malloc_arenas == 2
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas(2)
+    with pytest.raises(EdgeganError, match=r"malloc_arenas"):
+        from_dict(CloudConfig, {"malloc_arenas": -1, "allow_anonymous": True}).validate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 
 from edgegan.config import load_yaml
 
@@ -19,6 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: glibc's ``mallopt`` parameter for the most malloc arenas (malloc.h).
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """``mallopt(M_ARENA_MAX, n)``: threads created from now on share at most ``n`` malloc arenas.
+    False where the C library is not glibc (the setting then does nothing)."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from edgegan.runtime.config import CloudConfig
     from edgegan.runtime.grpc_server import serve
@@ -28,4 +42,6 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.validate()
+    if cfg.malloc_arenas:
+        limit_malloc_arenas(cfg.malloc_arenas)
     return asyncio.run(serve(cfg, ready_file=args.ready_file))
