@@ -152,13 +152,10 @@ class Slab:
             buf[:, :n] = t
 
     def named(self) -> dict[str, torch.Tensor]:
-        """D_k's parameters as name → (K, *shape) views of ``w``."""
-        L, out, at = self.layout, {}, 0
-        for name, shape in zip(L.names, L.shapes):
-            size = math.prod(shape)
-            out[name] = self.w[:, at:at + size].view(len(self.w), *shape)
-            at += size
-        return out
+        """D_k's parameters as name → (K, *shape) views of ``w`` (the row's order, as :meth:`DkLayout.views`)."""
+        L, P = self.layout, len(self.layout.names)
+        parts = self.w[:, :L.n_params].split(L.sizes[:P], dim=1)
+        return {name: t.view(len(self.w), *shape) for name, t, shape in zip(L.names, parts, L.shapes)}
 
     def adam(self, grads: Sequence[torch.Tensor], lr: float, betas: tuple[float, float], rows: slice = slice(None)) -> None:
         """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of ``rows`` in place
@@ -181,8 +178,9 @@ class Slab:
     def put(self, block: torch.Tensor, rows: torch.Tensor | None, k: int) -> None:
         """Write the first ``k`` rows back into ``block``'s rows ``rows`` (None: all, in order)."""
         n = self.layout.n_params
-        for part, buf in zip(self.layout.flat(block), (self.w, self.m, self.v)):
-            src = buf[:k, :n].cpu()
-            part.copy_(src) if rows is None else part.index_copy_(0, rows, src)
-        steps = self.layout.views(block).steps
-        steps.copy_(self.steps[:k]) if rows is None else steps.index_copy_(0, rows, self.steps[:k])
+        parts = (*self.layout.flat(block), self.layout.views(block).steps)
+        for part, src in zip(parts, (self.w[:k, :n].cpu(), self.m[:k, :n].cpu(), self.v[:k, :n].cpu(), self.steps[:k])):
+            if rows is None:
+                part.copy_(src)
+            else:
+                part.index_copy_(0, rows, src)
