@@ -5,6 +5,7 @@ certificates openssl verifies. ``docker compose config`` cannot run here, hence 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import shutil
@@ -132,12 +133,13 @@ def test_make_certs_makes_a_ca_server_and_client_certificates(tmp_path):
     TLSConfig(str(out / "server.pem"), str(out / "server.key"), str(out / "ca.pem")).validate()
 
 
-def test_the_cloud_limits_malloc_arenas_and_the_knob_is_validated():
-    """`malloc_arenas` (default 2) is applied by `edgegan cloud` through glibc's mallopt; a
-    negative value is a one-line error naming the field."""
+def test_the_cloud_limits_malloc_arenas_trims_the_heap_and_the_knobs_are_validated():
+    """`malloc_arenas` (default 2) is applied by `edgegan cloud` through glibc's mallopt and
+    `malloc_trim_every_s` (default 60 s) hands freed heap pages back: after freeing half of many
+    small blocks, a trim lowers the RSS. A negative value is a one-line error naming the field."""
     import platform
 
-    from edgegan.commands.cloud import limit_malloc_arenas
+    from edgegan.runtime.malloc import limit_malloc_arenas, trim_malloc
     from edgegan.config import from_dict
     from edgegan.errors import EdgeganError
     from edgegan.runtime.config import CloudConfig
@@ -145,5 +147,16 @@ def test_the_cloud_limits_malloc_arenas_and_the_knob_is_validated():
     assert CloudConfig().malloc_arenas == 2
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert limit_malloc_arenas(2)
-    with pytest.raises(EdgeganError, match=r"malloc_arenas"):
-        from_dict(CloudConfig, {"malloc_arenas": -1, "allow_anonymous": True}).validate()
+        blocks = [bytearray(64 * 1024 - 64) for _ in range(4000)]  # below the mmap threshold: heap pages
+        del blocks[::2]
+        before = _rss_mib()
+        assert trim_malloc()
+        assert _rss_mib() < before - 50  # half of 250 MiB is free in holes between live blocks
+        del blocks
+    for knob in ("malloc_arenas", "malloc_trim_every_s"):
+        with pytest.raises(EdgeganError, match=knob):
+            from_dict(CloudConfig, {knob: -1, "allow_anonymous": True}).validate()
+
+
+def _rss_mib() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 
 from edgegan.config import load_yaml
 
@@ -20,21 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-#: glibc's ``mallopt`` parameter for the most malloc arenas (malloc.h).
-M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(n: int) -> bool:
-    """``mallopt(M_ARENA_MAX, n)``: threads created from now on share at most ``n`` malloc arenas.
-    False where the C library is not glibc (the setting then does nothing)."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n))
-    except (OSError, AttributeError):
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     from edgegan.runtime.config import CloudConfig
+    from edgegan.runtime.malloc import limit_malloc_arenas
     from edgegan.runtime.grpc_server import serve
 
     cfg = load_yaml(CloudConfig, args.config)

@@ -102,6 +102,9 @@ class CloudConfig:
     malloc_arenas: int = field(default=2, metadata={
         "unit": "glibc malloc arenas of the cloud process (0: glibc's default, 8 per core): a long-running server's "
                 "threads (event loop, compute, parsing, gRPC) otherwise each fragment an arena of their own"})
+    malloc_trim_every_s: float = field(default=60.0, metadata={
+        "unit": "seconds between glibc malloc_trim calls of the cloud process, which hand freed heap pages back "
+                "to the OS (0: never)"})
     schedule: Optional[str] = field(default=None, metadata={
         "unit": "tdgan: JSON schedule (tasks and join/leave events by tick, as `edgegan simulate --backend grpc` "
                 "writes it); nodes are then members exactly when it has them online and their stream is open"})
@@ -137,7 +140,8 @@ class CloudConfig:
         require(0 < self.heartbeat_interval_s < self.heartbeat_timeout_s, f"{p}heartbeat_interval_s",
                 "need 0 < heartbeat_interval_s < heartbeat_timeout_s")
         check_fields(self, prefix, ("feedback_timeout_s", "stream_drain_s"), 0, strict_low=True)
-        check_fields(self, prefix, ("rejoin_grace_s", "join_wait_s", "snapshot_every", "malloc_arenas"), 0)
+        check_fields(self, prefix, ("rejoin_grace_s", "join_wait_s", "snapshot_every", "malloc_arenas",
+                                      "malloc_trim_every_s"), 0)
         if self.schedule is not None:
             require(self.mode == "tdgan", f"{p}schedule", "a schedule drives a tdgan run", "set mode: tdgan")
             require(os.path.isfile(self.schedule), f"{p}schedule", f"no file '{self.schedule}'",

@@ -39,6 +39,7 @@ from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
 from edgegan.runtime.guard import CALLER, SERVICE, Guard, Refusal
+from edgegan.runtime.malloc import trim_malloc_every
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
@@ -419,6 +420,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (stop.set(), run_stop.set()))
     watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
+    trimmer = asyncio.ensure_future(trim_malloc_every(cfg.malloc_trim_every_s)) if cfg.malloc_trim_every_s else None
     gate = _schedule_gate(cfg, server, link, run_stop)
     try:
         if gate is not None:
@@ -432,6 +434,8 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
             await _linger(cfg.linger_s, server, link, stop)
     finally:
         watchdog.cancel()
+        if trimmer is not None:
+            trimmer.cancel()
         if gate is not None:
             gate.close()
         await health_servicer.enter_graceful_shutdown()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgegan.errors import EdgeganError, FailureReason, Refused
+from edgegan.finite import all_finite
 from edgegan.nn import build_from_spec, model_spec
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 
@@ -91,7 +92,7 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
     if tdtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
     t = t.reshape(dims)
-    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if finite and not all_finite(t):
         raise WireError(f"{field}.data", "non-finite values", reason=FailureReason.NONFINITE)
     return t
 

@@ -15,7 +15,7 @@ answers a block of rows in one pass and :class:`TDGANEdge` is a view of one row.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch.func import functional_call, vmap
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, require
+from edgegan.finite import all_finite
 from edgegan.gan.losses import critic_loss, generator_loss
 from edgegan.nn.mlp import MLPCritic
 from edgegan.tdgan.config import TDGANConfig
@@ -77,7 +78,7 @@ def check_request(node_id: str, image_shape: tuple[int, ...], pools: dict[int, t
             f"{who} needs a float32 tensor, got {getattr(fake, 'dtype', type(fake).__name__)}")
     require(fake.dim() == 4 and tuple(fake.shape[1:]) == image_shape and fake.shape[0] >= 1, "fake",
             f"{who} got shape {tuple(fake.shape)}", f"send (B>=1, {', '.join(map(str, image_shape))})")
-    require(bool(torch.isfinite(fake).all()), "fake", f"{who} got non-finite values")
+    require(all_finite(fake), "fake", f"{who} got non-finite values")
     require(isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (fake.shape[0],),
             "labels", f"{who} needs int64 labels of shape ({fake.shape[0]},), got "
             f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
@@ -108,16 +109,43 @@ MIN_PASS_ROWS = 2
 #: A hosted node as the feedback pass needs it: id, private data, :func:`class_pools` of the data.
 Node = tuple[str, TensorData, dict[int, torch.Tensor]]
 Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StackedCritic = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def stacked_critic(D: nn.Module) -> StackedCritic:
-    """Scores (K, B) of K critics shaped like ``D`` with stacked parameters W (name → (K, …)) on
-    x (K, B, …) and labels y (K, B): :meth:`MLPCritic.stacked` (one batched matmul per layer) for
-    MLP critics, ``vmap`` of ``functional_call`` for any other D."""
-    if isinstance(D, MLPCritic):
-        return D.stacked
-    return vmap(lambda w, a, b: functional_call(D, w, (a, b)))  # type: ignore[no-any-return]
+class Stacked(Protocol):
+    """K critics of one shape at once (parameters W: name → (K, …)): :meth:`MLPCritic.stacked` and
+    :meth:`MLPCritic.stacked_backward`'s interface."""
+
+    def stacked(self, W: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
+
+    def stacked_backward(self, W: dict[str, torch.Tensor], tape: Any, ds: torch.Tensor, weights: bool = True,
+                         inputs: bool = False) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]: ...
+
+
+class VmapCritic:
+    """:class:`Stacked` for any critic module: ``vmap`` of ``functional_call`` forward, autograd backward."""
+
+    def __init__(self, D: nn.Module) -> None:
+        self.score = vmap(lambda w, a, b: functional_call(D, w, (a, b)))
+
+    def stacked(self, W: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if not torch.is_grad_enabled():
+            return self.score(W, x, y), None
+        W = {n: t.detach().requires_grad_(True) for n, t in W.items()}
+        x = x.detach().requires_grad_(True)
+        s = self.score(W, x, y)
+        return s.detach(), (s, W, x)
+
+    def stacked_backward(self, W: dict[str, torch.Tensor], tape: Any, ds: torch.Tensor, weights: bool = True,
+                         inputs: bool = False) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        s, Wg, x = tape
+        grads = torch.autograd.grad(s, (list(Wg.values()) if weights else []) + ([x] if inputs else []), ds)
+        return (list(grads[:len(Wg)]) if weights else None), (grads[-1] if inputs else None)
+
+
+def stacked_critic(D: nn.Module) -> Stacked:
+    """K critics shaped like ``D`` at once: ``D`` itself for MLP critics (one batched matmul per layer,
+    a hand-written backward), :class:`VmapCritic` for any other D."""
+    return D if isinstance(D, MLPCritic) else VmapCritic(D)
 
 
 def logloss_terms(s: torch.Tensor, sign: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,30 +155,30 @@ def logloss_terms(s: torch.Tensor, sign: torch.Tensor | float) -> tuple[torch.Te
     return shape_free(F.softplus, z), -sign * shape_free(torch.sigmoid, z)
 
 
-def _logloss_pass(score: StackedCritic, cfg: TDGANConfig, slab: Slab, reals: list[torch.Tensor], fake: torch.Tensor,
+def _logloss_pass(critic: Stacked, cfg: TDGANConfig, slab: Slab, reals: list[torch.Tensor], fake: torch.Tensor,
                   y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
-    """Seed 003's logloss node step on K stacked D_k (``slab``; ``score``: :func:`stacked_critic`) in
-    one pass: per critic step in ``reals`` one :meth:`Slab.adam` update of each D_k on
-    −log D_k(x, y) − log(1 − D_k(x̂_k, y)) (real and fake batches in one forward), then the replies
-    ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real, d_fake, g_loss].
-    Gradients are back-propagated from ∂loss/∂s of every score at once: node k's only reach its own
-    D_k and fakes, so a node's numbers do not depend on the others in K."""
+    """Seed 003's logloss node step on K stacked D_k (``slab``) in one pass: per critic step in
+    ``reals`` one :meth:`Slab.adam` update of each D_k on −log D_k(x, y) − log(1 − D_k(x̂_k, y))
+    (real and fake batches in one forward), then, with the updated D_k, the replies ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real,
+    d_fake, g_loss]. Gradients flow back from ∂loss/∂s of every score at once: node k's only reach
+    its own D_k and fakes, so a node's numbers do not depend on the others in K."""
     B = fake.shape[1]
     sign = torch.cat([torch.ones(B), -torch.ones(B)]).to(fake.device)
+    yy = torch.cat([y, y], 1)
     for real in reals:
-        W = {n: t.detach().requires_grad_(True) for n, t in slab.named().items()}
-        s = score(W, torch.cat([real, fake], 1), torch.cat([y, y], 1))
-        loss, ds = logloss_terms(s.detach(), sign)
-        slab.adam(torch.autograd.grad(s, list(W.values()), ds / B), cfg.lr, (cfg.beta1, cfg.beta2))
+        W = slab.named()
+        s, tape = critic.stacked(W, torch.cat([real, fake], 1), yy)
+        loss, ds = logloss_terms(s, sign)
+        grads, _ = critic.stacked_backward(W, tape, ds / B)
+        slab.adam(grads, cfg.lr, (cfg.beta1, cfg.beta2))  # type: ignore[arg-type]
     W = slab.named()
     with torch.no_grad():
-        d_real = score(W, reals[-1], y).mean(1)
-    x = fake.detach().requires_grad_(True)
-    s = score(W, x, y)
-    g, ds = logloss_terms(s.detach(), 1.0)
-    (feedback,) = torch.autograd.grad(s, x, ds / B)                           # (K, B, C, H, W)
+        d_real = critic.stacked(W, reals[-1], y)[0].mean(1)
+    s, tape = critic.stacked(W, fake, y)
+    g, ds = logloss_terms(s, 1.0)
+    _, feedback = critic.stacked_backward(W, tape, ds / B, weights=False, inputs=True)
     d_loss = loss[:, :B].mean(1) + loss[:, B:].mean(1)
-    return feedback, torch.stack([d_loss, d_real, s.detach().mean(1), g.mean(1)], 1).tolist()
+    return feedback, torch.stack([d_loss, d_real, s.mean(1), g.mean(1)], 1).tolist()  # type: ignore[return-value]
 
 
 def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
@@ -244,7 +272,7 @@ class PackedEdges:
             held = torch.zeros(len(nodes), C + 1, dtype=torch.bool)  # column C: labels out of range
             for k, (_, _, pools) in enumerate(nodes):
                 held[k, list(pools)] = True
-            ok = all(bool(torch.isfinite(r.fake).all()) for r in requests) and all(
+            ok = all(all_finite(r.fake) for r in requests) and all(
                 bool(held[k, torch.where((y >= 0) & (y < C), y, C)].all()) for k, y in enumerate(labels))
         if not ok:
             for (node_id, data, pools), r in zip(nodes, requests):

@@ -18,6 +18,7 @@ import torch
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, FailureReason, Refused, require
+from edgegan.finite import all_finite
 
 
 class FeedbackRejected(Refused):
@@ -122,7 +123,7 @@ def validate_feedback(reply: FeedbackReply, request: FeedbackRequest, max_norm: 
     if tuple(g.shape) != tuple(request.fake.shape):
         raise FeedbackRejected("feedback.grad", f"{who} sent shape {tuple(g.shape)}",
                                f"expected the fake batch's shape {tuple(request.fake.shape)}", reason=R.SHAPE)
-    if not torch.isfinite(g).all():
+    if not all_finite(g):
         raise FeedbackRejected("feedback.grad", f"{who} sent non-finite values", reason=R.NONFINITE)
     norm = float(g.flatten(1).norm(dim=1).max()) if g.numel() else 0.0
     if not math.isfinite(norm) or norm > max_norm:
