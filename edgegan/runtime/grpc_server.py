@@ -205,16 +205,13 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
                                         "version": request.capabilities.version})
         except EdgeganError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        self.server.metrics.bytes_received.inc(request.ByteSize())
-        reply = pb.RegisterReply(run_id=self.cfg.run_id, step=self.server.step,
-                                 heartbeat_interval_s=self.cfg.heartbeat_interval_s,
-                                 heartbeat_timeout_s=self.cfg.heartbeat_timeout_s,
-                                 max_message_bytes=self.cfg.max_message_bytes, chunk_bytes=self.cfg.chunk_bytes,
-                                 mode=self.cfg.mode, tdgan_config_json=config_json(self.cfg.tdgan),
-                                 training_config_json=config_json(self.cfg.training),
-                                 image_shape=list(self.cfg.image_shape))
-        self.server.metrics.bytes_sent.inc(reply.ByteSize())
-        return reply
+        return pb.RegisterReply(run_id=self.cfg.run_id, step=self.server.step,
+                                heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+                                heartbeat_timeout_s=self.cfg.heartbeat_timeout_s,
+                                max_message_bytes=self.cfg.max_message_bytes, chunk_bytes=self.cfg.chunk_bytes,
+                                mode=self.cfg.mode, tdgan_config_json=config_json(self.cfg.tdgan),
+                                training_config_json=config_json(self.cfg.training),
+                                image_shape=list(self.cfg.image_shape))
 
     async def _read_loop(self, session: _Session, requests: AsyncIterator[pb.EdgeMessage | Refusal]) -> None:
         """Read until the edge half-closes. A message the guard refused ends the stream with its
@@ -229,13 +226,11 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
                     metrics.reject(msg.reason)
                 session.close(msg.code, msg.detail)
                 continue
-            metrics.bytes_received.inc(msg.ByteSize())
             if msg.WhichOneof("kind") == "reply":
                 session.on_reply(msg.reply)
 
     async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
         """Write the outbox (a heartbeat when idle) until the stream is closing; never cancelled mid-write."""
-        metrics = self.server.metrics
         interval = self.cfg.heartbeat_interval_s
         while not session.closed.done():
             try:
@@ -245,7 +240,6 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             if msg is None or session.closed.done():
                 return
             await context.write(msg)
-            metrics.bytes_sent.inc(msg.ByteSize())
             if msg.HasField("done"):
                 self.link.told_done.add(session.node_id)
 
@@ -323,7 +317,6 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         asm = ChunkAssembler(self.cfg.max_model_bytes)
         try:
             async for chunk in request_iterator:
-                self.server.metrics.bytes_received.inc(chunk.ByteSize())
                 asm.add(chunk)
                 if asm.header is not None and asm.header.node_id != node_id:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -354,7 +347,6 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         if blob is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name} is not ready after {wait:g} s")
         for chunk in iter_chunks(node_id, request.name, blob, self.cfg.chunk_bytes):
-            self.server.metrics.bytes_sent.inc(chunk.ByteSize())
             yield chunk
 
 
