@@ -144,8 +144,11 @@ class _Stream:
             reply = await self.node.answer(FeedbackRequest(self.node.node_id, int(r.step), fake, labels))
         finally:
             self.busy, self.last_heard = False, time.monotonic()
-        await self.send(pb.EdgeMessage(reply=pb.FeedbackReply(step=reply.step, grad=encode_tensor(reply.grad),
-                                                              stats=reply.stats)), reply.step)
+        msg = pb.EdgeMessage()
+        msg.reply.step = reply.step
+        encode_tensor(reply.grad, msg.reply.grad)
+        msg.reply.stats.update(reply.stats)
+        await self.send(msg, reply.step)
 
     async def read(self) -> pb.CloudMessage:
         try:

@@ -131,8 +131,10 @@ class GrpcLink:
             if s is None or s.closed.done():
                 out[req.node_id] = NodeFailure(FailureReason.DISCONNECTED, "no open stream")
                 continue
-            msg = pb.CloudMessage(request=pb.FeedbackRequest(step=req.step, fake=encode_tensor(req.fake),
-                                                             labels=encode_tensor(req.labels)))
+            msg = pb.CloudMessage()
+            msg.request.step = req.step
+            encode_tensor(req.fake, msg.request.fake)
+            encode_tensor(req.labels, msg.request.labels)
             fut = loop.create_future()
             s.pending[req.step] = (req, fut, time.perf_counter())
             s.outbox.put_nowait(msg)

@@ -47,8 +47,11 @@ class WireError(Refused):
     ``reason`` is its typed :class:`~edgegan.errors.FailureReason` (``malformed`` unless given)."""
 
 
-def encode_tensor(t: torch.Tensor) -> pb.Tensor:
-    """Tensor → ``Tensor{dtype, shape, data}`` (C order, little-endian; moved to CPU)."""
+def encode_tensor(t: torch.Tensor, out: pb.Tensor | None = None) -> pb.Tensor:
+    """Tensor → ``Tensor{dtype, shape, data}`` (C order, little-endian; moved to CPU), written into
+    ``out`` when given: a field of the message that carries it, e.g. ``msg.request.fake``. Fill the
+    field in place: passing a tensor message to a constructor (``FeedbackRequest(fake=…)``) copies
+    it once per level, slowly (1.6 ms per level for a 786 KB CIFAR batch, against 56 µs in place)."""
     name = _NAME.get(t.dtype)
     if name is None:
         raise WireError("tensor.dtype", f"{t.dtype} cannot travel", "use one of " + ", ".join(DTYPES))
@@ -58,7 +61,11 @@ def encode_tensor(t: torch.Tensor) -> pb.Tensor:
     arr = t.numpy()
     if _BIG_ENDIAN:
         arr = arr.astype(DTYPES[name][1])
-    return pb.Tensor(dtype=name, shape=list(t.shape), data=arr.tobytes())
+    out = pb.Tensor() if out is None else out
+    out.dtype = name
+    out.shape[:] = list(t.shape)
+    out.data = arr.tobytes()
+    return out
 
 
 def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = None,
@@ -84,10 +91,11 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
         raise WireError(f"{field}.shape", f"{n} elements exceed the bound {max_elements}",
                         reason=FailureReason.SHAPE)
     tdtype, ndtype = DTYPES[msg.dtype]
-    if len(msg.data) != n * ndtype.itemsize:
-        raise WireError(f"{field}.data", f"{len(msg.data)} bytes for shape {dims} of {msg.dtype} "
+    data = msg.data  # each access of a bytes field is a copy
+    if len(data) != n * ndtype.itemsize:
+        raise WireError(f"{field}.data", f"{len(data)} bytes for shape {dims} of {msg.dtype} "
                         f"(expected {n * ndtype.itemsize})")
-    arr = np.frombuffer(msg.data, dtype=ndtype).astype(ndtype.newbyteorder("="), copy=True)
+    arr = np.frombuffer(data, dtype=ndtype).astype(ndtype.newbyteorder("="), copy=True)
     t = torch.from_numpy(arr)
     if tdtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
@@ -100,10 +108,15 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
 # ---------------------------------------------------------------------------- models
 
 
-def encode_model(name: str, model: nn.Module) -> pb.Model:
-    """A model → ``Model{name, spec_json, tensors}`` (its ``model_spec`` and state dict)."""
-    return pb.Model(name=name, spec_json=json.dumps(model_spec(model)),
-                    tensors=[pb.NamedTensor(name=k, tensor=encode_tensor(v)) for k, v in model.state_dict().items()])
+def encode_model(name: str, model: nn.Module, out: pb.Model | None = None) -> pb.Model:
+    """A model → ``Model{name, spec_json, tensors}`` (its ``model_spec`` and state dict), written
+    into ``out`` when given (see :func:`encode_tensor`)."""
+    msg = pb.Model() if out is None else out
+    msg.name, msg.spec_json = name, json.dumps(model_spec(model))
+    for k, v in model.state_dict().items():
+        named = msg.tensors.add(name=k)
+        encode_tensor(v, named.tensor)
+    return msg
 
 
 def decode_model(msg: pb.Model, device: torch.device | str = "cpu") -> nn.Module:
@@ -144,8 +157,10 @@ def decode_model(msg: pb.Model, device: torch.device | str = "cpu") -> nn.Module
 
 def encode_bundle(models: Mapping[str, nn.Module], scalars: Mapping[str, float] | None = None) -> bytes:
     """Models by role name + scalars → the serialized ``ModelBundle`` bytes."""
-    return pb.ModelBundle(models=[encode_model(k, m) for k, m in models.items()],
-                          scalars=dict(scalars or {})).SerializeToString()
+    bundle = pb.ModelBundle(scalars=dict(scalars or {}))
+    for k, m in models.items():
+        encode_model(k, m, bundle.models.add())
+    return bundle.SerializeToString()
 
 
 def decode_bundle(blob: bytes, device: torch.device | str = "cpu") -> tuple[dict[str, nn.Module], dict[str, float]]:
