@@ -159,9 +159,10 @@ def _logloss_pass(critic: Stacked, cfg: TDGANConfig, slab: Slab, reals: list[tor
                   y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
     """Seed 003's logloss node step on K stacked D_k (``slab``) in one pass: per critic step in
     ``reals`` one :meth:`Slab.adam` update of each D_k on −log D_k(x, y) − log(1 − D_k(x̂_k, y))
-    (real and fake batches in one forward), then, with the updated D_k, the replies ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real,
-    d_fake, g_loss]. Gradients flow back from ∂loss/∂s of every score at once: node k's only reach
-    its own D_k and fakes, so a node's numbers do not depend on the others in K."""
+    (real and fake batches in one forward), then, with the updated D_k, the replies
+    ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real, d_fake, g_loss].
+    Gradients flow back from ∂loss/∂s of every score at once (:meth:`Stacked.stacked_backward`):
+    node k's only reach its own D_k and fakes, so a node's numbers do not depend on the others in K."""
     B = fake.shape[1]
     sign = torch.cat([torch.ones(B), -torch.ones(B)]).to(fake.device)
     yy = torch.cat([y, y], 1)
