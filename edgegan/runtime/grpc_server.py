@@ -376,6 +376,14 @@ async def _linger(seconds: float, server: CloudServer, link: GrpcLink, stop: asy
         await asyncio.sleep(0.05)
 
 
+def _housekeeping(cfg: CloudConfig, link: GrpcLink) -> list[asyncio.Future]:
+    """The cloud's periodic tasks: the heartbeat watchdog and, unless 0, the heap trim."""
+    tasks = [asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))]
+    if cfg.malloc_trim_every_s:
+        tasks.append(asyncio.ensure_future(trim_malloc_every(cfg.malloc_trim_every_s)))
+    return tasks
+
+
 async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file: str | Path | None = None) -> int:
     """Run a cloud process until its run finishes (``exit_when_done``) or SIGTERM/SIGINT.
 
@@ -413,8 +421,7 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
     run_stop = asyncio.Event() if cfg.schedule is not None else stop  # a schedule's end stops the run, not the process
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (stop.set(), run_stop.set()))
-    watchdog = asyncio.ensure_future(link.watchdog(cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s))
-    trimmer = asyncio.ensure_future(trim_malloc_every(cfg.malloc_trim_every_s)) if cfg.malloc_trim_every_s else None
+    background = _housekeeping(cfg, link)
     gate = _schedule_gate(cfg, server, link, run_stop)
     try:
         if gate is not None:
@@ -427,9 +434,8 @@ async def serve(cfg: CloudConfig, server: CloudServer | None = None, ready_file:
         elif outcome == "finished":
             await _linger(cfg.linger_s, server, link, stop)
     finally:
-        watchdog.cancel()
-        if trimmer is not None:
-            trimmer.cancel()
+        for task in background:
+            task.cancel()
         if gate is not None:
             gate.close()
         await health_servicer.enter_graceful_shutdown()
