@@ -139,10 +139,10 @@ def test_the_cloud_limits_malloc_arenas_trims_the_heap_and_the_knobs_are_validat
     small blocks, a trim lowers the RSS. A negative value is a one-line error naming the field."""
     import platform
 
-    from edgegan.runtime.malloc import limit_malloc_arenas, trim_malloc
     from edgegan.config import from_dict
     from edgegan.errors import EdgeganError
     from edgegan.runtime.config import CloudConfig
+    from edgegan.runtime.malloc import limit_malloc_arenas, trim_malloc
 
     assert CloudConfig().malloc_arenas == 2
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgegan.runtime.config import CloudConfig
-    from edgegan.runtime.malloc import limit_malloc_arenas
     from edgegan.runtime.grpc_server import serve
+    from edgegan.runtime.malloc import limit_malloc_arenas
 
     cfg = load_yaml(CloudConfig, args.config)
     for name in ("listen", "checkpoint_dir", "metrics_port"):
