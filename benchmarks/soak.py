@@ -9,10 +9,14 @@ a lab's edge host runs them); every host dials the cloud through the userspace p
 every ``--reset-every-s``. Faults, seeded (``--seed``) and kept out of the first and last 10 % of
 the measured span (and 45 s before the last, for a restarted host to come back): every ``--partition-every-s`` one host is cut off for 2 × heartbeat_timeout_s
 and healed; every ``--churn-every-s`` one host process is SIGKILLed and restarted 3 s later
-(its nodes rejoin with their ids and a fresh D_k).
+(its nodes rejoin with their ids and a fresh D_k). A warm-up of 180 s or more (the default from
+15 minutes on: 300 s) also rehearses every fault once before the measured span, so that memory a
+fault path allocates the first time it runs (a host's first restart, the first partition) is not
+read as growth: a leak grows with every repetition, a first use does not.
 
 Every 10 s it records, from /proc, RSS, open fds and threads of the cloud and of each host
-process, the generator steps/s, and from /metrics and the audit log (``EDGEGAN_AUDIT_DIR``,
+process, the generator steps/s, the machine's CPU steal time (a VM whose host slows it shows here,
+not in the cloud's own numbers), and from /metrics and the audit log (``EDGEGAN_AUDIT_DIR``,
 :mod:`edgegan.monitor.audit`) joins (reconnects), leaves (drops), rejected feedback, feedback
 sent and applied. After the warm-up (``--warmup-s``) it reports the cloud's RSS slope (least
 squares, MiB/h), fd and thread drift (median of the last 3 samples minus the first 3), steps/s
@@ -73,6 +77,28 @@ def slope_per_h(ts: list[float], ys: list[float]) -> float:
     return 3600 * sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var if var else 0.0
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine (/proc/stat's ``cpu`` line)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields)
+
+
+def steal_pct(before: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+    """Percent of CPU time the hypervisor took since ``before``, and the new reading."""
+    now = cpu_ticks()
+    total = now[1] - before[1]
+    return (round(100 * (now[0] - before[0]) / total, 2) if total else 0.0), now
+
+
+def fault_windows(t0: float, warmup_s: float, measured: tuple[float, float], span: float,
+                  ) -> list[tuple[float, float]]:
+    """When faults may start: inside the measured span after its first 10 % and until 45 s (a
+    restarted host's import) before its last 10 %; with a warm-up of 180 s or more, also once in
+    the warm-up (from 30 s until 45 s before it ends), so every fault path has run before the fits."""
+    main = (measured[0] + 0.1 * span + SAMPLE_S, measured[1] - 0.1 * span - 45.0)
+    return [(t0 + 30.0, t0 + warmup_s - 45.0), main] if warmup_s >= 180 else [main]
+
+
 def drift(ys: list[float]) -> float:
     return statistics.median(ys[-3:]) - statistics.median(ys[:3])
 
@@ -109,11 +135,15 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--nodes-per-host", type=int, default=32, help="nodes per edge-host process")
-    p.add_argument("--warmup-s", type=float, default=60.0)
+    p.add_argument("--warmup-s", type=float, default=None,
+                   help="seconds left out of the fits [default: 60, or 300 from 15 minutes on]; from 180 s "
+                        "every fault is rehearsed once inside it")
     p.add_argument("--partition-every-s", type=float, default=100.0)
     p.add_argument("--churn-every-s", type=float, default=120.0)
     p.add_argument("--reset-every-s", type=float, default=45.0)
     args = p.parse_args()
+    if args.warmup_s is None:
+        args.warmup_s = 300.0 if args.minutes >= 15 else 60.0
     rng = random.Random(args.seed)
     total_s = args.minutes * 60
     n_nodes = args.hosts * args.nodes_per_host
@@ -147,20 +177,23 @@ def main() -> int:
             t0 = time.monotonic()
             measured = (t0 + args.warmup_s, t0 + total_s)
             span = measured[1] - measured[0]
-            # faults only here: after the first 10 % of the measured span, and 45 s (a restarted host
-            # process imports torch and answers its first batch) before the last 10 %
-            quiet = (measured[0] + 0.1 * span + SAMPLE_S, measured[1] - 0.1 * span - 45.0)
-            next_partition = quiet[0] + rng.uniform(0, 10)
-            next_churn = quiet[0] + args.churn_every_s / 2 + rng.uniform(0, 10)
-            next_sample, last = t0, None
+            windows = fault_windows(t0, args.warmup_s, measured, span)
+            next_partition = next_churn = 0.0
+            entered: int | None = None
+            next_sample, last, cpu = t0, None, cpu_ticks()
             restart_at: dict[int, float] = {}
             cut: tuple[int, float] | None = None
             healing: float | None = None
             while time.monotonic() < t0 + total_s:
                 now = time.monotonic()
-                in_quiet = quiet[0] <= now <= quiet[1]
-                proxy.reset_every_s = args.reset_every_s if in_quiet else 0
-                if cut is None and why_no_netns is None and in_quiet and now >= next_partition:
+                w = next((i for i, (a, b) in enumerate(windows) if a <= now <= b), None)
+                faulting = w is not None  # faults may start now
+                if faulting and w != entered:  # a fault window opens: first partition, then churn
+                    entered = w
+                    next_partition = max(next_partition, windows[w][0] + rng.uniform(0, 10))
+                    next_churn = max(next_churn, windows[w][0] + args.churn_every_s / 2 + rng.uniform(0, 10))
+                proxy.reset_every_s = args.reset_every_s if faulting else 0
+                if cut is None and why_no_netns is None and faulting and now >= next_partition:
                     h = rng.randrange(args.hosts)
                     hosts[h].cut()
                     cut, partitions = (h, now), partitions + 1
@@ -175,7 +208,7 @@ def main() -> int:
                     healed, healing = healed + 1, None
                 elif healing is not None and now - healing > 60:
                     healing = None  # not healed within a minute
-                if in_quiet and now >= next_churn and not restart_at:
+                if faulting and now >= next_churn and not restart_at:
                     h = rng.randrange(args.hosts)
                     host_procs[h].send_signal(signal.SIGKILL)
                     host_procs[h].wait(10)
@@ -199,6 +232,7 @@ def main() -> int:
                            "proxy_resets": proxy.resets, "sent": audit["sent"], "applied": audit["applied"]}
                     row["steps_per_s"] = None if last is None else round(
                         (row["step"] - last["step"]) / (row["t_s"] - last["t_s"]), 3)
+                    row["steal_pct"], cpu = steal_pct(cpu)
                     samples.append(row)
                     last = row
                     print(f"t={row['t_s']:6.1f}s step {row['step']:.0f} online {row['online']:.0f} "
@@ -231,6 +265,8 @@ def main() -> int:
         "thread_drift": drift([s["cloud"]["threads"] for s in post]),
         "rate_start": statistics.fmean(s["steps_per_s"] for s in post[:k]),
         "rate_end": statistics.fmean(s["steps_per_s"] for s in post[-k:]),
+        "steal_pct_start": round(statistics.fmean(s["steal_pct"] for s in post[:k]), 2),
+        "steal_pct_end": round(statistics.fmean(s["steal_pct"] for s in post[-k:]), 2),
         "lost": audit["lost"], "duplicated": audit["duplicated"], "phantom": audit["phantom"],
         "partitions": partitions, "partitions_healed": healed,
         "reconnects": samples[-1]["reconnects"], "drops": samples[-1]["drops"],
