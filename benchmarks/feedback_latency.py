@@ -14,7 +14,9 @@ decoded, including the edge's discriminator update) p50/p99 over gRPC and in-pro
 TDGAN steps per second each way (the first step of each block is left out), the TCP payload
 bytes per gRPC step on the loopback connection (``ss -ti``: HTTP/2 framing, protobuf, labels,
 heartbeats included) against ``payload_bytes`` = fake batch + feedback tensor, and the
-wire-only round trip of an edge that answers at once (no discriminator work).
+wire-only round trip of an edge that answers at once (no discriminator work), and the floor
+under both: the same bytes each way over a bare gRPC stream of raw bytes to another process
+(``grpc_floor``: no protobuf, no edgegan code).
 
     python benchmarks/feedback_latency.py --json benchmarks/results/feedback_latency.json
 """
@@ -200,6 +202,64 @@ def edge_worker(port: int, shape: Sequence[int], echo: bool) -> None:
     asyncio.run(run_tdgan_edge(node, EdgeConnection(f"127.0.0.1:{port}")))
 
 
+def _floor_echo():
+    """A bare bidirectional echo of raw bytes (identity serializers: no protobuf, no edgegan code)."""
+    import grpc
+
+    async def echo(requests, context):
+        async for m in requests:
+            yield m
+
+    ident = lambda b: b  # noqa: E731
+    return grpc.method_handlers_generic_handler("floor.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(
+        echo, request_deserializer=ident, response_serializer=ident)})
+
+
+def floor_worker() -> None:
+    """The far end of :func:`grpc_floor`, in its own process: prints its port, echoes until killed."""
+    import grpc
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                          ("grpc.max_send_message_length", 64 << 20)])
+        server.add_generic_rpc_handlers((_floor_echo(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+async def grpc_floor(nbytes: int, iters: int, skip: int) -> dict[str, float]:
+    """Round trip of ``nbytes`` each way over a bare grpc.aio bidirectional stream of raw bytes to
+    another process on 127.0.0.1: what gRPC Python itself costs per exchange, below which no
+    transport built on it can go (p50 / p99 in ms, the first ``skip`` left out)."""
+    import grpc
+
+    worker = subprocess.Popen([sys.executable, __file__, "--floor-worker"], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    ident = lambda b: b  # noqa: E731
+    try:
+        port = int(worker.stdout.readline())  # type: ignore[union-attr]
+        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts) as channel:
+            call = channel.stream_stream("/floor.Echo/Stream", request_serializer=ident,
+                                         response_deserializer=ident)()
+            payload, ts = os.urandom(nbytes), []
+            for _ in range(iters + skip):
+                t = time.perf_counter()
+                await call.write(payload)
+                await call.read()
+                ts.append(time.perf_counter() - t)
+            await call.done_writing()
+    finally:
+        worker.kill()
+        worker.wait()
+    ms = np.array(ts[skip:]) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None, help="write the results here")
@@ -207,7 +267,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="measured steps per case, both modes [default: 600]")
     ap.add_argument("--block", type=int, default=20, help="steps per block before switching transport")
     ap.add_argument("--edge-worker", nargs=3, metavar=("PORT", "SHAPE", "KIND"), help=argparse.SUPPRESS)
+    ap.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floor_worker:
+        floor_worker()
+        return 0
     if args.edge_worker:
         edge_worker(int(args.edge_worker[0]), [int(s) for s in args.edge_worker[1].split(",")],
                     args.edge_worker[2] == "echo")
@@ -221,6 +285,7 @@ def main() -> int:
         wire = asyncio.run(run_case(shape, steps // 2, warmup, args.block, echo=True)).summary("grpc")
         rpc, inproc = link.summary("grpc"), link.summary("inproc")
         payload = 2 * BATCH * int(np.prod(shape)) * 4
+        floor = asyncio.run(grpc_floor(payload // 2, steps // 2, warmup))
         rows.append({"case": name, "shape": [BATCH, *shape],
                      "grpc_p50_ms": rpc["p50_ms"], "grpc_p99_ms": rpc["p99_ms"],
                      "inproc_p50_ms": inproc["p50_ms"], "inproc_p99_ms": inproc["p99_ms"],
@@ -228,14 +293,16 @@ def main() -> int:
                      "throughput_ratio": rpc["steps_per_s"] / inproc["steps_per_s"],
                      "inproc_median_step_ms": inproc["median_step_ms"], "grpc_median_step_ms": rpc["median_step_ms"],
                      "wire_only_p50_ms": wire["p50_ms"], "wire_only_p99_ms": wire["p99_ms"],
+                     "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_p99_ms": floor["p99_ms"],
                      "bytes_per_step": rpc["bytes_per_step"], "payload_bytes": payload,
                      "bytes_ratio": rpc["bytes_per_step"] / payload, "grpc_steps": rpc["steps"],
                      "inproc_steps": inproc["steps"]})
-    print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'inproc p50':>10} "
+    print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'floor':>6} {'inproc p50':>10} "
           f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>5} {'bytes/step':>10} {'payload':>8} {'x':>5}  (ms)")
     for r in rows:
         print(f"{r['case']:7} {'x'.join(map(str, r['shape'])):>11} {r['grpc_p50_ms']:8.2f} {r['grpc_p99_ms']:7.2f} "
-              f"{r['wire_only_p50_ms']:8.2f} {r['inproc_p50_ms']:10.2f} {r['inproc_steps_per_s']:11.1f} "
+              f"{r['wire_only_p50_ms']:8.2f} {r['grpc_floor_p50_ms']:6.2f} {r['inproc_p50_ms']:10.2f} "
+              f"{r['inproc_steps_per_s']:11.1f} "
               f"{r['grpc_steps_per_s']:9.1f} {r['throughput_ratio']:5.2f} {r['bytes_per_step']:10.0f} "
               f"{r['payload_bytes']:8d} {r['bytes_ratio']:5.3f}")
     result = {"cases": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "steps": steps,
