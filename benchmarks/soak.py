@@ -14,8 +14,8 @@ and healed; every ``--churn-every-s`` one host process is SIGKILLed and restarte
 fault path allocates the first time it runs (a host's first restart, the first partition) is not
 read as growth: a leak grows with every repetition, a first use does not.
 
-Every 10 s it records, from /proc, RSS, open fds and threads of the cloud and of each host
-process, the generator steps/s, the machine's CPU steal time (a VM whose host slows it shows here,
+Every 10 s it records, from /proc, RSS, open fds, threads and CPU seconds of the cloud, of each
+host process and of this script (which runs the proxy), the generator steps/s, the machine's CPU steal time (a VM whose host slows it shows here,
 not in the cloud's own numbers), and from /metrics and the audit log (``EDGEGAN_AUDIT_DIR``,
 :mod:`edgegan.monitor.audit`) joins (reconnects), leaves (drops), rejected feedback, feedback
 sent and applied. After the warm-up (``--warmup-s``) it reports the cloud's RSS slope (least
@@ -60,14 +60,17 @@ SAMPLE_S = 10.0
 
 
 def proc_stats(pid: int) -> dict[str, float]:
-    """RSS (MiB), open fds and threads of ``pid`` from /proc (zeros once it is gone)."""
+    """RSS (MiB), open fds, threads and CPU seconds (user + system) of ``pid`` from /proc (zeros
+    once it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (FileNotFoundError, ProcessLookupError):
-        return {"rss_mib": 0.0, "fds": 0, "threads": 0}
+        return {"rss_mib": 0.0, "fds": 0, "threads": 0, "cpu_s": 0.0}
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "fds": fds, "threads": int(fields["Threads"])}
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "fds": fds, "threads": int(fields["Threads"]),
+            "cpu_s": (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")}
 
 
 def slope_per_h(ts: list[float], ys: list[float]) -> float:
@@ -226,10 +229,12 @@ def main() -> int:
                     row = {"t_s": round(now - t0, 1), "step": m["edgegan_generator_step"],
                            "online": m["edgegan_nodes_online"], "cloud": proc_stats(cloud.pid),
                            "hosts": [proc_stats(hp.pid) for hp in host_procs],
+                           "driver": proc_stats(os.getpid()),  # this script and its TCP proxy
                            "reconnects": m["edgegan_joins_total"], "drops": m["edgegan_leaves_total"],
                            "rejected": sum(v for k, v in m.items() if k.startswith("edgegan_feedback_rejected_total")),
                            "feedback_timeouts": m["edgegan_feedback_timeouts_total"],
-                           "proxy_resets": proxy.resets, "sent": audit["sent"], "applied": audit["applied"]}
+                           "proxy_resets": proxy.resets, "proxy_connections": proxy.live,
+                           "sent": audit["sent"], "applied": audit["applied"]}
                     row["steps_per_s"] = None if last is None else round(
                         (row["step"] - last["step"]) / (row["t_s"] - last["t_s"]), 3)
                     row["steal_pct"], cpu = steal_pct(cpu)

@@ -137,6 +137,18 @@ class PrometheusAPI:
             time.sleep(0.2)
         raise AssertionError(f"prometheus not ready after {deadline_s} s:\n{log.read_text()[-3000:]}")
 
+    def scraping(self, job: str, deadline_s: float) -> None:
+        """Wait until Prometheus has tried to scrape ``job`` at least once: its scrape loops start
+        only once service discovery hands over the targets (up to ~5 s after it is ready), and a
+        run started before that can be half over when the first scrape lands."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            targets = self.get("/api/v1/targets", state="active")["activeTargets"]
+            if any(t.get("scrapePool") == job and not t.get("lastScrape", "0001").startswith("0001") for t in targets):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"prometheus never tried to scrape job {job!r} within {deadline_s} s: {targets}")
+
     def range(self, query: str, start: float, end: float) -> list[dict[str, Any]]:
         """``query_range`` at the scrape interval, as a Grafana panel asks: the series' results."""
         return self.get("/api/v1/query_range", query=query, start=start, end=end, step=SCRAPE_S)["result"]
@@ -160,6 +172,7 @@ def scraped_run(tmp_path):
     try:
         api = PrometheusAPI(prom_port)
         api.ready(30, prom, prom_log)
+        api.scraping(SIM_JOB, 30)
         start = time.time()
         sim = procs.start("simulate", "simulate", "--scenario", str(scenario), "--out", str(tmp_path / "run"),
                           "--no-progress", "--metrics-port", str(sim_port))
