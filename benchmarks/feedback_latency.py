@@ -202,17 +202,24 @@ def edge_worker(port: int, shape: Sequence[int], echo: bool) -> None:
     asyncio.run(run_tdgan_edge(node, EdgeConnection(f"127.0.0.1:{port}")))
 
 
+#: the floor's channel and server: raw bytes both ways (identity serializers), no size limit in the way
+FLOOR_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
 def _floor_echo():
-    """A bare bidirectional echo of raw bytes (identity serializers: no protobuf, no edgegan code)."""
+    """A bare bidirectional echo of raw bytes (no protobuf, no edgegan code)."""
     import grpc
 
     async def echo(requests, context):
         async for m in requests:
             yield m
 
-    ident = lambda b: b  # noqa: E731
     return grpc.method_handlers_generic_handler("floor.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(
-        echo, request_deserializer=ident, response_serializer=ident)})
+        echo, request_deserializer=_raw, response_serializer=_raw)})
 
 
 def floor_worker() -> None:
@@ -220,8 +227,7 @@ def floor_worker() -> None:
     import grpc
 
     async def serve() -> None:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                          ("grpc.max_send_message_length", 64 << 20)])
+        server = grpc.aio.server(options=FLOOR_OPTIONS)
         server.add_generic_rpc_handlers((_floor_echo(),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -239,13 +245,10 @@ async def grpc_floor(nbytes: int, iters: int, skip: int) -> dict[str, float]:
 
     worker = subprocess.Popen([sys.executable, __file__, "--floor-worker"], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-    ident = lambda b: b  # noqa: E731
     try:
         port = int(worker.stdout.readline())  # type: ignore[union-attr]
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts) as channel:
-            call = channel.stream_stream("/floor.Echo/Stream", request_serializer=ident,
-                                         response_deserializer=ident)()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=FLOOR_OPTIONS) as channel:
+            call = channel.stream_stream("/floor.Echo/Stream", request_serializer=_raw, response_deserializer=_raw)()
             payload, ts = os.urandom(nbytes), []
             for _ in range(iters + skip):
                 t = time.perf_counter()

@@ -15,8 +15,9 @@ fault path allocates the first time it runs (a host's first restart, the first p
 read as growth: a leak grows with every repetition, a first use does not.
 
 Every 10 s it records, from /proc, RSS, open fds, threads and CPU seconds of the cloud, of each
-host process and of this script (which runs the proxy), the generator steps/s, the machine's CPU steal time (a VM whose host slows it shows here,
-not in the cloud's own numbers), and from /metrics and the audit log (``EDGEGAN_AUDIT_DIR``,
+host process and of this script (which runs the proxy), the generator steps/s, the machine's CPU
+steal time (a VM whose host slows it shows here, not in the cloud's own numbers), the proxy's live
+connections, and from /metrics and the audit log (``EDGEGAN_AUDIT_DIR``,
 :mod:`edgegan.monitor.audit`) joins (reconnects), leaves (drops), rejected feedback, feedback
 sent and applied. After the warm-up (``--warmup-s``) it reports the cloud's RSS slope (least
 squares, MiB/h), fd and thread drift (median of the last 3 samples minus the first 3), steps/s
