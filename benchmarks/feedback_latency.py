@@ -56,13 +56,13 @@ def synthetic_data(shape: Sequence[int], n: int = 640, classes: int = 10, seed: 
     return TensorData("synthetic", torch.rand((n, *shape), generator=g) * 2 - 1, torch.arange(n) % classes, classes)
 
 
-def cloud_config(shape: Sequence[int], steps: int, folder: str):
+def cloud_config(shape: Sequence[int], steps: int, folder: str, lookahead: bool = False):
     from edgegan.runtime.config import CloudConfig
     from edgegan.tdgan.config import TDGANConfig
 
     return CloudConfig(allow_anonymous=True, steps=steps, image_shape=list(shape), checkpoint_dir=folder,
                        checkpoint_every=10**9, heartbeat_interval_s=1.0, heartbeat_timeout_s=60.0, device="cpu",
-                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH),
+                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH, lookahead=lookahead),
                        eval_dataset=None)  # latency only: no scoring between steps
 
 
@@ -158,7 +158,8 @@ class AlternatingLink:
         return out
 
 
-async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = False) -> AlternatingLink:
+async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = False,
+                   lookahead: bool = False) -> AlternatingLink:
     """One cloud, one remote edge process (plus an in-process twin); alternate blocks of steps."""
     import grpc
 
@@ -168,7 +169,7 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
     from edgegan.runtime.roles import EdgeNode, TDGANServer
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = cloud_config(shape, steps + warmup, d)
+        cfg = cloud_config(shape, steps + warmup, d, lookahead)
         server = TDGANServer(cfg)
         local = (EchoEdge if echo else EdgeNode)(NODE, synthetic_data(shape))
         local.configure_tdgan(cfg.tdgan, cfg.image_shape)

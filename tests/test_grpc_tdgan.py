@@ -73,8 +73,11 @@ def test_cloud_killed_and_restarted_resumes_from_its_checkpoint(procs: Procs, tm
     assert f"resumed from {tmp_path / 'ckpt' / 'cloud.pt'} at step {k}" in procs.log(cloud2)
 
 
-def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Path, digits) -> None:
-    """The wire moves exact float32 bytes: one edge over gRPC gives the in-process generator."""
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Path, digits, lookahead: bool) -> None:
+    """The wire moves exact float32 bytes: one edge over gRPC gives the in-process generator; with
+    ``tdgan.lookahead`` too, although there the edge process begins each update while the cloud
+    steps and the in-process edge computes it when asked."""
     from edgegan.checkpoint import load_checkpoint
     from edgegan.config import load_yaml
     from edgegan.data import partition_by_classes
@@ -82,7 +85,8 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     from edgegan.runtime.inproc import run_inproc
     from edgegan.runtime.roles import TDGANServer, EdgeNode
 
-    cfg_path = write_config(tmp_path / "cloud.yaml", steps=40, checkpoint_every=40)
+    cfg_path = write_config(tmp_path / "cloud.yaml", steps=40, checkpoint_every=40,
+                            tdgan={"width": 32, "batch_size": 32, "remind_batch_size": 32, "lookahead": lookahead})
     cloud = launch_cloud(procs, cfg_path)
     edge = start_edge(procs, config_port(cfg_path), "e0", "t0", CLASSES["e0"])
     assert procs.wait(cloud, 60) == 0 and procs.wait(edge, 30) == 0

@@ -24,9 +24,9 @@ import torch
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, NodeCrashed, require
 from edgegan.monitor.metrics import Metrics
-from edgegan.runtime.edge_node import record_feedback
+from edgegan.runtime.edge_node import ahead_thread, record_feedback
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.edge import PackedEdges, class_pools
+from edgegan.tdgan.edge import Ahead, PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 log = logging.getLogger("edgegan.edge")
@@ -63,6 +63,10 @@ class EdgeHost:
         self.cfg: TDGANConfig | None = None
         self.packed: PackedEdges | None = None
         self.rows: dict[str, torch.Tensor] = {}
+        self.ahead: dict[str, Ahead | None] = {}  # tdgan.lookahead: each node's next update, begun
+        self._to_begin: list[FeedbackRequest] = []  # replies sent this event-loop turn (look_ahead)
+        self._looking: asyncio.Future | None = None  # the look-ahead job on its way, if any
+        self._ahead_thread = ahead_thread()
         self._waiting: list[Waiting] = []
         self._drainer: asyncio.Task | None = None
         self._arrived = asyncio.Event()
@@ -100,6 +104,7 @@ class EdgeHost:
             del self.crashes[req.node_id]
             assert self.packed is not None
             self.rows[req.node_id] = self.packed.fresh(req.node_id, self.data[req.node_id])
+            self.ahead.pop(req.node_id, None)
             raise NodeCrashed(f"node '{req.node_id}' crashes at step {req.step} (its D_k is lost)")
         fut: asyncio.Future[FeedbackReply] = asyncio.get_running_loop().create_future()
         self._waiting.append((req, fut))
@@ -112,6 +117,9 @@ class EdgeHost:
         loop = asyncio.get_running_loop()
         while self._waiting:
             await self._gather_step()
+            if self._looking is not None:  # D_k must not move under updates being begun
+                looking, self._looking = self._looking, None
+                await looking
             batch, self._waiting = self._waiting, []
             try:
                 answers = await loop.run_in_executor(self._compute, self._pass, [r for r, _ in batch])
@@ -159,18 +167,45 @@ class EdgeHost:
                     out.append(e)
             return out
 
+    def look_ahead(self, req: FeedbackRequest) -> None:
+        """With ``tdgan.lookahead``: once the reply to ``req`` is on its way, begin node
+        ``req.node_id``'s next update at the lowest priority (:func:`ahead_thread`); the replies sent
+        in one event-loop turn begin as one job, which the next pass waits for."""
+        if req.next_labels is None or self.cfg is None or not self.cfg.lookahead:
+            return
+        self._to_begin.append(req)
+        if len(self._to_begin) == 1:
+            asyncio.get_running_loop().call_soon(self._begin)
+
+    def _begin(self) -> None:
+        reqs, self._to_begin = self._to_begin, []
+        self._looking = asyncio.get_running_loop().run_in_executor(self._ahead_thread, self._look_ahead, reqs)
+
+    def _look_ahead(self, requests: list[FeedbackRequest]) -> None:
+        """Begin the answered nodes' next updates (:meth:`PackedEdges.look_ahead`) while the cloud steps."""
+        assert self.packed is not None
+        ids = [r.node_id for r in requests]
+        try:
+            block = torch.stack([self.rows[k] for k in ids])
+            nodes = [(k, self.data[k], self.pools[k]) for k in ids]
+            self.ahead.update(zip(ids, self.packed.look_ahead(block, nodes, [r.next_labels for r in requests])))
+        except Exception:  # the next pass then computes the whole update: the same numbers
+            log.exception("could not begin the next update of %d nodes", len(ids))
+
     def _feedback(self, requests: list[FeedbackRequest]) -> list[FeedbackReply]:
         assert self.packed is not None
         ids = [r.node_id for r in requests]
         require(len(set(ids)) == len(ids), "requests", "two requests of one node in one pass")
         block = torch.stack([self.rows[k] for k in ids])
-        replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests)
+        replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests,
+                                       [self.ahead.pop(k, None) for k in ids])
         for k, row in zip(ids, block):
             self.rows[k] = row
         return replies
 
     def close(self) -> None:
         self._compute.shutdown(wait=False)
+        self._ahead_thread.shutdown(wait=False)
 
 
 class HostedNode:
@@ -188,3 +223,6 @@ class HostedNode:
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:
         return await self.host.answer(req)
+
+    def look_ahead(self, req: FeedbackRequest) -> None:
+        self.host.look_ahead(req)

@@ -6,6 +6,10 @@ local discriminator (seed 003), pre-trains and uploads (seed 000 Stage I) and ad
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -19,6 +23,24 @@ from edgegan.nn import build_gan
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+
+
+#: Nice value of the thread that begins updates ahead (``tdgan.lookahead``): speculative work yields
+#: the core to the reply on its way and, where cloud and edges share a machine, to the cloud's step.
+AHEAD_NICE = 19
+
+
+def _lower_priority() -> None:
+    if sys.platform.startswith("linux"):  # there a thread id names the thread alone
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AHEAD_NICE)
+        except OSError:
+            pass
+
+
+def ahead_thread() -> ThreadPoolExecutor:
+    """One worker thread at the lowest CPU priority (:data:`AHEAD_NICE`, Linux; elsewhere the default)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="edgegan-ahead", initializer=_lower_priority)
 
 
 def record_feedback(m: Metrics, req: FeedbackRequest, reply: FeedbackReply) -> None:
@@ -47,6 +69,8 @@ class EdgeNode:
         self.metrics = metrics or Metrics()
         self._tdgan: TDGANEdge | None = None
         self._tdgan_cfg: TDGANConfig | None = None
+        self._looking: asyncio.Future | None = None  # tdgan.lookahead: the next update, begun
+        self._ahead_thread: ThreadPoolExecutor | None = None
 
     def info(self) -> NodeInfo:
         return NodeInfo.of(self.node_id, self.data)
@@ -73,8 +97,21 @@ class EdgeNode:
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:
         """:meth:`feedback` for a transport's event loop, computed on a worker thread so that the
-        loop keeps the stream's heartbeats going while D_k steps."""
+        loop keeps the stream's heartbeats going while D_k steps (after the update :meth:`look_ahead`
+        began, if any: D_k must not move under it)."""
+        if self._looking is not None:
+            looking, self._looking = self._looking, None
+            await looking
         return await asyncio.to_thread(self.feedback, req)
+
+    def look_ahead(self, req: FeedbackRequest) -> None:
+        """With ``tdgan.lookahead``: once the reply to ``req`` is on its way, begin the next update
+        for ``req.next_labels`` on a worker thread while the cloud steps (:meth:`TDGANEdge.look_ahead`:
+        the same numbers, sooner), at the lowest priority (:func:`ahead_thread`)."""
+        if req.next_labels is not None and self._tdgan is not None and self._tdgan.cfg.lookahead:
+            self._ahead_thread = self._ahead_thread or ahead_thread()
+            self._looking = asyncio.get_running_loop().run_in_executor(self._ahead_thread, self._tdgan.look_ahead,
+                                                                       req.next_labels)
 
     def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
         """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""

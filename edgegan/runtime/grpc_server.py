@@ -135,6 +135,8 @@ class GrpcLink:
             msg.request.step = req.step
             encode_tensor(req.fake, msg.request.fake)
             encode_tensor(req.labels, msg.request.labels)
+            if req.next_labels is not None:
+                encode_tensor(req.next_labels, msg.request.next_labels)
             fut = loop.create_future()
             s.pending[req.step] = (req, fut, time.perf_counter())
             s.outbox.put_nowait(msg)

@@ -192,6 +192,7 @@ class TDGANCloud:
         self._seen_hist = torch.zeros(self.num_classes, dtype=torch.float64)  # Σ label counts over _seen
         self._pending: dict[str, _Pending] = {}
         self._fake: torch.Tensor | None = None  # this step's batched G(u, y) with its graph
+        self._ahead: dict[str, torch.Tensor] = {}  # tdgan.lookahead: each node's labels of the next step
         self.step = 0
         self.totals = {"rejected": 0, "accepted": 0, "bytes_in": 0, "bytes_out": 0, "membership_changes": 0}
         self._label_rng = torch.Generator().manual_seed(self.cfg.seed)
@@ -267,6 +268,7 @@ class TDGANCloud:
         require(node_id in self._online, "node_id", f"node '{node_id}' is not online", "only online nodes can leave")
         del self._online[node_id]
         self._pending.pop(node_id, None)
+        self._ahead.pop(node_id, None)
         self._membership_changed()
         log.info("tdgan: node %s left, online %d", node_id, len(self._online))
 
@@ -295,8 +297,13 @@ class TDGANCloud:
             return []
         pis, b = self.pi, self.cfg.batch_size
         ids = list(self._online)
-        # per node in join order, from the same two RNG streams as one G call per node would use
-        y = torch.cat([self._labels(torch.tensor(self._online[k].label_histogram), b) for k in ids]).to(self.device)
+        # per node in join order, from the same two RNG streams as one G call per node would use;
+        # with tdgan.lookahead the labels drawn a step ahead, then the next step's for every node
+        hist = {k: torch.tensor(self._online[k].label_histogram) for k in ids}
+        y = torch.cat([self._ahead.pop(k) if k in self._ahead else self._labels(hist[k], b) for k in ids]
+                      ).to(self.device)
+        if self.cfg.lookahead:
+            self._ahead = {k: self._labels(hist[k], b) for k in ids}
         u = torch.cat([self._latent(b) for _ in ids])
         with per_node_batch_norm(self.G, len(ids)):
             self._fake = self.G(u, y)  # (K·B, C, H, W)
@@ -305,7 +312,7 @@ class TDGANCloud:
         for i, node_id in enumerate(ids):
             rows = slice(i * b, (i + 1) * b)
             # clones: a view would carry (and pickle) the whole step's storage to every node
-            req = FeedbackRequest(node_id, self.step, sent[rows].clone(), y[rows].clone())
+            req = FeedbackRequest(node_id, self.step, sent[rows].clone(), y[rows].clone(), self._ahead.get(node_id))
             self._pending[node_id] = _Pending(req, self._fake[rows], pis[node_id], rows)
             self.totals["bytes_out"] += req.nbytes()
             requests.append(req)
@@ -391,6 +398,7 @@ class TDGANCloud:
             "totals": dict(self.totals),
             "label_rng": self._label_rng.get_state(),
             "latent_rng": self._latent_rng.get_state(),
+            "ahead": dict(self._ahead),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -412,6 +420,7 @@ class TDGANCloud:
             self.totals = dict(state["totals"])
             self._label_rng.set_state(state["label_rng"])
             self._latent_rng.set_state(state["latent_rng"])
+            self._ahead = dict(state.get("ahead", {}))  # absent in checkpoints from before tdgan.lookahead
         except KeyError as e:
             raise EdgeganError("checkpoint", f"TDGAN cloud state lacks {e}", "use a checkpoint written by "
                                "TDGANCloud.state_dict()") from None

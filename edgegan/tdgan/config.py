@@ -44,6 +44,12 @@ class TDGANConfig(WGANConfig):
         "unit": "with a convolutional D_k (vmap pass), a lone node is computed as a pair so its numbers are the same "
                 "bytes whichever nodes share its pass (a one-row batched convolution sums in another order); false: "
                 "a lone node costs one row and differs at ~1e-8 between groupings. MLP critics are exact either way"})
+    lookahead: bool = field(default=False, metadata={
+        "unit": "the cloud draws each node's labels one step ahead and sends them with the current request, so an "
+                "edge draws its next real batch and computes D_k's real half (score and weight gradient) while the "
+                "cloud steps; D_k's gradient is then real half + fake half (another float summation order) and "
+                "d_real is the real batch's mean score before the update. Off: the exact single-pass step. The "
+                "same numbers on every backend either way"})
 
     def validate(self, prefix: str = "") -> None:
         p = f"{prefix}." if prefix else ""

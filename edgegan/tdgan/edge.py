@@ -15,12 +15,13 @@ answers a block of rows in one pass and :class:`TDGANEdge` is a view of one row.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
@@ -29,10 +30,11 @@ from edgegan.finite import all_finite
 from edgegan.gan.losses import critic_loss, generator_loss
 from edgegan.nn.mlp import MLPCritic
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.dk_state import DkInit, Slab, node_seed, shape_free
+from edgegan.tdgan.dk_pass import RealHalf, logloss_pass, lookahead_pass, real_half, stacked_critic
+from edgegan.tdgan.dk_state import DkInit, Slab, node_seed
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
-__all__ = ["PackedEdges", "TDGANEdge", "check_request", "class_pools", "d_loss_logloss", "g_loss_logloss",
+__all__ = ["Ahead", "PackedEdges", "TDGANEdge", "check_request", "class_pools", "d_loss_logloss", "g_loss_logloss",
            "node_seed", "real_like"]
 
 
@@ -111,75 +113,36 @@ Node = tuple[str, TensorData, dict[int, torch.Tensor]]
 Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class Stacked(Protocol):
-    """K critics of one shape at once (parameters W: name → (K, …)): :meth:`MLPCritic.stacked` and
-    :meth:`MLPCritic.stacked_backward`'s interface."""
+@dataclass
+class Ahead:
+    """A node's next D_k update begun before its request (``tdgan.lookahead``): the labels it is for,
+    the real batches drawn for them, the node's RNG state after the draws, the requests served when
+    begun (which D_k it belongs to), the first update's :class:`~edgegan.tdgan.dk_pass.RealHalf`, and
+    the :class:`Slab` of the nodes begun together, of which this node is row ``pos``."""
 
-    def stacked(self, W: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
-
-    def stacked_backward(self, W: dict[str, torch.Tensor], tape: Any, ds: torch.Tensor, weights: bool = True,
-                         inputs: bool = False) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]: ...
-
-
-class VmapCritic:
-    """:class:`Stacked` for any critic module: ``vmap`` of ``functional_call`` forward, autograd backward."""
-
-    def __init__(self, D: nn.Module) -> None:
-        self.score = vmap(lambda w, a, b: functional_call(D, w, (a, b)))
-
-    def stacked(self, W: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if not torch.is_grad_enabled():
-            return self.score(W, x, y), None
-        W = {n: t.detach().requires_grad_(True) for n, t in W.items()}
-        x = x.detach().requires_grad_(True)
-        s = self.score(W, x, y)
-        return s.detach(), (s, W, x)
-
-    def stacked_backward(self, W: dict[str, torch.Tensor], tape: Any, ds: torch.Tensor, weights: bool = True,
-                         inputs: bool = False) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-        s, Wg, x = tape
-        grads = torch.autograd.grad(s, (list(Wg.values()) if weights else []) + ([x] if inputs else []), ds)
-        return (list(grads[:len(Wg)]) if weights else None), (grads[-1] if inputs else None)
+    labels: torch.Tensor
+    reals: list[torch.Tensor]
+    rng: torch.Tensor
+    served: int
+    half: RealHalf
+    slab: Slab
+    pos: int
 
 
-def stacked_critic(D: nn.Module) -> Stacked:
-    """K critics shaped like ``D`` at once: ``D`` itself for MLP critics (one batched matmul per layer,
-    a hand-written backward), :class:`VmapCritic` for any other D."""
-    return D if isinstance(D, MLPCritic) else VmapCritic(D)
+def _begun_slab(begun: Sequence[Ahead | None], K: int) -> Slab | None:
+    """The :class:`Slab` of a pass's rows (``begun``: their :class:`Ahead` s, padded as the pass is)
+    if :meth:`PackedEdges.look_ahead` began exactly these K rows together, in this order."""
+    first = begun[0]
+    if first is None or len(first.slab.w) != len(begun):
+        return None
+    same = all(a is not None and a.slab is first.slab for a in begun)
+    return first.slab if same and [a.pos for a in begun[:K]] == list(range(K)) else None  # type: ignore[union-attr]
 
 
-def logloss_terms(s: torch.Tensor, sign: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per score s the log-loss −log σ(sign · s) of seed 003 eq. 1 (sign +1: scored as real, −1: as
-    fake) and its derivative −sign · σ(−sign · s), both :func:`shape_free` (exact whatever K)."""
-    z = -sign * s
-    return shape_free(F.softplus, z), -sign * shape_free(torch.sigmoid, z)
+def _servable(y: Any, pools: dict[int, torch.Tensor]) -> bool:
+    return (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.dim() == 1 and len(y) >= 1
+            and set(y.tolist()) <= set(pools))
 
-
-def _logloss_pass(critic: Stacked, cfg: TDGANConfig, slab: Slab, reals: list[torch.Tensor], fake: torch.Tensor,
-                  y: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
-    """Seed 003's logloss node step on K stacked D_k (``slab``) in one pass: per critic step in
-    ``reals`` one :meth:`Slab.adam` update of each D_k on −log D_k(x, y) − log(1 − D_k(x̂_k, y))
-    (real and fake batches in one forward), then, with the updated D_k, the replies
-    ∂(−log D_k(x̂_k, y))/∂x̂_k (K, B, C, H, W) and per node [d_loss, d_real, d_fake, g_loss].
-    Gradients flow back from ∂loss/∂s of every score at once (:meth:`Stacked.stacked_backward`):
-    node k's only reach its own D_k and fakes, so a node's numbers do not depend on the others in K."""
-    B = fake.shape[1]
-    sign = torch.cat([torch.ones(B), -torch.ones(B)]).to(fake.device)
-    yy = torch.cat([y, y], 1)
-    for real in reals:
-        W = slab.named()
-        s, tape = critic.stacked(W, torch.cat([real, fake], 1), yy)
-        loss, ds = logloss_terms(s, sign)
-        grads, _ = critic.stacked_backward(W, tape, ds / B)
-        slab.adam(grads, cfg.lr, (cfg.beta1, cfg.beta2))  # type: ignore[arg-type]
-    W = slab.named()
-    with torch.no_grad():
-        d_real = critic.stacked(W, reals[-1], y)[0].mean(1)
-    s, tape = critic.stacked(W, fake, y)
-    g, ds = logloss_terms(s, 1.0)
-    _, feedback = critic.stacked_backward(W, tape, ds / B, weights=False, inputs=True)
-    d_loss = loss[:, :B].mean(1) + loss[:, B:].mean(1)
-    return feedback, torch.stack([d_loss, d_real, s.mean(1), g.mean(1)], 1).tolist()  # type: ignore[return-value]
 
 
 def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
@@ -280,57 +243,123 @@ class PackedEdges:
                 check_request(node_id, data.image_shape, pools, r)
 
     def _draw(self, nodes: Sequence[Node], labels: list[torch.Tensor], rng: torch.Tensor,
-              ) -> tuple[list[list[torch.Tensor]], list[int]]:
+              ahead: Sequence[Ahead | None] = ()) -> tuple[list[list[torch.Tensor]], list[int]]:
         """Per node, from its own RNG (row state): ``critic_steps`` real batches x ∼ p_k(x | y), and
-        for wgan-gp the seed of its gradient penalty's interpolation draws (0 otherwise)."""
+        for wgan-gp the seed of its gradient penalty's interpolation draws (0 otherwise); a node with
+        an :class:`Ahead` (``ahead[k]``) takes the batches it drew and the RNG state after them."""
         draws, seeds, gen = [], [], torch.Generator()
         for k, ((_, data, pools), lab) in enumerate(zip(nodes, labels)):
+            a = ahead[k] if ahead else None
+            if a is not None:
+                draws.append(a.reals)
+                seeds.append(0)
+                rng[k] = a.rng
+                continue
             gen.set_state(rng[k].clone())
             draws.append([real_like(data.x, pools, lab, gen) for _ in range(self.cfg.critic_steps)])
             seeds.append(int(torch.randint(2**62, (1,), generator=gen)) if self.cfg.loss == "wgan-gp" else 0)
             rng[k] = gen.get_state()
         return draws, seeds
 
+    def _padded(self, idx: list[int]) -> list[int]:
+        """``idx`` as a vectorised pass takes it: with ``cfg.exact_grouping`` a lone row is passed
+        twice to a ``vmap`` pass (:data:`MIN_PASS_ROWS`): a batched convolution over one row sums in
+        another order than over two or more, and a node's numbers must not depend on its company."""
+        pad = self.vectorised and self.cfg.exact_grouping and len(idx) < self.min_rows
+        return idx + idx[:1] * (self.min_rows - len(idx)) if pad else idx
+
+    def _first_half(self, slab: Slab, real: torch.Tensor, y: torch.Tensor,
+                    ahead: Sequence[Ahead | None]) -> RealHalf | None:
+        """The first update's real half of a pass's rows: as begun ahead where ``ahead`` has it, the
+        others' now (rows of W taken as a pass of their own; None when no row has one)."""
+        miss = [j for j, a in enumerate(ahead) if a is None]
+        if len(miss) == len(ahead):
+            return None
+        now = None
+        if miss:
+            m = torch.tensor(self._padded(miss), device=real.device)
+            now = real_half(self.score, {n: t.index_select(0, m) for n, t in slab.named().items()},
+                            real.index_select(0, m), y.index_select(0, m))
+        return RealHalf.cat([a.half if a is not None else now.row(miss.index(j))  # type: ignore[union-attr]
+                             for j, a in enumerate(ahead)])
+
     def _answer(self, block: torch.Tensor, idx: list[int], draws: list[list[torch.Tensor]], seeds: list[int],
-                requests: Sequence[FeedbackRequest], labels: list[torch.Tensor]) -> tuple[torch.Tensor, list[list[float]]]:
-        """Answer rows ``idx`` (one batch shape) of ``block`` in one pass and write their D_k and Adam
-        state back. With ``cfg.exact_grouping`` a lone row is passed twice to a ``vmap`` pass
-        (:data:`MIN_PASS_ROWS`): a batched convolution over one row sums in another order than over
-        two or more, and a node's numbers must not depend on its company."""
+                requests: Sequence[FeedbackRequest], labels: list[torch.Tensor],
+                ahead: Sequence[Ahead | None]) -> tuple[torch.Tensor, list[list[float]]]:
+        """Answer rows ``idx`` (one batch shape) of ``block`` in one pass (rows :meth:`_padded`) and
+        write their D_k and Adam state back; ``ahead[k]``: row k's update begun early, if any."""
         K = len(idx)
-        pad = self.vectorised and self.cfg.exact_grouping and K < self.min_rows
-        idx = idx + idx[:1] * (self.min_rows - K) if pad else idx
+        idx = self._padded(idx)
         L, dev, rows = self.layout, self.device, torch.tensor(idx)
         whole = idx == list(range(len(block)))
-        slab = Slab(L, block, None if whole else rows, dev)
+        begun = [ahead[k] for k in idx]
+        slab = _begun_slab(begun, K) or Slab(L, block, None if whole else rows, dev)
         buffer_views = L.views(block).weights[len(L.names):]
         buffers = {n: t.index_select(0, rows).reshape((len(idx),) + L.shapes[len(L.names) + i]).to(dev)
                    for i, (n, t) in enumerate(zip(L.buffer_names, buffer_views))}
         reals = [torch.stack([draws[k][s] for k in idx]).to(dev) for s in range(self.cfg.critic_steps)]
         y = torch.stack([labels[k] for k in idx]).to(dev)
         fake = torch.stack([requests[k].fake.detach() for k in idx]).to(dev)
-        feedback, stats = (_logloss_pass(self.score, self.cfg, slab, reals, fake, y) if self.vectorised
-                           else _autograd_pass(self.init.D, self.cfg, slab, buffers, reals, fake, y, seeds))
+        if self.vectorised and self.cfg.lookahead:
+            first = self._first_half(slab, reals[0], y, begun)
+            feedback, stats = lookahead_pass(self.score, self.cfg, slab, reals, fake, y, first)
+        elif self.vectorised:
+            feedback, stats = logloss_pass(self.score, self.cfg, slab, reals, fake, y)
+        else:
+            feedback, stats = _autograd_pass(self.init.D, self.cfg, slab, buffers, reals, fake, y, seeds)
         slab.put(block, None if whole else rows[:K], K)
         for part, t in zip(buffer_views, buffers.values()):
             part.index_copy_(0, rows[:K], t[:K].flatten(1).cpu())
         return feedback[:K].detach(), stats[:K]
 
-    def feedback(self, block: torch.Tensor, nodes: Sequence[Node], requests: Sequence[FeedbackRequest]) -> list[FeedbackReply]:
+    def look_ahead(self, block: torch.Tensor, nodes: Sequence[Node], labels: Sequence[Any]) -> list[Ahead | None]:
+        """``tdgan.lookahead``: begin the next update of nodes ``nodes[k]`` (rows of ``block``, left as
+        they are) for their next request's ``labels[k]``: real batches from a copy of each node's RNG
+        and the first update's real half with D_k as it is. None for a node this cannot serve
+        (labels it holds no samples of: its request will be refused) and everywhere when the pass
+        is not the vectorised logloss one. :meth:`feedback` takes what is still valid then."""
+        out: list[Ahead | None] = [None] * len(nodes)
+        good = [k for k, (nd, y) in enumerate(zip(nodes, labels)) if _servable(y, nd[2])]
+        if not (self.cfg.lookahead and self.vectorised and good):
+            return out
+        served, rng = self.layout.served(block), self.layout.views(block).rng[good]
+        draws, _ = self._draw([nodes[k] for k in good], [labels[k] for k in good], rng)
+        by_len: dict[int, list[int]] = {}
+        for j, k in enumerate(good):
+            by_len.setdefault(len(labels[k]), []).append(j)
+        for js in by_len.values():
+            idx = self._padded(js)
+            rows = torch.tensor([good[j] for j in idx])
+            real = torch.stack([draws[j][0] for j in idx]).to(self.device)
+            y = torch.stack([labels[good[j]] for j in idx]).to(self.device)
+            slab = Slab(self.layout, block, rows, self.device)
+            half = real_half(self.score, slab.named(), real, y)
+            for i, j in enumerate(js):
+                k = good[j]
+                out[k] = Ahead(labels[k].clone(), draws[j], rng[j].clone(), int(served[k]), half.row(i), slab, i)
+        return out
+
+    def feedback(self, block: torch.Tensor, nodes: Sequence[Node], requests: Sequence[FeedbackRequest],
+                 ahead: Sequence[Ahead | None] = ()) -> list[FeedbackReply]:
         """Answer ``requests[k]`` as node ``nodes[k]`` = (id, private data, :func:`class_pools`) whose
-        state is row k of ``block`` (K, nbytes) uint8, updated in place (nothing changes on a bad request)."""
+        state is row k of ``block`` (K, nbytes) uint8, updated in place (nothing changes on a bad request).
+        ``ahead[k]`` (:meth:`look_ahead`) is used where it was begun for these labels and this D_k:
+        the same numbers as without it, sooner."""
         require(block.shape == (len(nodes), self.nbytes) and len(nodes) == len(requests), "requests",
                 f"{len(requests)} requests for {len(nodes)} nodes and {tuple(block.shape)} state rows")
         labels = [r.labels.cpu() for r in requests]
         self._check(nodes, requests, labels)
         views = self.layout.views(block)
-        draws, seeds = self._draw(nodes, labels, views.rng)
+        served = self.layout.served(block)
+        ahead = [a if a is not None and a.served == int(served[k]) and torch.equal(a.labels, labels[k]) else None
+                 for k, a in enumerate(ahead or [None] * len(nodes))]
+        draws, seeds = self._draw(nodes, labels, views.rng, ahead)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, r in enumerate(requests):
             by_shape.setdefault(tuple(r.fake.shape), []).append(k)
         replies: list[FeedbackReply | None] = [None] * len(nodes)
         for idx in by_shape.values():
-            feedback, stats = self._answer(block, idx, draws, [seeds[k] for k in idx], requests, labels)
+            feedback, stats = self._answer(block, idx, draws, [seeds[k] for k in idx], requests, labels, ahead)
             if self.cfg.clip_feedback:
                 feedback = clip_feedback(feedback, self.cfg.max_feedback_norm)
             feedback = feedback.to(requests[idx[0]].fake.device, torch.float32)
@@ -361,6 +390,7 @@ class TDGANEdge:
         self.rows = PackedEdges(self.cfg, data, device)
         self.node_id, self.data, self.pools = node_id, data, class_pools(data)
         self.row = self.rows.fresh(node_id, data, d_from)
+        self._ahead: Ahead | None = None
 
     def continue_from(self, other: TDGANEdge) -> None:
         """D_k becomes ``other``'s current D_k (weights and buffers); this node's Adam state, RNG and
@@ -369,6 +399,7 @@ class TDGANEdge:
                 "continue from an edge of the same tdgan.arch / width")
         n = self.rows.layout.weights_bytes()
         self.row[:n] = other.row[:n]
+        self._ahead = None
 
     @property
     def requests_served(self) -> int:
@@ -380,7 +411,13 @@ class TDGANEdge:
 
     def feedback(self, req: FeedbackRequest) -> FeedbackReply:
         """Update D_k on real versus ``req.fake``; reply ∂ loss_G / ∂ fake (float32, fake's shape)."""
-        return self.rows.feedback(self.row.view(1, -1), [(self.node_id, self.data, self.pools)], [req])[0]
+        ahead, self._ahead = self._ahead, None
+        return self.rows.feedback(self.row.view(1, -1), [(self.node_id, self.data, self.pools)], [req], [ahead])[0]
+
+    def look_ahead(self, labels: torch.Tensor) -> None:
+        """``tdgan.lookahead``: begin the update for the next request, whose labels are ``labels``
+        (:meth:`PackedEdges.look_ahead`); :meth:`feedback` finishes it if they match."""
+        self._ahead = self.rows.look_ahead(self.row.view(1, -1), [(self.node_id, self.data, self.pools)], [labels])[0]
 
     def discriminator(self) -> nn.Module:
         """A copy of the current D_k as a module."""
@@ -396,6 +433,7 @@ class TDGANEdge:
                 f"node '{self.node_id}': packed state has {packed.numel()} bytes, this D_k needs "
                 f"{self.row.numel()}", "load a state saved with the same tdgan.arch / width")
         self.row.copy_(packed.flatten())
+        self._ahead = None
 
     def state_dict(self) -> dict[str, Any]:
         """The node's id and :meth:`pack`: enough to park and resume a node."""

@@ -76,10 +76,11 @@ class FeedbackRequest:
     step: int
     fake: torch.Tensor    # (B, C, H, W) float32
     labels: torch.Tensor  # (B,) int64
+    next_labels: torch.Tensor | None = None  # (B,) int64: the node's next step's labels (``tdgan.lookahead``)
 
     def nbytes(self) -> int:
-        """Bytes of payload this request carries (the fake batch and its labels)."""
-        return self.fake.numel() * self.fake.element_size() + self.labels.numel() * self.labels.element_size()
+        """Bytes of payload this request carries (the fake batch and its labels, both steps')."""
+        return sum(t.numel() * t.element_size() for t in (self.fake, self.labels, self.next_labels) if t is not None)
 
 
 @dataclass(frozen=True)

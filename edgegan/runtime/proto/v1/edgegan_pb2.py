@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgegan/runtime/proto/v1/edgegan.proto\x12\nedgegan.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\">\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"~\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tn_samples\x18\x02 \x01(\x03\x12\x17\n\x0flabel_histogram\x18\x03 \x03(\x03\x12.\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x18.edgegan.v1.Capabilities\"\xf4\x01\n\rRegisterReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x03\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x19\n\x11tdgan_config_json\x18\x08 \x01(\t\x12\x13\n\x0bimage_shape\x18\t \x03(\x03\x12\x1c\n\x14training_config_json\x18\n \x01(\t\"\x1b\n\tHeartbeat\x12\x0e\n\x06time_s\x18\x01 \x01(\x01\"e\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12 \n\x04\x66\x61ke\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x12.edgegan.v1.Tensor\"\xa2\x01\n\rFeedbackReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12 \n\x04grad\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\x12\x33\n\x05stats\x18\x03 \x03(\x0b\x32$.edgegan.v1.FeedbackReply.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x04\x44one\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x07\x43losing\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"m\n\x0b\x45\x64geMessage\x12*\n\x05reply\x18\x01 \x01(\x0b\x32\x19.edgegan.v1.FeedbackReplyH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.edgegan.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\xbc\x01\n\x0c\x43loudMessage\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.edgegan.v1.FeedbackRequestH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.edgegan.v1.HeartbeatH\x00\x12 \n\x04\x64one\x18\x03 \x01(\x0b\x32\x10.edgegan.v1.DoneH\x00\x12&\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x13.edgegan.v1.ClosingH\x00\x42\x06\n\x04kind\"R\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.edgegan.v1.NamedTensor\"?\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\"\x97\x01\n\x0bModelBundle\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.edgegan.v1.Model\x12\x35\n\x07scalars\x18\x02 \x03(\x0b\x32$.edgegan.v1.ModelBundle.ScalarsEntry\x1a.\n\x0cScalarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0b\x43hunkHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"O\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.edgegan.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"P\n\x0bUploadReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\x12\x0f\n\x07uploads\x18\x02 \x01(\x03\x12\x18\n\x10\x65xpected_uploads\x18\x03 \x01(\x03\"/\n\x0f\x44ownloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x32\x9b\x02\n\x07\x45\x64geGAN\x12\x42\n\x08Register\x12\x1b.edgegan.v1.RegisterRequest\x1a\x19.edgegan.v1.RegisterReply\x12@\n\x07Session\x12\x17.edgegan.v1.EdgeMessage\x1a\x18.edgegan.v1.CloudMessage(\x01\x30\x01\x12\x41\n\x0cUploadModels\x12\x16.edgegan.v1.ModelChunk\x1a\x17.edgegan.v1.UploadReply(\x01\x12G\n\x0e\x44ownloadModels\x12\x1b.edgegan.v1.DownloadRequest\x1a\x16.edgegan.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgegan/runtime/proto/v1/edgegan.proto\x12\nedgegan.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\">\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"~\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tn_samples\x18\x02 \x01(\x03\x12\x17\n\x0flabel_histogram\x18\x03 \x03(\x03\x12.\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x18.edgegan.v1.Capabilities\"\xf4\x01\n\rRegisterReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x03\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x19\n\x11tdgan_config_json\x18\x08 \x01(\t\x12\x13\n\x0bimage_shape\x18\t \x03(\x03\x12\x1c\n\x14training_config_json\x18\n \x01(\t\"\x1b\n\tHeartbeat\x12\x0e\n\x06time_s\x18\x01 \x01(\x01\"\x8e\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12 \n\x04\x66\x61ke\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x12.edgegan.v1.Tensor\x12\'\n\x0bnext_labels\x18\x04 \x01(\x0b\x32\x12.edgegan.v1.Tensor\"\xa2\x01\n\rFeedbackReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12 \n\x04grad\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\x12\x33\n\x05stats\x18\x03 \x03(\x0b\x32$.edgegan.v1.FeedbackReply.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x04\x44one\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x07\x43losing\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"m\n\x0b\x45\x64geMessage\x12*\n\x05reply\x18\x01 \x01(\x0b\x32\x19.edgegan.v1.FeedbackReplyH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.edgegan.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\xbc\x01\n\x0c\x43loudMessage\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.edgegan.v1.FeedbackRequestH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.edgegan.v1.HeartbeatH\x00\x12 \n\x04\x64one\x18\x03 \x01(\x0b\x32\x10.edgegan.v1.DoneH\x00\x12&\n\x07\x63losing\x18\x04 \x01(\x0b\x32\x13.edgegan.v1.ClosingH\x00\x42\x06\n\x04kind\"R\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.edgegan.v1.NamedTensor\"?\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.edgegan.v1.Tensor\"\x97\x01\n\x0bModelBundle\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.edgegan.v1.Model\x12\x35\n\x07scalars\x18\x02 \x03(\x0b\x32$.edgegan.v1.ModelBundle.ScalarsEntry\x1a.\n\x0cScalarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0b\x43hunkHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"O\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.edgegan.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"P\n\x0bUploadReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\x12\x0f\n\x07uploads\x18\x02 \x01(\x03\x12\x18\n\x10\x65xpected_uploads\x18\x03 \x01(\x03\"/\n\x0f\x44ownloadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x32\x9b\x02\n\x07\x45\x64geGAN\x12\x42\n\x08Register\x12\x1b.edgegan.v1.RegisterRequest\x1a\x19.edgegan.v1.RegisterReply\x12@\n\x07Session\x12\x17.edgegan.v1.EdgeMessage\x1a\x18.edgegan.v1.CloudMessage(\x01\x30\x01\x12\x41\n\x0cUploadModels\x12\x16.edgegan.v1.ModelChunk\x1a\x17.edgegan.v1.UploadReply(\x01\x12G\n\x0e\x44ownloadModels\x12\x1b.edgegan.v1.DownloadRequest\x1a\x16.edgegan.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,36 +45,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREPLY']._serialized_end=545
   _globals['_HEARTBEAT']._serialized_start=547
   _globals['_HEARTBEAT']._serialized_end=574
-  _globals['_FEEDBACKREQUEST']._serialized_start=576
-  _globals['_FEEDBACKREQUEST']._serialized_end=677
-  _globals['_FEEDBACKREPLY']._serialized_start=680
-  _globals['_FEEDBACKREPLY']._serialized_end=842
-  _globals['_FEEDBACKREPLY_STATSENTRY']._serialized_start=798
-  _globals['_FEEDBACKREPLY_STATSENTRY']._serialized_end=842
-  _globals['_DONE']._serialized_start=844
-  _globals['_DONE']._serialized_end=880
-  _globals['_CLOSING']._serialized_start=882
-  _globals['_CLOSING']._serialized_end=921
-  _globals['_EDGEMESSAGE']._serialized_start=923
-  _globals['_EDGEMESSAGE']._serialized_end=1032
-  _globals['_CLOUDMESSAGE']._serialized_start=1035
-  _globals['_CLOUDMESSAGE']._serialized_end=1223
-  _globals['_MODEL']._serialized_start=1225
-  _globals['_MODEL']._serialized_end=1307
-  _globals['_NAMEDTENSOR']._serialized_start=1309
-  _globals['_NAMEDTENSOR']._serialized_end=1372
-  _globals['_MODELBUNDLE']._serialized_start=1375
-  _globals['_MODELBUNDLE']._serialized_end=1526
-  _globals['_MODELBUNDLE_SCALARSENTRY']._serialized_start=1480
-  _globals['_MODELBUNDLE_SCALARSENTRY']._serialized_end=1526
-  _globals['_CHUNKHEADER']._serialized_start=1528
-  _globals['_CHUNKHEADER']._serialized_end=1609
-  _globals['_MODELCHUNK']._serialized_start=1611
-  _globals['_MODELCHUNK']._serialized_end=1690
-  _globals['_UPLOADREPLY']._serialized_start=1692
-  _globals['_UPLOADREPLY']._serialized_end=1772
-  _globals['_DOWNLOADREQUEST']._serialized_start=1774
-  _globals['_DOWNLOADREQUEST']._serialized_end=1821
-  _globals['_EDGEGAN']._serialized_start=1824
-  _globals['_EDGEGAN']._serialized_end=2107
+  _globals['_FEEDBACKREQUEST']._serialized_start=577
+  _globals['_FEEDBACKREQUEST']._serialized_end=719
+  _globals['_FEEDBACKREPLY']._serialized_start=722
+  _globals['_FEEDBACKREPLY']._serialized_end=884
+  _globals['_FEEDBACKREPLY_STATSENTRY']._serialized_start=840
+  _globals['_FEEDBACKREPLY_STATSENTRY']._serialized_end=884
+  _globals['_DONE']._serialized_start=886
+  _globals['_DONE']._serialized_end=922
+  _globals['_CLOSING']._serialized_start=924
+  _globals['_CLOSING']._serialized_end=963
+  _globals['_EDGEMESSAGE']._serialized_start=965
+  _globals['_EDGEMESSAGE']._serialized_end=1074
+  _globals['_CLOUDMESSAGE']._serialized_start=1077
+  _globals['_CLOUDMESSAGE']._serialized_end=1265
+  _globals['_MODEL']._serialized_start=1267
+  _globals['_MODEL']._serialized_end=1349
+  _globals['_NAMEDTENSOR']._serialized_start=1351
+  _globals['_NAMEDTENSOR']._serialized_end=1414
+  _globals['_MODELBUNDLE']._serialized_start=1417
+  _globals['_MODELBUNDLE']._serialized_end=1568
+  _globals['_MODELBUNDLE_SCALARSENTRY']._serialized_start=1522
+  _globals['_MODELBUNDLE_SCALARSENTRY']._serialized_end=1568
+  _globals['_CHUNKHEADER']._serialized_start=1570
+  _globals['_CHUNKHEADER']._serialized_end=1651
+  _globals['_MODELCHUNK']._serialized_start=1653
+  _globals['_MODELCHUNK']._serialized_end=1732
+  _globals['_UPLOADREPLY']._serialized_start=1734
+  _globals['_UPLOADREPLY']._serialized_end=1814
+  _globals['_DOWNLOADREQUEST']._serialized_start=1816
+  _globals['_DOWNLOADREQUEST']._serialized_end=1863
+  _globals['_EDGEGAN']._serialized_start=1866
+  _globals['_EDGEGAN']._serialized_end=2149
 # @@protoc_insertion_point(module_scope)

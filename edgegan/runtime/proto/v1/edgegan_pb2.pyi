@@ -69,14 +69,16 @@ class Heartbeat(_message.Message):
     def __init__(self, time_s: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("step", "fake", "labels")
+    __slots__ = ("step", "fake", "labels", "next_labels")
     STEP_FIELD_NUMBER: _ClassVar[int]
     FAKE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_LABELS_FIELD_NUMBER: _ClassVar[int]
     step: int
     fake: Tensor
     labels: Tensor
-    def __init__(self, step: _Optional[int] = ..., fake: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    next_labels: Tensor
+    def __init__(self, step: _Optional[int] = ..., fake: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., next_labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class FeedbackReply(_message.Message):
     __slots__ = ("step", "grad", "stats")
