@@ -16,7 +16,9 @@ bytes per gRPC step on the loopback connection (``ss -ti``: HTTP/2 framing, prot
 heartbeats included) against ``payload_bytes`` = fake batch + feedback tensor, and the
 wire-only round trip of an edge that answers at once (no discriminator work), and the floor
 under both: the same bytes each way over a bare gRPC stream of raw bytes to another process
-(``grpc_floor``: no protobuf, no edgegan code).
+(``grpc_floor``: no protobuf, no edgegan code). Each case runs twice: with the exact step (the
+default) and with ``tdgan.lookahead`` (``lookahead_*`` columns: the edge begins D_k's real half
+for the next labels while the cloud steps; another float summation order, a named option).
 
     python benchmarks/feedback_latency.py --json benchmarks/results/feedback_latency.json
 """
@@ -286,6 +288,8 @@ def main() -> int:
     rows = []
     for name, shape in CASES.items():
         link = asyncio.run(run_case(shape, steps, warmup, args.block))
+        ahead = asyncio.run(run_case(shape, steps, warmup, args.block, lookahead=True))
+        la_rpc, la_inproc = ahead.summary("grpc"), ahead.summary("inproc")
         wire = asyncio.run(run_case(shape, steps // 2, warmup, args.block, echo=True)).summary("grpc")
         rpc, inproc = link.summary("grpc"), link.summary("inproc")
         payload = 2 * BATCH * int(np.prod(shape)) * 4
@@ -300,15 +304,22 @@ def main() -> int:
                      "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_p99_ms": floor["p99_ms"],
                      "bytes_per_step": rpc["bytes_per_step"], "payload_bytes": payload,
                      "bytes_ratio": rpc["bytes_per_step"] / payload, "grpc_steps": rpc["steps"],
-                     "inproc_steps": inproc["steps"]})
+                     "inproc_steps": inproc["steps"],
+                     "lookahead_grpc_p50_ms": la_rpc["p50_ms"], "lookahead_grpc_p99_ms": la_rpc["p99_ms"],
+                     "lookahead_inproc_p50_ms": la_inproc["p50_ms"],
+                     "lookahead_grpc_steps_per_s": la_rpc["steps_per_s"],
+                     "lookahead_inproc_steps_per_s": la_inproc["steps_per_s"],
+                     "lookahead_ratio": la_rpc["steps_per_s"] / la_inproc["steps_per_s"]})
     print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'floor':>6} {'inproc p50':>10} "
-          f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>5} {'bytes/step':>10} {'payload':>8} {'x':>5}  (ms)")
+          f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>5} {'bytes/step':>10} {'payload':>8} {'x':>5} "
+          f"{'la p50':>6} {'la ratio':>8}  (ms; la: tdgan.lookahead)")
     for r in rows:
         print(f"{r['case']:7} {'x'.join(map(str, r['shape'])):>11} {r['grpc_p50_ms']:8.2f} {r['grpc_p99_ms']:7.2f} "
               f"{r['wire_only_p50_ms']:8.2f} {r['grpc_floor_p50_ms']:6.2f} {r['inproc_p50_ms']:10.2f} "
               f"{r['inproc_steps_per_s']:11.1f} "
               f"{r['grpc_steps_per_s']:9.1f} {r['throughput_ratio']:5.2f} {r['bytes_per_step']:10.0f} "
-              f"{r['payload_bytes']:8d} {r['bytes_ratio']:5.3f}")
+              f"{r['payload_bytes']:8d} {r['bytes_ratio']:5.3f} {r['lookahead_grpc_p50_ms']:6.2f} "
+              f"{r['lookahead_ratio']:8.2f}")
     result = {"cases": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "steps": steps,
                                         "warmup": warmup, "block": args.block, "edges": 1, "torch_threads": 1,
                                         "cpu_count": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())}}

@@ -39,6 +39,8 @@ from _common import write_json  # noqa: E402
 import torch  # noqa: E402
 
 BATCH, WIDTH, SAMPLES = 64, 128, 32
+#: ``--lookahead``: every run of this process with ``tdgan.lookahead`` (the edges begin each update ahead)
+LOOKAHEAD = False
 
 
 def node_data(node_ids: list[str]) -> dict:
@@ -61,7 +63,7 @@ def cloud_config(e: int, steps: int, folder: str):
     return CloudConfig(allow_anonymous=True, steps=steps, start_nodes=e, min_nodes=e, checkpoint_dir=folder,
                        checkpoint_every=10**9, feedback_timeout_s=120.0, heartbeat_timeout_s=60.0,
                        device="cpu", eval_dataset=None, log_every=10**9,
-                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH))
+                       tdgan=TDGANConfig(width=WIDTH, batch_size=BATCH, remind_batch_size=BATCH, lookahead=LOOKAHEAD))
 
 
 class TimedLink:
@@ -192,7 +194,8 @@ def measure(e: int, steps: int, warmup: int, rounds: int, hosts: int) -> dict:
 def cloud_rss(e: int, hosts: int, steps: int = 10) -> int:
     """Peak RSS (bytes) of a fresh process that only serves the gRPC round's cloud with E streams:
     the benchmark's own process also held the in-process rounds' E nodes."""
-    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(e), str(steps), str(hosts)],
+    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(e), str(steps), str(hosts),
+                          *(["--lookahead"] if LOOKAHEAD else [])],
                          capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -211,9 +214,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30, help="measured steps per round and transport")
     ap.add_argument("--rounds", type=int, default=2, help="alternating in-process / gRPC rounds")
     ap.add_argument("--hosts", type=int, default=2, help="edge processes hosting the E nodes")
+    ap.add_argument("--lookahead", action="store_true", help="run with tdgan.lookahead (a named option)")
     ap.add_argument("--rss-probe", nargs=3, metavar=("E", "STEPS", "HOSTS"), help=argparse.SUPPRESS)
     ap.add_argument("--host-worker", nargs=3, metavar=("PORT", "E", "IDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global LOOKAHEAD
+    LOOKAHEAD = args.lookahead
     if args.rss_probe:
         e, steps, hosts = (int(v) for v in args.rss_probe)
         torch.set_num_threads(1)
@@ -234,6 +240,7 @@ def main() -> int:
               f"RSS {r['cloud_rss_gib']:.2f} GiB  CPU {r['cloud_cpu_ms_per_node_step']:.2f} ms/node-step  "
               f"{r['bytes_per_node_step']:.0f} B/node-step  dropped {r['dropped']}", flush=True)
     result = {"rows": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "samples_per_node": SAMPLES,
+                                       "lookahead": LOOKAHEAD,
                                        "torch_threads": 1, "cpu_count": os.cpu_count(),
                                        "loadavg_at_end": list(os.getloadavg())}}
     if args.json:

@@ -141,5 +141,5 @@ def lookahead_pass(critic: Stacked, cfg: TDGANConfig, slab: Slab, reals: list[to
         s, tape = critic.stacked(W, fake, y)
         loss, ds = logloss_terms(s, -1.0)
         grads, _ = critic.stacked_backward(W, tape, ds / fake.shape[1])
-        slab.adam([a + b for a, b in zip(r.grads, grads)], cfg.lr, (cfg.beta1, cfg.beta2))  # type: ignore[arg-type]
+        slab.adam(r.grads, cfg.lr, (cfg.beta1, cfg.beta2), plus=grads)  # type: ignore[arg-type]
     return _reply(critic, slab, fake, y, r.loss.mean(1) + loss.mean(1), r.score.mean(1))

@@ -157,16 +157,22 @@ class Slab:
         parts = self.w[:, :L.n_params].split(L.sizes[:P], dim=1)
         return {name: t.view(len(self.w), *shape) for name, t, shape in zip(L.names, parts, L.shapes)}
 
-    def adam(self, grads: Sequence[torch.Tensor], lr: float, betas: tuple[float, float], rows: slice = slice(None)) -> None:
+    def adam(self, grads: Sequence[torch.Tensor], lr: float, betas: tuple[float, float], rows: slice = slice(None),
+             plus: Sequence[torch.Tensor] = ()) -> None:
         """One Adam step (Kingma & Ba 2015; torch.optim.Adam's single-tensor form) of ``rows`` in place
         (the row layout keeps a step count per parameter, as torch.optim does; all step together): with t = steps + 1,
             m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²,
             W ← W − m / ((√v / √(1 − β2^t) + ε) (1 − β1^t) / lr).
-        ``grads``: per parameter name, (K', *shape) for the K' rows in ``rows``."""
+        ``grads``: per parameter name, (K', *shape) for the K' rows in ``rows``; g = ``grads`` + ``plus``
+        (elementwise) where ``plus`` is given, in the same form."""
         b1, b2 = betas
         w, m, v = self.w[rows], self.m[rows], self.v[rows]
         g = torch.zeros_like(w)
-        g[:, :self.layout.n_params] = torch.cat([t.flatten(1) for t in grads], 1)
+        parts = g[:, :self.layout.n_params].split(self.layout.sizes[:len(grads)], dim=1)
+        for part, t in zip(parts, grads):
+            part.copy_(t.flatten(1))
+        for part, t in zip(parts, plus):
+            part.add_(t.flatten(1))
         self.steps[rows] += 1
         t = self.steps[rows, :1].to(w.device)  # (K', 1): every parameter of a D_k steps together
         c2 = shape_free(lambda u: (1 - b2 ** u).sqrt(), t)
