@@ -90,6 +90,9 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     cloud = launch_cloud(procs, cfg_path)
     edge = start_edge(procs, config_port(cfg_path), "e0", "t0", CLASSES["e0"])
     assert procs.wait(cloud, 60) == 0 and procs.wait(edge, 30) == 0
+    summary = next(line for line in reversed(procs.log(edge).splitlines()) if line.startswith("{"))
+    begun = json.loads(summary)["updates_begun_ahead"]
+    assert begun >= 35 if lookahead else begun == 0  # 39 of the 40 steps follow a reply (measured: 39)
     remote = load_checkpoint(tmp_path / "ckpt" / "cloud.pt")["tdgan"]["generator"]
 
     cfg = load_yaml(CloudConfig, cfg_path)

@@ -67,6 +67,7 @@ class EdgeHost:
         self._to_begin: list[FeedbackRequest] = []  # replies sent this event-loop turn (look_ahead)
         self._looking: asyncio.Future | None = None  # the look-ahead job on its way, if any
         self._ahead_thread = ahead_thread()
+        self.begun_ahead = 0  # D_k updates finished from a look-ahead
         self._waiting: list[Waiting] = []
         self._drainer: asyncio.Task | None = None
         self._arrived = asyncio.Event()
@@ -199,6 +200,8 @@ class EdgeHost:
         block = torch.stack([self.rows[k] for k in ids])
         replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests,
                                        [self.ahead.pop(k, None) for k in ids])
+        self.begun_ahead += self.packed.begun
+        self.metrics.begun_ahead.inc(self.packed.begun)
         for k, row in zip(ids, block):
             self.rows[k] = row
         return replies

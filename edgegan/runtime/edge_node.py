@@ -71,6 +71,7 @@ class EdgeNode:
         self._tdgan_cfg: TDGANConfig | None = None
         self._looking: asyncio.Future | None = None  # tdgan.lookahead: the next update, begun
         self._ahead_thread: ThreadPoolExecutor | None = None
+        self.begun_ahead = 0  # D_k updates finished from a look-ahead
 
     def info(self) -> NodeInfo:
         return NodeInfo.of(self.node_id, self.data)
@@ -93,6 +94,8 @@ class EdgeNode:
         assert self._tdgan is not None
         reply = self._tdgan.feedback(req)
         record_feedback(self.metrics, req, reply)
+        self.begun_ahead += self._tdgan.rows.begun
+        self.metrics.begun_ahead.inc(self._tdgan.rows.begun)
         return reply
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:

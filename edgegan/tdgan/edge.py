@@ -208,6 +208,7 @@ class PackedEdges:
         self.vectorised = cfg.loss == "logloss" and not self.layout.buffer_names
         self.score = stacked_critic(self.init.D)
         self.min_rows = 1 if isinstance(self.init.D, MLPCritic) else MIN_PASS_ROWS
+        self.begun = 0  # of the last feedback()'s updates, how many had been begun ahead (look_ahead)
 
     def fresh(self, node_id: str, data: TensorData, d_from: str | None = None) -> torch.Tensor:
         """Node ``node_id``'s initial row: D_k as ``build_gan`` draws it under the seed of node
@@ -354,6 +355,7 @@ class PackedEdges:
         ahead = [a if a is not None and a.served == int(served[k]) and torch.equal(a.labels, labels[k]) else None
                  for k, a in enumerate(ahead or [None] * len(nodes))]
         draws, seeds = self._draw(nodes, labels, views.rng, ahead)
+        self.begun = sum(a is not None for a in ahead)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, r in enumerate(requests):
             by_shape.setdefault(tuple(r.fake.shape), []).append(k)
