@@ -16,9 +16,10 @@ bytes per gRPC step on the loopback connection (``ss -ti``: HTTP/2 framing, prot
 heartbeats included) against ``payload_bytes`` = fake batch + feedback tensor, and the
 wire-only round trip of an edge that answers at once (no discriminator work), and the floor
 under both: the same bytes each way over a bare gRPC stream of raw bytes to another process
-(``grpc_floor``: no protobuf, no edgegan code). Each case runs twice: with the exact step (the
-default) and with ``tdgan.lookahead`` (``lookahead_*`` columns: the edge begins D_k's real half
-for the next labels while the cloud steps; another float summation order, a named option).
+(``grpc_floor``: no protobuf, no edgegan code). Each case runs ``--repeats`` times with the exact
+step (the default) and as often, alternating, with ``tdgan.lookahead`` (``lookahead_*`` columns:
+the edge begins D_k's real half for the next labels while the cloud steps; another float
+summation order, a named option); reported are medians over the runs, and each run's ratio.
 
     python benchmarks/feedback_latency.py --json benchmarks/results/feedback_latency.json
 """
@@ -270,7 +271,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
-    ap.add_argument("--steps", type=int, default=None, help="measured steps per case, both modes [default: 600]")
+    ap.add_argument("--steps", type=int, default=None, help="steps per run, both modes [default: 400]")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per case and setting (medians reported)")
     ap.add_argument("--block", type=int, default=20, help="steps per block before switching transport")
     ap.add_argument("--edge-worker", nargs=3, metavar=("PORT", "SHAPE", "KIND"), help=argparse.SUPPRESS)
     ap.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
@@ -283,33 +285,31 @@ def main() -> int:
                     args.edge_worker[2] == "echo")
         return 0
     torch.set_num_threads(1)
-    steps = args.steps or (80 if args.quick else 600)
+    steps = args.steps or (80 if args.quick else 400)
     warmup = 10 if args.quick else 20
     rows = []
     for name, shape in CASES.items():
-        link = asyncio.run(run_case(shape, steps, warmup, args.block))
-        ahead = asyncio.run(run_case(shape, steps, warmup, args.block, lookahead=True))
-        la_rpc, la_inproc = ahead.summary("grpc"), ahead.summary("inproc")
+        runs: dict[bool, list[tuple[dict, dict]]] = {False: [], True: []}
+        for _ in range(args.repeats):  # exact and lookahead runs alternate: a drifting load hits both
+            for la in (False, True):
+                link = asyncio.run(run_case(shape, steps, warmup, args.block, lookahead=la))
+                runs[la].append((link.summary("grpc"), link.summary("inproc")))
         wire = asyncio.run(run_case(shape, steps // 2, warmup, args.block, echo=True)).summary("grpc")
-        rpc, inproc = link.summary("grpc"), link.summary("inproc")
         payload = 2 * BATCH * int(np.prod(shape)) * 4
         floor = asyncio.run(grpc_floor(payload // 2, steps // 2, warmup))
-        rows.append({"case": name, "shape": [BATCH, *shape],
-                     "grpc_p50_ms": rpc["p50_ms"], "grpc_p99_ms": rpc["p99_ms"],
-                     "inproc_p50_ms": inproc["p50_ms"], "inproc_p99_ms": inproc["p99_ms"],
-                     "inproc_steps_per_s": inproc["steps_per_s"], "grpc_steps_per_s": rpc["steps_per_s"],
-                     "throughput_ratio": rpc["steps_per_s"] / inproc["steps_per_s"],
-                     "inproc_median_step_ms": inproc["median_step_ms"], "grpc_median_step_ms": rpc["median_step_ms"],
-                     "wire_only_p50_ms": wire["p50_ms"], "wire_only_p99_ms": wire["p99_ms"],
-                     "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_p99_ms": floor["p99_ms"],
-                     "bytes_per_step": rpc["bytes_per_step"], "payload_bytes": payload,
-                     "bytes_ratio": rpc["bytes_per_step"] / payload, "grpc_steps": rpc["steps"],
-                     "inproc_steps": inproc["steps"],
-                     "lookahead_grpc_p50_ms": la_rpc["p50_ms"], "lookahead_grpc_p99_ms": la_rpc["p99_ms"],
-                     "lookahead_inproc_p50_ms": la_inproc["p50_ms"],
-                     "lookahead_grpc_steps_per_s": la_rpc["steps_per_s"],
-                     "lookahead_inproc_steps_per_s": la_inproc["steps_per_s"],
-                     "lookahead_ratio": la_rpc["steps_per_s"] / la_inproc["steps_per_s"]})
+        row = {"case": name, "shape": [BATCH, *shape]}
+        for la, prefix in ((False, ""), (True, "lookahead_")):
+            ratios = [g["steps_per_s"] / i["steps_per_s"] for g, i in runs[la]]
+            row.update({f"{prefix}{side}_{key}": float(np.median([r[j][key] for r in runs[la]]))
+                        for j, side in enumerate(("grpc", "inproc"))
+                        for key in ("p50_ms", "p99_ms", "steps_per_s", "median_step_ms", "steps")})
+            row.update({f"{prefix}throughput_ratio": float(np.median(ratios)),
+                        f"{prefix}throughput_ratio_runs": ratios,
+                        f"{prefix}bytes_per_step": float(np.median([g["bytes_per_step"] for g, _ in runs[la]]))})
+        row.update({"wire_only_p50_ms": wire["p50_ms"], "wire_only_p99_ms": wire["p99_ms"],
+                    "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_p99_ms": floor["p99_ms"],
+                    "payload_bytes": payload, "bytes_ratio": row["bytes_per_step"] / payload})
+        rows.append(row)
     print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'floor':>6} {'inproc p50':>10} "
           f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>5} {'bytes/step':>10} {'payload':>8} {'x':>5} "
           f"{'la p50':>6} {'la ratio':>8}  (ms; la: tdgan.lookahead)")
@@ -319,9 +319,10 @@ def main() -> int:
               f"{r['inproc_steps_per_s']:11.1f} "
               f"{r['grpc_steps_per_s']:9.1f} {r['throughput_ratio']:5.2f} {r['bytes_per_step']:10.0f} "
               f"{r['payload_bytes']:8d} {r['bytes_ratio']:5.3f} {r['lookahead_grpc_p50_ms']:6.2f} "
-              f"{r['lookahead_ratio']:8.2f}")
+              f"{r['lookahead_throughput_ratio']:8.2f}")
     result = {"cases": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "steps": steps,
                                         "warmup": warmup, "block": args.block, "edges": 1, "torch_threads": 1,
+                                        "repeats": args.repeats,
                                         "cpu_count": os.cpu_count(), "loadavg_at_end": list(os.getloadavg())}}
     if args.json:
         write_json(args.json, result)
