@@ -30,8 +30,10 @@ def san_names(cert: Path) -> set[str]:
         x509.DNSName))
 
 
-def test_grpc_backend_matches_inproc_exactly_with_windows_and_crashes(tmp_path):
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_grpc_backend_matches_inproc_exactly_with_windows_and_crashes(tmp_path, lookahead):
     data = windows_and_crashes()
+    data["training"]["tdgan"]["lookahead"] = lookahead  # with it, the hosts begin each update ahead
     s_in = simulate(scenario_from_dict({**data, "engine": {"backend": "inproc", "workers": 1}}), tmp_path / "inproc")
     s_g = simulate(scenario_from_dict({**data, "engine": {"backend": "grpc", "hosts": 2}}), tmp_path / "grpc")
     assert s_g.engine.backend == "grpc" and s_g.engine.workers == 2
@@ -51,6 +53,10 @@ def test_grpc_backend_matches_inproc_exactly_with_windows_and_crashes(tmp_path):
     assert sorted(n for h in hosts for n in yaml.safe_load((run / "grpc" / f"host-{h['index']}" / "tokens.yaml")
                                                           .read_text())) == [f"node{i}" for i in range(5)]
     assert all(h["returncode"] == 0 for h in hosts)
+    begun = [json.loads(next(line for line in reversed((run / "logs" / f"host-{h['index']}.log").read_text()
+                                                       .splitlines()) if line.startswith("{")))["updates_begun_ahead"]
+             for h in hosts]
+    assert sum(begun) > 0 if lookahead else sum(begun) == 0, begun
     assert "with TLS" in (run / "logs" / "cloud.log").read_text()
     for h in hosts:  # tokens and keys for the owner only; each host's certificate names its nodes
         assert (run / "logs" / f"host-{h['index']}.log").is_file()

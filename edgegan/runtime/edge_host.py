@@ -4,7 +4,8 @@ Each hosted node keeps what a node of its own process would: its Session stream,
 D_k state and data partition. Their D_k live as rows of one
 :class:`~edgegan.tdgan.edge.PackedEdges` (the simulator's representation). Requests that are
 pending together are answered in one vectorised pass on the host's compute thread, so the event
-loop keeps every other node's stream, heartbeats included, alive while D_k steps; a node's
+loop keeps every other node's stream, heartbeats included, alive while D_k steps (a pass whose
+predecessor took under ``INLINE_PASS_S`` runs on the loop itself: the hand-off costs more); a node's
 numbers do not depend on which nodes share its pass. A request refused for one node (wrong
 labels, a non-finite batch) fails that node's stream only.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import time
@@ -24,7 +26,7 @@ import torch
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, NodeCrashed, require
 from edgegan.monitor.metrics import Metrics
-from edgegan.runtime.edge_node import ahead_thread, record_feedback
+from edgegan.runtime.edge_node import INLINE_PASS_S, ahead_thread, record_feedback
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import Ahead, PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -68,6 +70,7 @@ class EdgeHost:
         self._looking: asyncio.Future | None = None  # the look-ahead job on its way, if any
         self._ahead_thread = ahead_thread()
         self.begun_ahead = 0  # D_k updates finished from a look-ahead
+        self._pass_s = math.inf  # how long the last pass took: under INLINE_PASS_S the next runs on the loop
         self._waiting: list[Waiting] = []
         self._drainer: asyncio.Task | None = None
         self._arrived = asyncio.Event()
@@ -123,7 +126,10 @@ class EdgeHost:
                 await looking
             batch, self._waiting = self._waiting, []
             try:
-                answers = await loop.run_in_executor(self._compute, self._pass, [r for r, _ in batch])
+                t0, reqs = time.perf_counter(), [r for r, _ in batch]
+                answers = (self._pass(reqs) if self._pass_s < INLINE_PASS_S
+                           else await loop.run_in_executor(self._compute, self._pass, reqs))
+                self._pass_s = time.perf_counter() - t0
             except Exception as e:  # an unexpected failure of the pass fails its waiters, never hangs them
                 answers = [e] * len(batch)
             for (req, fut), ans in zip(batch, answers):
