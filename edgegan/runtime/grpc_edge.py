@@ -139,11 +139,11 @@ class _Stream:
         if tuple(fake.shape[1:]) != shape:
             raise EdgeganError("fake", f"cloud sent shape {tuple(fake.shape)}, registered {shape}")
         labels = decode_tensor(r.labels, "labels", dtype="int64", shape=(fake.shape[0],))
-        ahead = decode_tensor(r.next_labels, "next_labels", dtype="int64", max_elements=len(labels)
-                              ) if r.HasField("next_labels") else None
+        next_labels = decode_tensor(r.next_labels, "next_labels", dtype="int64", max_elements=len(labels)
+                                    ) if r.HasField("next_labels") else None
         self.busy = True
         try:
-            req = FeedbackRequest(self.node.node_id, int(r.step), fake, labels, ahead)
+            req = FeedbackRequest(self.node.node_id, int(r.step), fake, labels, next_labels)
             reply = await self.node.answer(req)
         finally:
             self.busy, self.last_heard = False, time.monotonic()
@@ -152,7 +152,7 @@ class _Stream:
         encode_tensor(reply.grad, msg.reply.grad)
         msg.reply.stats.update(reply.stats)
         await self.send(msg, reply.step)
-        if ahead is not None:
+        if next_labels is not None:
             self.node.look_ahead(req)  # tdgan.lookahead: the next update, while the cloud steps
 
     async def read(self) -> pb.CloudMessage:

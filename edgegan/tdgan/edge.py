@@ -9,7 +9,9 @@ Alg. 1 draws separate fake batches for lines 3–8 and 10–15; one round trip s
 Only the label histogram / n_k (:meth:`TDGANEdge.info`) and the reply ever leave this object.
 
 A node's D_k state is a packed row (:mod:`edgegan.tdgan.dk_state`); :class:`PackedEdges`
-answers a block of rows in one pass and :class:`TDGANEdge` is a view of one row.
+answers a block of rows in one pass (:mod:`edgegan.tdgan.dk_pass`) and :class:`TDGANEdge` is a
+view of one row. With ``tdgan.lookahead`` a node's next update is begun before its request
+(:meth:`PackedEdges.look_ahead`).
 """
 
 from __future__ import annotations
@@ -144,7 +146,6 @@ def _servable(y: Any, pools: dict[int, torch.Tensor]) -> bool:
             and set(y.tolist()) <= set(pools))
 
 
-
 def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
                   fake: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     """Row k's ``critic_steps`` autograd updates of D_k (:meth:`Slab.adam`); the last critic loss."""
@@ -163,7 +164,7 @@ def _autograd_pass(D: nn.Module, cfg: TDGANConfig, slab: Slab, buffers: dict[str
                    ) -> tuple[torch.Tensor, list[list[float]]]:
     """The same node step, node by node with autograd, where one pass cannot hold it: the wgan-gp
     loss (critic loss + gradient penalty, whose input gradient needs a second backward) and D_k with
-    buffers (BatchNorm statistics updated in place). Same outputs as :func:`_logloss_pass`; node k's
+    buffers (BatchNorm statistics updated in place). Same outputs as :func:`~edgegan.tdgan.dk_pass.logloss_pass`; node k's
     gradient-penalty draws come from ``seeds[k]`` (its own RNG), not from whoever ran before it."""
     wgan = cfg.loss == "wgan-gp"
     out, stats = [], []
