@@ -120,10 +120,11 @@ def test_the_cloud_sends_next_labels_and_keeps_them_across_a_checkpoint(digits) 
     assert plain.make_requests()[0].next_labels is None
 
 
-def test_a_host_begins_its_nodes_next_updates_between_steps(digits) -> None:
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_a_host_begins_its_nodes_next_updates_between_steps(digits, arch: str) -> None:
     """An EdgeHost with lookahead: after each step's replies, ``look_ahead`` of each request begins
-    the next update on the compute thread; every reply is still the node's own TDGANEdge's bytes."""
-    cfg = TDGANConfig(batch_size=16, width=32, seed=3, lookahead=True)
+    the next update on the look-ahead thread; every reply is still the node's own TDGANEdge's bytes."""
+    cfg = TDGANConfig(batch_size=16, width=32, seed=3, lookahead=True, arch=arch)
     parts = _parts(digits)
     host = EdgeHost(parts)
     host.configure(cfg, (1, 8, 8))

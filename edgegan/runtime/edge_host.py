@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -68,6 +69,7 @@ class EdgeHost:
         self.ahead: dict[str, Ahead | None] = {}  # tdgan.lookahead: each node's next update, begun
         self._to_begin: list[FeedbackRequest] = []  # replies sent this event-loop turn (look_ahead)
         self._looking: asyncio.Future | None = None  # the look-ahead job on its way, if any
+        self._passing = threading.Lock()  # a pass and a look-ahead never share the critic (vmap swaps its weights)
         self._ahead_thread = ahead_thread()
         self.begun_ahead = 0  # D_k updates finished from a look-ahead
         self._pass_s = math.inf  # how long the last pass took: under INLINE_PASS_S the next runs on the loop
@@ -193,9 +195,10 @@ class EdgeHost:
         assert self.packed is not None
         ids = [r.node_id for r in requests]
         try:
-            block = torch.stack([self.rows[k] for k in ids])
-            nodes = [(k, self.data[k], self.pools[k]) for k in ids]
-            self.ahead.update(zip(ids, self.packed.look_ahead(block, nodes, [r.next_labels for r in requests])))
+            with self._passing:
+                block = torch.stack([self.rows[k] for k in ids])
+                nodes = [(k, self.data[k], self.pools[k]) for k in ids]
+                self.ahead.update(zip(ids, self.packed.look_ahead(block, nodes, [r.next_labels for r in requests])))
         except Exception:  # the next pass then computes the whole update: the same numbers
             log.exception("could not begin the next update of %d nodes", len(ids))
 
@@ -203,13 +206,14 @@ class EdgeHost:
         assert self.packed is not None
         ids = [r.node_id for r in requests]
         require(len(set(ids)) == len(ids), "requests", "two requests of one node in one pass")
-        block = torch.stack([self.rows[k] for k in ids])
-        replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests,
-                                       [self.ahead.pop(k, None) for k in ids])
+        with self._passing:
+            block = torch.stack([self.rows[k] for k in ids])
+            replies = self.packed.feedback(block, [(k, self.data[k], self.pools[k]) for k in ids], requests,
+                                           [self.ahead.pop(k, None) for k in ids])
+            for k, row in zip(ids, block):
+                self.rows[k] = row
         self.begun_ahead += self.packed.begun
         self.metrics.begun_ahead.inc(self.packed.begun)
-        for k, row in zip(ids, block):
-            self.rows[k] = row
         return replies
 
     def close(self) -> None:
