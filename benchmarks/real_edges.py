@@ -191,6 +191,12 @@ def measure(e: int, steps: int, warmup: int, rounds: int, hosts: int) -> dict:
             "dropped": sum(r["dropped"] for r in rpc), "rounds": rounds, "steps_per_round": steps}
 
 
+def steps_for(e: int, steps: int) -> int:
+    """Measured steps per round for E nodes: ``steps``, 8/E times as many below E = 8 (a lone node's
+    step takes ~5 ms: 30 of them are too few for a ratio), fewer for large E (at least 5)."""
+    return steps * 8 // e if e < 8 else max(steps // (1 + e // 64), 5)
+
+
 def cloud_rss(e: int, hosts: int, steps: int = 10) -> int:
     """Peak RSS (bytes) of a fresh process that only serves the gRPC round's cloud with E streams:
     the benchmark's own process also held the in-process rounds' E nodes."""
@@ -233,7 +239,7 @@ def main() -> int:
     rows = []
     for e in (int(x) for x in args.nodes.split(",")):
         warmup = 3
-        rows.append(measure(e, max(args.steps // (1 + e // 64), 5), warmup, args.rounds, args.hosts))
+        rows.append(measure(e, steps_for(e, args.steps), warmup, args.rounds, args.hosts))
         r = rows[-1]
         print(f"E={e:5d}: inproc {r['inproc_steps_per_s']:7.2f} st/s  gRPC {r['grpc_steps_per_s']:7.2f} st/s  "
               f"ratio {r['ratio']:.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
