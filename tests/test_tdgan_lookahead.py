@@ -152,3 +152,31 @@ def test_a_host_begins_its_nodes_next_updates_between_steps(digits, arch: str) -
         assert asyncio.run(run()) == 3 * len(IDS)  # every node's update begun ahead from step 1 on
     finally:
         host.close()
+
+
+def test_an_edge_whose_look_ahead_fails_still_answers_with_its_own_bytes(digits, monkeypatch, caplog) -> None:
+    """``EdgeNode``: a look-ahead that raises is logged and the update is computed whole on arrival."""
+    from edgegan.runtime.edge_node import EdgeNode
+
+    cfg = TDGANConfig(batch_size=16, width=32, lookahead=True)
+    data = _parts(digits)["e1"]
+    node, plain = EdgeNode("e1", data), TDGANEdge("e1", data, cfg)
+    node.configure_tdgan(cfg, (1, 8, 8))
+    g = torch.Generator().manual_seed(7)
+
+    def boom(labels: torch.Tensor) -> None:
+        raise RuntimeError("out of memory (simulated)")
+
+    async def run() -> None:
+        y = _labels(data, 16, g)
+        for step in range(3):
+            nxt = _labels(data, 16, g)
+            req = FeedbackRequest("e1", step, torch.rand(16, 1, 8, 8, generator=g) * 2 - 1, y, nxt)
+            got, want = await node.answer(req), plain.feedback(req)
+            assert torch.equal(got.grad, want.grad) and got.stats == want.stats, step
+            node.look_ahead(req)
+            y = nxt
+
+    monkeypatch.setattr(node._tdgan, "look_ahead", boom)
+    asyncio.run(run())
+    assert "could not begin its next update" in caplog.text and node.begun_ahead == 0

@@ -6,6 +6,7 @@ local discriminator (seed 003), pre-trains and uploads (seed 000 Stage I) and ad
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -26,6 +27,8 @@ from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import TDGANEdge
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
+
+log = logging.getLogger("edgegan.edge")
 
 #: Nice value of the thread that begins updates ahead (``tdgan.lookahead``): speculative work yields
 #: the core to the reply on its way and, where cloud and edges share a machine, to the cloud's step.
@@ -114,7 +117,7 @@ class EdgeNode:
         under it)."""
         if self._looking is not None:
             looking, self._looking = self._looking, None
-            await looking
+            await asyncio.wait([looking])  # if it failed (logged), the update is computed whole: the same numbers
         t0 = time.perf_counter()
         reply = self.feedback(req) if self._pass_s < INLINE_PASS_S else await asyncio.to_thread(self.feedback, req)
         self._pass_s = time.perf_counter() - t0
@@ -128,6 +131,12 @@ class EdgeNode:
             self._ahead_thread = self._ahead_thread or ahead_thread()
             self._looking = asyncio.get_running_loop().run_in_executor(self._ahead_thread, self._tdgan.look_ahead,
                                                                        req.next_labels)
+            self._looking.add_done_callback(self._log_failure)
+
+    def _log_failure(self, fut: asyncio.Future) -> None:
+        e = None if fut.cancelled() else fut.exception()
+        if e is not None:
+            log.error("node %s: could not begin its next update: %s", self.node_id, e)
 
     def pretrain(self, arch: str, steps: int, cfg: WGANConfig, width: int | None = None) -> dict[str, nn.Module]:
         """Stage I on the node: a local WGAN-GP (G_k, D_k) on its own data (seed 000 §3)."""
