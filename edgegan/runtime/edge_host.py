@@ -27,7 +27,7 @@ import torch
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, NodeCrashed, require
 from edgegan.monitor.metrics import Metrics
-from edgegan.runtime.edge_node import INLINE_PASS_S, ahead_thread, record_feedback
+from edgegan.runtime.edge_node import ahead_thread, record_feedback, timed_pass
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import Ahead, PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -120,7 +120,6 @@ class EdgeHost:
         return await fut
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._waiting:
             await self._gather_step()
             if self._looking is not None:  # D_k must not move under updates being begun
@@ -128,10 +127,8 @@ class EdgeHost:
                 await looking
             batch, self._waiting = self._waiting, []
             try:
-                t0, reqs = time.perf_counter(), [r for r, _ in batch]
-                answers = (self._pass(reqs) if self._pass_s < INLINE_PASS_S
-                           else await loop.run_in_executor(self._compute, self._pass, reqs))
-                self._pass_s = time.perf_counter() - t0
+                reqs = [r for r, _ in batch]
+                answers, self._pass_s = await timed_pass(lambda: self._pass(reqs), self._pass_s, self._compute)
             except Exception as e:  # an unexpected failure of the pass fails its waiters, never hangs them
                 answers = [e] * len(batch)
             for (req, fut), ans in zip(batch, answers):

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +39,17 @@ AHEAD_NICE = 19
 #: thread: a hand-off to a worker thread and back costs 0.1–1 ms on a shared VM, a digits pass
 #: about 2 ms, and heartbeats then wait at most this long.
 INLINE_PASS_S = 0.025
+
+
+T = TypeVar("T")
+
+
+async def timed_pass(fn: Callable[[], T], last_s: float, executor: ThreadPoolExecutor | None = None) -> tuple[T, float]:
+    """``fn()`` on the event loop if the last pass took under :data:`INLINE_PASS_S`, else on
+    ``executor`` (asyncio's default: None); its result and the seconds it took."""
+    t0 = time.perf_counter()
+    out = fn() if last_s < INLINE_PASS_S else await asyncio.get_running_loop().run_in_executor(executor, fn)
+    return out, time.perf_counter() - t0
 
 
 def _lower_priority() -> None:
@@ -118,9 +129,7 @@ class EdgeNode:
         if self._looking is not None:
             looking, self._looking = self._looking, None
             await asyncio.wait([looking])  # if it failed (logged), the update is computed whole: the same numbers
-        t0 = time.perf_counter()
-        reply = self.feedback(req) if self._pass_s < INLINE_PASS_S else await asyncio.to_thread(self.feedback, req)
-        self._pass_s = time.perf_counter() - t0
+        reply, self._pass_s = await timed_pass(lambda: self.feedback(req), self._pass_s)
         return reply
 
     def look_ahead(self, req: FeedbackRequest) -> None:
