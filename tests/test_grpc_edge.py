@@ -56,3 +56,55 @@ def test_edge_detects_a_silent_cloud_and_reconnects(digits) -> None:
     servicer = asyncio.run(main())
     assert servicer.registrations == 2
     assert servicer.heartbeats >= 3  # the edge kept sending its own heartbeats (every 0.2 s) meanwhile
+
+
+
+def test_cloud_heartbeats_an_idle_stream_on_its_interval(tmp_path) -> None:
+    """The cloud's side: a Session with nothing to carry (the run waits for a second node) gets a
+    heartbeat about every ``heartbeat_interval_s`` from the writer's timer: neither silence, which
+    an edge would take for a dead cloud, nor one per loop turn."""
+    from edgegan.runtime.config import CloudConfig
+    from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink
+    from edgegan.runtime.guard import Guard
+    from edgegan.runtime.roles import TDGANServer
+
+    interval = 0.2
+    cfg = CloudConfig(allow_anonymous=True, steps=5, image_shape=[1, 8, 8], checkpoint_dir=str(tmp_path),
+                      heartbeat_interval_s=interval, start_nodes=2, device="cpu", tdgan=TDGANConfig(width=16),
+                      eval_dataset=None)
+
+    async def main() -> list[float]:
+        server = TDGANServer(cfg)
+        guard = Guard(cfg, server.metrics)
+        grpc_server = grpc.aio.server(interceptors=[guard], options=guard.server_options(cfg.max_message_bytes))
+        pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, GrpcLink(server)), grpc_server)
+        port = grpc_server.add_insecure_port("127.0.0.1:0")
+        await grpc_server.start()
+        beats: list[float] = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.EdgeGANStub(ch)
+                md = (("x-edgegan-node-id", "e0"),)
+                await stub.Register(pb.RegisterRequest(node_id="e0", n_samples=10, label_histogram=[1] * 10),
+                                    metadata=md, timeout=20)
+                call = stub.Session(metadata=md)
+                loop = asyncio.get_running_loop()
+                t_end = loop.time() + 12 * interval
+                while (left := t_end - loop.time()) > 0:
+                    try:
+                        msg = await asyncio.wait_for(call.read(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    assert msg is not grpc.aio.EOF and msg.WhichOneof("kind") == "heartbeat", msg
+                    beats.append(loop.time())
+                call.cancel()
+        finally:
+            await grpc_server.stop(0)
+            server.close()
+            guard.close()
+        return beats
+
+    beats = asyncio.run(main())
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert len(beats) >= 6, beats  # ~11 in 12 intervals; at least half of them on a busy machine
+    assert min(gaps) >= 0.8 * interval, gaps  # one per idle interval, not one per loop turn

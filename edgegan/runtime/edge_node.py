@@ -128,7 +128,8 @@ class EdgeNode:
         under it)."""
         if self._looking is not None:
             looking, self._looking = self._looking, None
-            await asyncio.wait([looking])  # if it failed (logged), the update is computed whole: the same numbers
+            if not looking.done():
+                await asyncio.wait([looking])  # if it failed (logged), the update is computed whole: the same numbers
         reply, self._pass_s = await timed_pass(lambda: self.feedback(req), self._pass_s)
         return reply
 

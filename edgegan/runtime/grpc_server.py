@@ -81,6 +81,10 @@ class _Session:
             self.closed.set_result((code, detail))
             self.outbox.put_nowait(None)
 
+    def heartbeat(self) -> None:
+        """Queue a heartbeat (the writer's timer, when the stream was idle)."""
+        self.outbox.put_nowait(pb.CloudMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
+
     def fail_pending(self, failure: NodeFailure) -> None:
         for _req, fut, _t in self.pending.values():
             if not fut.done():
@@ -234,18 +238,23 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
                 session.on_reply(msg.reply)
 
     async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
-        """Write the outbox (a heartbeat when idle) until the stream is closing; never cancelled mid-write."""
-        interval = self.cfg.heartbeat_interval_s
-        while not session.closed.done():
-            try:
-                msg = await asyncio.wait_for(session.outbox.get(), interval)
-            except asyncio.TimeoutError:
-                msg = pb.CloudMessage(heartbeat=pb.Heartbeat(time_s=time.time()))
-            if msg is None or session.closed.done():
-                return
-            await context.write(msg)
-            if msg.HasField("done"):
-                self.link.told_done.add(session.node_id)
+        """Write the outbox until the stream is closing; never cancelled mid-write. A heartbeat is
+        queued once nothing was written for ``heartbeat_interval_s`` (a timer, not a timeout on each
+        wait: ``wait_for`` costs a task and two loop turns per message)."""
+        loop, interval = asyncio.get_running_loop(), self.cfg.heartbeat_interval_s
+        beat = loop.call_later(interval, session.heartbeat)
+        try:
+            while not session.closed.done():
+                msg = await session.outbox.get()
+                if msg is None or session.closed.done():
+                    return
+                beat.cancel()
+                await context.write(msg)
+                beat = loop.call_later(interval, session.heartbeat)
+                if msg.HasField("done"):
+                    self.link.told_done.add(session.node_id)
+        finally:
+            beat.cancel()
 
     async def _open(self, node_id: str, context: grpc.aio.ServicerContext) -> _Session:
         """Admit a Session of ``node_id`` (ending an older one of the same node) and register it."""
