@@ -91,8 +91,9 @@ def test_grpc_run_is_bit_identical_to_the_inproc_run(procs: Procs, tmp_path: Pat
     edge = start_edge(procs, config_port(cfg_path), "e0", "t0", CLASSES["e0"])
     assert procs.wait(cloud, 60) == 0 and procs.wait(edge, 30) == 0
     summary = next(line for line in reversed(procs.log(edge).splitlines()) if line.startswith("{"))
-    begun = json.loads(summary)["updates_begun_ahead"]
+    begun, discarded = (json.loads(summary)[f"updates_{k}_ahead"] for k in ("begun", "discarded"))
     assert begun >= 35 if lookahead else begun == 0  # 39 of the 40 steps follow a reply (measured: 39)
+    assert discarded == 0  # the cloud's next labels are the labels it then sends
     remote = load_checkpoint(tmp_path / "ckpt" / "cloud.pt")["tdgan"]["generator"]
 
     cfg = load_yaml(CloudConfig, cfg_path)

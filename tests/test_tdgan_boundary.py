@@ -11,7 +11,7 @@ from edgegan.data import partition_by_classes
 from edgegan.errors import EdgeganError
 from edgegan.gan import generator_loss
 from edgegan.tdgan import FeedbackReply, FeedbackRequest, NodeInfo, TDGANCloud, TDGANConfig, TDGANEdge
-from edgegan.tdgan.edge import g_loss_logloss
+from edgegan.tdgan.dk_pass import g_loss_logloss
 from edgegan.tdgan.harness import build_generator
 
 CFG = TDGANConfig(batch_size=16, remind_batch_size=16, seed=3)

@@ -250,7 +250,8 @@ async def _host(args: argparse.Namespace, ids: list[str], device, metrics) -> di
     done = [e for e in ends if not isinstance(e, EdgeganError)]
     return {"node_ids": ids, "n_samples": {k: len(d) for k, d in host.data.items()},
             "step": max((d.step for d in done), default=-1), "reason": done[0].reason if done else "failed",
-            "failed": failed, "updates_begun_ahead": host.begun_ahead}
+            "failed": failed, "updates_begun_ahead": host.tally.begun,
+            "updates_discarded_ahead": host.tally.discarded}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
         summary.update(node_id=args.node_id, n_samples=len(node.data))
         if args.mode == "tdgan":
             done = asyncio.run(run_tdgan_edge(node, conn, str(device)))
-            summary.update(step=done.step, reason=done.reason, updates_begun_ahead=node.begun_ahead)
+            summary.update(step=done.step, reason=done.reason, updates_begun_ahead=node.tally.begun,
+                           updates_discarded_ahead=node.tally.discarded)
         else:
             require(args.eta > 0, "eta", f"must be > 0, got {args.eta}")
             require(args.pretrain_steps > 0 or args.adapt_steps > 0, "pretrain_steps",

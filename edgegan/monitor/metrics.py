@@ -63,6 +63,9 @@ class Metrics:
                                          "Nodes dropped for giving no feedback within feedback_timeout_s", registry=r)
         self.begun_ahead = Counter("edgegan_updates_begun_ahead_total", "D_k updates an edge finished from what "
                                    "it began while the cloud stepped (tdgan.lookahead)", registry=r)
+        self.discarded_ahead = Counter("edgegan_updates_discarded_ahead_total", "D_k updates an edge began ahead "
+                                       "and threw away: the request came with other labels, or D_k moved since "
+                                       "(tdgan.lookahead)", registry=r)
         self.generator_steps = Counter("edgegan_generator_steps_total", "Generator steps taken", registry=r)
         self.generator_step = Gauge("edgegan_generator_step", "Current generator step", registry=r)
         self.loss = Gauge("edgegan_loss", "Last loss values", ["kind"], registry=r)

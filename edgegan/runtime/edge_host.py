@@ -27,7 +27,7 @@ import torch
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, NodeCrashed, require
 from edgegan.monitor.metrics import Metrics
-from edgegan.runtime.edge_node import ahead_thread, record_feedback, timed_pass
+from edgegan.runtime.edge_node import AheadTally, ahead_thread, record_feedback, timed_pass
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.edge import Ahead, PackedEdges, class_pools
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
@@ -71,7 +71,7 @@ class EdgeHost:
         self._looking: asyncio.Future | None = None  # the look-ahead job on its way, if any
         self._passing = threading.Lock()  # a pass and a look-ahead never share the critic (vmap swaps its weights)
         self._ahead_thread = ahead_thread()
-        self.begun_ahead = 0  # D_k updates finished from a look-ahead
+        self.tally = AheadTally()
         self._pass_s = math.inf  # how long the last pass took: under INLINE_PASS_S the next runs on the loop
         self._waiting: list[Waiting] = []
         self._drainer: asyncio.Task | None = None
@@ -209,8 +209,7 @@ class EdgeHost:
                                            [self.ahead.pop(k, None) for k in ids])
             for k, row in zip(ids, block):
                 self.rows[k] = row
-        self.begun_ahead += self.packed.begun
-        self.metrics.begun_ahead.inc(self.packed.begun)
+        self.tally.add(self.packed, self.metrics)
         return replies
 
     def close(self) -> None:

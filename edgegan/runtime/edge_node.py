@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 import torch
@@ -24,7 +25,7 @@ from edgegan.gan import WGANConfig, train_wgan_gp
 from edgegan.monitor.metrics import Metrics
 from edgegan.nn import build_gan
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.edge import TDGANEdge
+from edgegan.tdgan.edge import PackedEdges, TDGANEdge
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
 
@@ -65,6 +66,22 @@ def ahead_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="edgegan-ahead", initializer=_lower_priority)
 
 
+@dataclass
+class AheadTally:
+    """``tdgan.lookahead`` at work on an edge: D_k updates finished from a look-ahead (``begun``) and
+    look-aheads thrown away (``discarded``: begun for other labels, or D_k moved since)."""
+
+    begun: int = 0
+    discarded: int = 0
+
+    def add(self, rows: PackedEdges, metrics: Metrics) -> None:
+        """Count ``rows``' last :meth:`PackedEdges.feedback` here and in ``metrics``."""
+        self.begun += rows.begun
+        self.discarded += rows.discarded
+        metrics.begun_ahead.inc(rows.begun)
+        metrics.discarded_ahead.inc(rows.discarded)
+
+
 def record_feedback(m: Metrics, req: FeedbackRequest, reply: FeedbackReply) -> None:
     """An edge's metrics for one answered request: bytes both ways, the step, the last losses."""
     m.bytes_received.inc(req.nbytes())
@@ -93,7 +110,7 @@ class EdgeNode:
         self._tdgan_cfg: TDGANConfig | None = None
         self._looking: asyncio.Future | None = None  # tdgan.lookahead: the next update, begun
         self._ahead_thread: ThreadPoolExecutor | None = None
-        self.begun_ahead = 0  # D_k updates finished from a look-ahead
+        self.tally = AheadTally()
         self._pass_s = math.inf  # how long the last feedback pass took (INLINE_PASS_S)
 
     def info(self) -> NodeInfo:
@@ -117,8 +134,7 @@ class EdgeNode:
         assert self._tdgan is not None
         reply = self._tdgan.feedback(req)
         record_feedback(self.metrics, req, reply)
-        self.begun_ahead += self._tdgan.rows.begun
-        self.metrics.begun_ahead.inc(self._tdgan.rows.begun)
+        self.tally.add(self._tdgan.rows, self.metrics)
         return reply
 
     async def answer(self, req: FeedbackRequest) -> FeedbackReply:

@@ -1,7 +1,9 @@
-"""The vectorised D_k pass of seed 003's logloss edge step (eq. 1, Alg. 1 lines 3–8): K stacked
-critics updated and asked for feedback at once, node k's numbers from node k's rows only.
+"""The D_k passes of seed 003's edge step (eq. 1, Alg. 1 lines 3–8): K stacked critics updated and
+asked for feedback at once, node k's numbers from node k's rows only.
 
-:func:`logloss_pass` is the exact step (real and fake batches in one forward). With
+:func:`logloss_pass` is the vectorised exact step (real and fake batches in one forward);
+:func:`autograd_pass` takes the same step node by node where one pass cannot (wgan-gp, D_k with
+buffers). With
 ``tdgan.lookahead``, :func:`lookahead_pass` takes the same step as a real half (:func:`real_half`,
 computable once the next labels are known, before the fakes arrive) plus a fake half: the same
 gradient, summed in another order.
@@ -10,19 +12,36 @@ gradient, summed in another order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from edgegan.gan.losses import critic_loss, generator_loss
 from edgegan.nn.mlp import MLPCritic
 from edgegan.tdgan.config import TDGANConfig
 from edgegan.tdgan.dk_state import Slab, shape_free
 
-__all__ = ["RealHalf", "Stacked", "VmapCritic", "logloss_pass", "logloss_terms", "lookahead_pass", "real_half",
-           "stacked_critic"]
+#: A critic as a function of (images, labels) → scores.
+Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["RealHalf", "Stacked", "VmapCritic", "autograd_pass", "d_loss_logloss", "g_loss_logloss", "logloss_pass",
+           "logloss_terms", "lookahead_pass", "real_half", "stacked_critic"]
+
+
+def d_loss_logloss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−E log D(x, y) − E log(1 − D(x̂, y)) with D = sigmoid(logit) (seed 003 Alg. 1 line 8)."""
+    s_real, s_fake = D(real, y), D(fake.detach(), y)
+    return (F.binary_cross_entropy_with_logits(s_real, torch.ones_like(s_real))
+            + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
+
+
+def g_loss_logloss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−E log D(x̂, y): the non-saturating form of seed 003's E log(1 − D(x̂, y))."""
+    s = D(fake, y)
+    return F.binary_cross_entropy_with_logits(s, torch.ones_like(s))
 
 
 class Stacked(Protocol):
@@ -143,3 +162,45 @@ def lookahead_pass(critic: Stacked, cfg: TDGANConfig, slab: Slab, reals: list[to
         grads, _ = critic.stacked_backward(W, tape, ds / fake.shape[1])
         slab.adam(r.grads, cfg.lr, (cfg.beta1, cfg.beta2), plus=grads)  # type: ignore[arg-type]
     return _reply(critic, slab, fake, y, r.loss.mean(1) + loss.mean(1), r.score.mean(1))
+
+
+def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
+                  fake: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Row k's ``critic_steps`` autograd updates of D_k (:meth:`Slab.adam`); the last critic loss."""
+    for real in reals:
+        w = {n: t[k].detach().requires_grad_(True) for n, t in slab.named().items()}
+        critic: Critic = lambda a, lab, w=w: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
+        loss = (critic_loss(critic, real, fake, cfg.gp_weight, y) if cfg.loss == "wgan-gp"  # type: ignore[arg-type]
+                else d_loss_logloss(critic, real, fake, y))  # type: ignore[arg-type]
+        grads = torch.autograd.grad(loss, list(w.values()))
+        slab.adam([g.unsqueeze(0) for g in grads], cfg.lr, (cfg.beta1, cfg.beta2), slice(k, k + 1))
+    return loss
+
+
+def autograd_pass(D: nn.Module, cfg: TDGANConfig, slab: Slab, buffers: dict[str, torch.Tensor],
+                   reals: list[torch.Tensor], fake: torch.Tensor, y: torch.Tensor, seeds: list[int],
+                   ) -> tuple[torch.Tensor, list[list[float]]]:
+    """The same node step, node by node with autograd, where one pass cannot hold it: the wgan-gp
+    loss (critic loss + gradient penalty, whose input gradient needs a second backward) and D_k with
+    buffers (BatchNorm statistics updated in place). Same outputs as :func:`~edgegan.tdgan.dk_pass.logloss_pass`; node k's
+    gradient-penalty draws come from ``seeds[k]`` (its own RNG), not from whoever ran before it."""
+    wgan = cfg.loss == "wgan-gp"
+    out, stats = [], []
+    cuda = [fake.device] if fake.device.type == "cuda" else []
+    for k in range(len(fake)):
+        b = {n: t[k] for n, t in buffers.items()}
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seeds[k])
+            for d in cuda:
+                torch.cuda.default_generators[d.index or 0].manual_seed(seeds[k])
+            loss = _critic_steps(D, cfg, slab, b, [real[k] for real in reals], fake[k], y[k], k)
+        w = {n: t[k] for n, t in slab.named().items()}
+        critic = lambda a, lab: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
+        with torch.no_grad():
+            d_real, d_fake = critic(reals[-1][k], y[k]).mean(), critic(fake[k], y[k]).mean()
+        x = fake[k].clone().requires_grad_(True)
+        g_loss = g_loss_logloss(critic, x, y[k]) if not wgan else generator_loss(critic, x, y[k])  # type: ignore[arg-type]
+        (grad,) = torch.autograd.grad(g_loss, x)
+        out.append(grad.detach())
+        stats.append([float(loss.detach()), float(d_real), float(d_fake), float(g_loss.detach())])
+    return torch.stack(out), stats

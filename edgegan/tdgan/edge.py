@@ -18,39 +18,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from edgegan.data.partition import label_histogram
 from edgegan.data.tensordata import TensorData
 from edgegan.errors import EdgeganError, require
 from edgegan.finite import all_finite
-from edgegan.gan.losses import critic_loss, generator_loss
 from edgegan.nn.mlp import MLPCritic
 from edgegan.tdgan.config import TDGANConfig
-from edgegan.tdgan.dk_pass import RealHalf, logloss_pass, lookahead_pass, real_half, stacked_critic
+from edgegan.tdgan.dk_pass import RealHalf, autograd_pass, logloss_pass, lookahead_pass, real_half, stacked_critic
 from edgegan.tdgan.dk_state import DkInit, Slab, node_seed
 from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
 
-__all__ = ["Ahead", "PackedEdges", "TDGANEdge", "check_request", "class_pools", "d_loss_logloss", "g_loss_logloss",
-           "node_seed", "real_like"]
-
-
-def d_loss_logloss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−E log D(x, y) − E log(1 − D(x̂, y)) with D = sigmoid(logit) (seed 003 Alg. 1 line 8)."""
-    s_real, s_fake = D(real, y), D(fake.detach(), y)
-    return (F.binary_cross_entropy_with_logits(s_real, torch.ones_like(s_real))
-            + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
-
-
-def g_loss_logloss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−E log D(x̂, y): the non-saturating form of seed 003's E log(1 − D(x̂, y))."""
-    s = D(fake, y)
-    return F.binary_cross_entropy_with_logits(s, torch.ones_like(s))
+__all__ = ["Ahead", "PackedEdges", "TDGANEdge", "check_request", "class_pools", "node_seed", "real_like"]
 
 
 def class_pools(data: TensorData) -> dict[int, torch.Tensor]:
@@ -108,11 +91,12 @@ def clip_feedback(g: torch.Tensor, bound: float) -> torch.Tensor:
         return g
     scale = torch.where(over, limit / n, torch.ones_like(n))
     return g * scale.view(*scale.shape, *(1,) * (g.dim() - 2))
+
+
 #: Fewest rows one vectorised pass computes (a lone row is passed twice; see ``PackedEdges._answer``).
 MIN_PASS_ROWS = 2
 #: A hosted node as the feedback pass needs it: id, private data, :func:`class_pools` of the data.
 Node = tuple[str, TensorData, dict[int, torch.Tensor]]
-Critic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -146,48 +130,6 @@ def _servable(y: Any, pools: dict[int, torch.Tensor]) -> bool:
             and set(y.tolist()) <= set(pools))
 
 
-def _critic_steps(D: nn.Module, cfg: TDGANConfig, slab: Slab, b: dict[str, torch.Tensor], reals: list[torch.Tensor],
-                  fake: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """Row k's ``critic_steps`` autograd updates of D_k (:meth:`Slab.adam`); the last critic loss."""
-    for real in reals:
-        w = {n: t[k].detach().requires_grad_(True) for n, t in slab.named().items()}
-        critic: Critic = lambda a, lab, w=w: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
-        loss = (critic_loss(critic, real, fake, cfg.gp_weight, y) if cfg.loss == "wgan-gp"  # type: ignore[arg-type]
-                else d_loss_logloss(critic, real, fake, y))  # type: ignore[arg-type]
-        grads = torch.autograd.grad(loss, list(w.values()))
-        slab.adam([g.unsqueeze(0) for g in grads], cfg.lr, (cfg.beta1, cfg.beta2), slice(k, k + 1))
-    return loss
-
-
-def _autograd_pass(D: nn.Module, cfg: TDGANConfig, slab: Slab, buffers: dict[str, torch.Tensor],
-                   reals: list[torch.Tensor], fake: torch.Tensor, y: torch.Tensor, seeds: list[int],
-                   ) -> tuple[torch.Tensor, list[list[float]]]:
-    """The same node step, node by node with autograd, where one pass cannot hold it: the wgan-gp
-    loss (critic loss + gradient penalty, whose input gradient needs a second backward) and D_k with
-    buffers (BatchNorm statistics updated in place). Same outputs as :func:`~edgegan.tdgan.dk_pass.logloss_pass`; node k's
-    gradient-penalty draws come from ``seeds[k]`` (its own RNG), not from whoever ran before it."""
-    wgan = cfg.loss == "wgan-gp"
-    out, stats = [], []
-    cuda = [fake.device] if fake.device.type == "cuda" else []
-    for k in range(len(fake)):
-        b = {n: t[k] for n, t in buffers.items()}
-        with torch.random.fork_rng(devices=cuda):
-            torch.default_generator.manual_seed(seeds[k])
-            for d in cuda:
-                torch.cuda.default_generators[d.index or 0].manual_seed(seeds[k])
-            loss = _critic_steps(D, cfg, slab, b, [real[k] for real in reals], fake[k], y[k], k)
-        w = {n: t[k] for n, t in slab.named().items()}
-        critic = lambda a, lab: functional_call(D, {**w, **b}, (a, lab))  # noqa: E731
-        with torch.no_grad():
-            d_real, d_fake = critic(reals[-1][k], y[k]).mean(), critic(fake[k], y[k]).mean()
-        x = fake[k].clone().requires_grad_(True)
-        g_loss = g_loss_logloss(critic, x, y[k]) if not wgan else generator_loss(critic, x, y[k])  # type: ignore[arg-type]
-        (grad,) = torch.autograd.grad(g_loss, x)
-        out.append(grad.detach())
-        stats.append([float(loss.detach()), float(d_real), float(d_fake), float(g_loss.detach())])
-    return torch.stack(out), stats
-
-
 class PackedEdges:
     """Many TDGAN edges of one config and data shape as rows of packed D_k state
     (:class:`~edgegan.tdgan.dk_state.DkLayout`): :meth:`fresh` is a new node's row and
@@ -210,6 +152,7 @@ class PackedEdges:
         self.score = stacked_critic(self.init.D)
         self.min_rows = 1 if isinstance(self.init.D, MLPCritic) else MIN_PASS_ROWS
         self.begun = 0  # of the last feedback()'s updates, how many had been begun ahead (look_ahead)
+        self.discarded = 0  # of the last feedback()'s look-aheads, how many were stale (other labels, D_k moved)
 
     def fresh(self, node_id: str, data: TensorData, d_from: str | None = None) -> torch.Tensor:
         """Node ``node_id``'s initial row: D_k as ``build_gan`` draws it under the seed of node
@@ -308,7 +251,7 @@ class PackedEdges:
         elif self.vectorised:
             feedback, stats = logloss_pass(self.score, self.cfg, slab, reals, fake, y)
         else:
-            feedback, stats = _autograd_pass(self.init.D, self.cfg, slab, buffers, reals, fake, y, seeds)
+            feedback, stats = autograd_pass(self.init.D, self.cfg, slab, buffers, reals, fake, y, seeds)
         slab.put(block, None if whole else rows[:K], K)
         for part, t in zip(buffer_views, buffers.values()):
             part.index_copy_(0, rows[:K], t[:K].flatten(1).cpu())
@@ -353,10 +296,12 @@ class PackedEdges:
         self._check(nodes, requests, labels)
         views = self.layout.views(block)
         served = self.layout.served(block)
+        given = list(ahead or [None] * len(nodes))
         ahead = [a if a is not None and a.served == int(served[k]) and torch.equal(a.labels, labels[k]) else None
-                 for k, a in enumerate(ahead or [None] * len(nodes))]
+                 for k, a in enumerate(given)]
         draws, seeds = self._draw(nodes, labels, views.rng, ahead)
         self.begun = sum(a is not None for a in ahead)
+        self.discarded = sum(a is not None for a in given) - self.begun
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, r in enumerate(requests):
             by_shape.setdefault(tuple(r.fake.shape), []).append(k)
