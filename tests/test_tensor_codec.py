@@ -50,6 +50,16 @@ def test_malformed_tensors_are_refused(bad: pb.Tensor, kwargs: dict, field: str)
     assert str(e.value).startswith(field)
 
 
+@pytest.mark.parametrize("name", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_every_float_dtype_refuses_non_finite_values_when_asked(name: str, bad: float) -> None:
+    t = torch.tensor([[0.5, -2.0], [bad, 3.0]]).to(DTYPES[name][0])
+    with pytest.raises(WireError, match="non-finite"):
+        decode_tensor(encode_tensor(t), finite=True)
+    assert torch.equal(decode_tensor(encode_tensor(t[0]), finite=True), t[0])
+    assert torch.isnan(decode_tensor(encode_tensor(t))[1, 0]) == (bad != bad)  # finite=False: as sent
+
+
 def test_model_bundle_round_trip_through_chunks() -> None:
     G, D = build_gan("mlp", (1, 8, 8), 16, 10, 32)
     blob = encode_bundle({"generator": G, "critic": D}, {"eta": 0.25})
