@@ -2,7 +2,8 @@
 ``async serve()`` owning ports, TLS, health, metrics and graceful stop (route_guide style).
 
 Everything runs on one asyncio event loop (``grpc.aio``): hundreds of open node streams cost
-coroutines, not threads; generator compute runs on the role's single compute thread.
+coroutines, not threads; generator compute runs on the role's single compute thread. The
+streams' state and the feedback exchange over them are :mod:`edgegan.runtime.grpc_link`.
 
 Security: every call's metadata carries ``authorization: Bearer <token>``; the token names
 exactly one node id (cloud config ``tokens``), a call with an unknown token is refused with
@@ -30,7 +31,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol, Sequence
+from typing import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,14 +39,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgegan.errors import EdgeganError, FailureReason
 from edgegan.monitor.metrics import start_metrics_server
 from edgegan.runtime.config import CloudConfig
+from edgegan.runtime.grpc_link import GrpcLink, OpenSession
 from edgegan.runtime.guard import CALLER, SERVICE, Guard, Refusal
 from edgegan.runtime.malloc import trim_malloc_every
 from edgegan.runtime.proto.v1 import edgegan_pb2 as pb
 from edgegan.runtime.proto.v1 import edgegan_pb2_grpc as pb_grpc
 from edgegan.runtime.roles import CloudServer, CoalesceServer, NodeFailure, TDGANServer, cloud_server, config_json
 from edgegan.runtime.scheduled import StreamGate, schedule_from_dict
-from edgegan.runtime.tensor_codec import ChunkAssembler, WireError, decode_tensor, encode_tensor, iter_chunks
-from edgegan.tdgan.messages import FeedbackReply, FeedbackRequest, NodeInfo
+from edgegan.runtime.tensor_codec import ChunkAssembler, iter_chunks
+from edgegan.tdgan.messages import NodeInfo
 
 log = logging.getLogger("edgegan.grpc")
 
@@ -54,146 +56,6 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Explicit message size limits (the 4 MiB default is too small for CIFAR batches and models)."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)]
-
-
-class Membership(Protocol):
-    """Who hears of a node's stream opening and closing: the TDGAN server, or a schedule's gate."""
-
-    def connected(self, node_id: str) -> None: ...
-
-    def disconnected(self, node_id: str) -> None: ...
-
-
-class _Session:
-    """One node's open Session stream: an outbox, the requests awaiting replies, liveness."""
-
-    def __init__(self, node_id: str, server: "GrpcLink") -> None:
-        self.node_id = node_id
-        self.link = server
-        self.outbox: asyncio.Queue[pb.CloudMessage | None] = asyncio.Queue()  # None: stop writing
-        self.pending: dict[int, tuple[FeedbackRequest, asyncio.Future, float]] = {}
-        self.last_seen = time.monotonic()
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def close(self, code: grpc.StatusCode, detail: str) -> None:
-        """End the stream with ``code`` (idempotent): the writer stops after its current message."""
-        if not self.closed.done():
-            self.closed.set_result((code, detail))
-            self.outbox.put_nowait(None)
-
-    def heartbeat(self) -> None:
-        """Queue a heartbeat (the writer's timer, when the stream was idle)."""
-        self.outbox.put_nowait(pb.CloudMessage(heartbeat=pb.Heartbeat(time_s=time.time())))
-
-    def fail_pending(self, failure: NodeFailure) -> None:
-        for _req, fut, _t in self.pending.values():
-            if not fut.done():
-                fut.set_result(failure)
-        self.pending.clear()
-
-    def on_reply(self, msg: pb.FeedbackReply) -> None:
-        entry = self.pending.pop(msg.step, None)
-        if entry is None:  # answered after its deadline, or a step never asked
-            self.link.server.metrics.reject(FailureReason.STALE)
-            return
-        req, fut, t_sent = entry
-        self.link.server.metrics.roundtrip.observe(time.perf_counter() - t_sent)
-        try:
-            grad = decode_tensor(msg.grad, "feedback.grad", dtype="float32", shape=tuple(req.fake.shape),
-                                 finite=True)
-        except WireError as e:
-            failure = NodeFailure(e.reason, str(e))
-            if not fut.done():
-                fut.set_result(failure)
-            self.close(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            return
-        if not fut.done():
-            fut.set_result(FeedbackReply(self.node_id, int(msg.step), grad, dict(msg.stats)))
-
-
-class GrpcLink:
-    """The :class:`~edgegan.runtime.roles.FeedbackLink` over the nodes' Session streams."""
-
-    def __init__(self, server: CloudServer) -> None:
-        self.server = server
-        self.sessions: dict[str, _Session] = {}
-        self.done: pb.Done | None = None
-        self.closing = False
-        self.waiting = 0  # DownloadModels calls waiting for a bundle
-        self.streams = 0  # Session handlers still running (draining included)
-        self.on_drop: Callable[[str, FailureReason], None] | None = None  # the guard's hook
-        self.membership: Membership = server  # told when streams open and close (a StreamGate replays a schedule)
-        self.told_done: set[str] = set()  # nodes whose stream has carried the run's Done
-
-    async def exchange(self, requests: Sequence[FeedbackRequest],
-                       timeout_s: float) -> dict[str, FeedbackReply | NodeFailure]:
-        out: dict[str, FeedbackReply | NodeFailure] = {}
-        futs: dict[str, asyncio.Future] = {}
-        loop = asyncio.get_running_loop()
-        for req in requests:
-            s = self.sessions.get(req.node_id)
-            if s is None or s.closed.done():
-                out[req.node_id] = NodeFailure(FailureReason.DISCONNECTED, "no open stream")
-                continue
-            msg = pb.CloudMessage()
-            msg.request.step = req.step
-            encode_tensor(req.fake, msg.request.fake)
-            encode_tensor(req.labels, msg.request.labels)
-            if req.next_labels is not None:
-                encode_tensor(req.next_labels, msg.request.next_labels)
-            fut = loop.create_future()
-            s.pending[req.step] = (req, fut, time.perf_counter())
-            s.outbox.put_nowait(msg)
-            futs[req.node_id] = fut
-        if futs:
-            await asyncio.wait(futs.values(), timeout=timeout_s)
-        for node_id, fut in futs.items():
-            if fut.done():
-                out[node_id] = fut.result()
-            else:
-                fut.cancel()
-                failure = NodeFailure(FailureReason.TIMEOUT, f"no feedback within {timeout_s:g} s")
-                out[node_id] = failure
-                self.drop(node_id, failure)
-        return out
-
-    def drop(self, node_id: str, failure: NodeFailure) -> None:
-        if self.on_drop is not None:
-            self.on_drop(node_id, failure.reason)
-        s = self.sessions.get(node_id)
-        if s is not None:
-            s.close(grpc.StatusCode[failure.code], failure.detail)
-
-    async def finish(self, step: int, reason: str) -> None:
-        self.done = pb.Done(step=step, reason=reason)
-        for s in list(self.sessions.values()):
-            self.tell_done(s)
-
-    def tell_done(self, session: _Session) -> None:
-        """Queue the run's Done on ``session``; its writer records the node in ``told_done`` once written."""
-        session.outbox.put_nowait(pb.CloudMessage(done=self.done))
-
-    async def close_all(self, grace_s: float) -> None:
-        """End every open Session and waiting download with UNAVAILABLE (the cloud is stopping)
-        and give the handlers ``grace_s`` to return, so stopping the server cancels no call
-        mid-flight; streams opened from now on are refused."""
-        self.closing = True
-        self.server.stopping.set()
-        for s in list(self.sessions.values()):
-            s.close(grpc.StatusCode.UNAVAILABLE, "the cloud is shutting down")
-        deadline = time.monotonic() + grace_s
-        while (self.streams or self.waiting) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-    async def watchdog(self, interval_s: float, timeout_s: float) -> None:
-        """Drop nodes silent for longer than ``timeout_s`` (missed heartbeats)."""
-        while True:
-            await asyncio.sleep(interval_s / 2)
-            now = time.monotonic()
-            for s in list(self.sessions.values()):
-                if now - s.last_seen > timeout_s:
-                    log.warning("node %s missed heartbeats for %.1f s: dropping it", s.node_id, now - s.last_seen)
-                    s.close(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {timeout_s:g} s")
 
 
 class EdgeGANServicer(pb_grpc.EdgeGANServicer):
@@ -221,7 +83,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
                                 training_config_json=config_json(self.cfg.training),
                                 image_shape=list(self.cfg.image_shape))
 
-    async def _read_loop(self, session: _Session, requests: AsyncIterator[pb.EdgeMessage | Refusal]) -> None:
+    async def _read_loop(self, session: OpenSession, requests: AsyncIterator[pb.EdgeMessage | Refusal]) -> None:
         """Read until the edge half-closes. A message the guard refused ends the stream with its
         status; once the stream is closing, messages are drained unread."""
         metrics = self.server.metrics
@@ -237,7 +99,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             if msg.WhichOneof("kind") == "reply":
                 session.on_reply(msg.reply)
 
-    async def _write_loop(self, session: _Session, context: grpc.aio.ServicerContext) -> None:
+    async def _write_loop(self, session: OpenSession, context: grpc.aio.ServicerContext) -> None:
         """Write the outbox until the stream is closing; never cancelled mid-write. A heartbeat is
         queued once nothing was written for ``heartbeat_interval_s`` (a timer, not a timeout on each
         wait: ``wait_for`` costs a task and two loop turns per message)."""
@@ -256,7 +118,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         finally:
             beat.cancel()
 
-    async def _open(self, node_id: str, context: grpc.aio.ServicerContext) -> _Session:
+    async def _open(self, node_id: str, context: grpc.aio.ServicerContext) -> OpenSession:
         """Admit a Session of ``node_id`` (ending an older one of the same node) and register it."""
         if not isinstance(self.server, TDGANServer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this cloud runs {self.cfg.mode}, not tdgan")
@@ -267,7 +129,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
         old = self.link.sessions.get(node_id)
         if old is not None:
             old.close(grpc.StatusCode.ABORTED, "superseded by a newer stream of the same node")
-        session = _Session(node_id, self.link)
+        session = OpenSession(node_id, self.link)
         self.link.sessions[node_id] = session
         if self.link.done is not None:
             self.link.tell_done(session)
@@ -275,7 +137,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             self.link.membership.connected(node_id)
         return session
 
-    def _leave(self, session: _Session) -> None:
+    def _leave(self, session: OpenSession) -> None:
         """The node is no longer a member: its pending requests fail and π renormalises now,
         before the stream has finished draining."""
         session.fail_pending(NodeFailure(FailureReason.DISCONNECTED, "stream closed"))
@@ -284,7 +146,7 @@ class EdgeGANServicer(pb_grpc.EdgeGANServicer):
             if self.link.done is None:
                 self.link.membership.disconnected(session.node_id)
 
-    async def _drain(self, session: _Session, context: grpc.aio.ServicerContext,
+    async def _drain(self, session: OpenSession, context: grpc.aio.ServicerContext,
                      reader: asyncio.Task, writer: asyncio.Task) -> None:
         """Stop writing between messages; when the cloud ends the stream, write ``Closing`` and
         read until the edge half-closes. Each wait is bounded by ``stream_drain_s`` (a frozen peer

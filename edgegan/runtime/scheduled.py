@@ -141,7 +141,7 @@ class ScheduledLink:
 
 
 class Sessions(Protocol):
-    """What :class:`StreamGate` needs of the cloud's gRPC link (:class:`~edgegan.runtime.grpc_server.GrpcLink`)."""
+    """What :class:`StreamGate` needs of the cloud's gRPC link (:class:`~edgegan.runtime.grpc_link.GrpcLink`)."""
 
     membership: Any
 
