@@ -96,14 +96,12 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
         raise WireError(f"{field}.data", f"{len(data)} bytes for shape {dims} of {msg.dtype} "
                         f"(expected {n * ndtype.itemsize})")
     arr = np.frombuffer(data, dtype=ndtype).reshape(dims)
-    bf16 = tdtype == torch.bfloat16
-    if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():  # on the bytes, before any copy
-        raise WireError(f"{field}.data", "non-finite values", reason=FailureReason.NONFINITE)
     t = torch.from_numpy(arr.astype(ndtype.newbyteorder("="), copy=True))  # writable, native order
-    if bf16:
+    if tdtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
-        if finite and not all_finite(t):
-            raise WireError(f"{field}.data", "non-finite values", reason=FailureReason.NONFINITE)
+    # numpy floats are checked on the received array (no torch call); bfloat16 travels as int16
+    if finite and not (bool(np.isfinite(arr).all()) if arr.dtype.kind == "f" else all_finite(t)):
+        raise WireError(f"{field}.data", "non-finite values", reason=FailureReason.NONFINITE)
     return t
 
 
