@@ -17,6 +17,10 @@ in-process rounds' nodes) and CPU-seconds per node-step over gRPC, bytes per nod
 message bytes), and nodes dropped (must be 0).
 
     python benchmarks/real_edges.py --json benchmarks/results/real_edges.json
+
+``--lookahead`` runs every round with ``tdgan.lookahead``; ``--both`` runs the exact step and the
+option in turn within each round and reports a row for each, so that the two settings' ratios
+come from the same minutes (``config.lookahead`` lists the settings run).
 """
 
 from __future__ import annotations
@@ -170,25 +174,36 @@ def host_worker(port: int, e: int, share: list[str]) -> None:
         host.close()
 
 
-def measure(e: int, steps: int, warmup: int, rounds: int, hosts: int) -> dict:
-    inproc, rpc = [], []
+def measure(e: int, steps: int, warmup: int, rounds: int, hosts: int, settings: tuple[bool, ...]) -> list[dict]:
+    """One row per ``tdgan.lookahead`` setting in ``settings``; within each round every setting runs
+    its in-process and gRPC rounds in turn, so that a drifting load hits all of them."""
+    global LOOKAHEAD
+    runs: dict[bool, tuple[list, list]] = {la: ([], []) for la in settings}
     for _ in range(rounds):
-        inproc.append(asyncio.run(inproc_round(e, steps, warmup)))
-        c0 = time.process_time()
-        r = asyncio.run(grpc_round(e, steps, warmup, hosts))
-        r["cloud_cpu_s"] = time.process_time() - c0
-        rpc.append(r)
-    in_sps = sum(r["steps"] for r in inproc) / sum(r["seconds"] for r in inproc)
-    rpc_sps = sum(r["steps"] for r in rpc) / sum(r["seconds"] for r in rpc)
-    node_steps = sum(r["steps"] + warmup for r in rpc) * e
-    return {"nodes": e, "hosts": min(hosts, e), "inproc_steps_per_s": in_sps, "grpc_steps_per_s": rpc_sps,
-            "ratio": rpc_sps / in_sps, "p50_ms": float(np.median([r["p50_ms"] for r in rpc])),
-            "p99_ms": float(np.max([r["p99_ms"] for r in rpc])),
-            "inproc_p50_ms": float(np.median([r["p50_ms"] for r in inproc])),
-            "cloud_rss_gib": cloud_rss(e, hosts) / 2**30, "bench_process_peak_rss_gib": _peak_rss() / 2**30,
-            "cloud_cpu_ms_per_node_step": 1e3 * sum(r["cloud_cpu_s"] for r in rpc) / node_steps,
-            "bytes_per_node_step": sum(r["bytes_total"] for r in rpc) / node_steps,
-            "dropped": sum(r["dropped"] for r in rpc), "rounds": rounds, "steps_per_round": steps}
+        for la in settings:
+            LOOKAHEAD = la
+            inproc, rpc = runs[la]
+            inproc.append(asyncio.run(inproc_round(e, steps, warmup)))
+            c0 = time.process_time()
+            r = asyncio.run(grpc_round(e, steps, warmup, hosts))
+            r["cloud_cpu_s"] = time.process_time() - c0
+            rpc.append(r)
+    rows = []
+    for la, (inproc, rpc) in runs.items():
+        LOOKAHEAD = la
+        in_sps = sum(r["steps"] for r in inproc) / sum(r["seconds"] for r in inproc)
+        rpc_sps = sum(r["steps"] for r in rpc) / sum(r["seconds"] for r in rpc)
+        node_steps = sum(r["steps"] + warmup for r in rpc) * e
+        rows.append({"nodes": e, "lookahead": la, "hosts": min(hosts, e), "inproc_steps_per_s": in_sps,
+                     "grpc_steps_per_s": rpc_sps, "ratio": rpc_sps / in_sps,
+                     "p50_ms": float(np.median([r["p50_ms"] for r in rpc])),
+                     "p99_ms": float(np.max([r["p99_ms"] for r in rpc])),
+                     "inproc_p50_ms": float(np.median([r["p50_ms"] for r in inproc])),
+                     "cloud_rss_gib": cloud_rss(e, hosts) / 2**30, "bench_process_peak_rss_gib": _peak_rss() / 2**30,
+                     "cloud_cpu_ms_per_node_step": 1e3 * sum(r["cloud_cpu_s"] for r in rpc) / node_steps,
+                     "bytes_per_node_step": sum(r["bytes_total"] for r in rpc) / node_steps,
+                     "dropped": sum(r["dropped"] for r in rpc), "rounds": rounds, "steps_per_round": steps})
+    return rows
 
 
 def steps_for(e: int, steps: int) -> int:
@@ -221,6 +236,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating in-process / gRPC rounds")
     ap.add_argument("--hosts", type=int, default=2, help="edge processes hosting the E nodes")
     ap.add_argument("--lookahead", action="store_true", help="run with tdgan.lookahead (a named option)")
+    ap.add_argument("--both", action="store_true",
+                    help="run the exact step and tdgan.lookahead in turn within each round (one row each)")
     ap.add_argument("--rss-probe", nargs=3, metavar=("E", "STEPS", "HOSTS"), help=argparse.SUPPRESS)
     ap.add_argument("--host-worker", nargs=3, metavar=("PORT", "E", "IDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -237,16 +254,17 @@ def main() -> int:
         return 0
     torch.set_num_threads(1)
     rows = []
+    settings = (False, True) if args.both else (args.lookahead,)
     for e in (int(x) for x in args.nodes.split(",")):
-        warmup = 3
-        rows.append(measure(e, steps_for(e, args.steps), warmup, args.rounds, args.hosts))
-        r = rows[-1]
-        print(f"E={e:5d}: inproc {r['inproc_steps_per_s']:7.2f} st/s  gRPC {r['grpc_steps_per_s']:7.2f} st/s  "
-              f"ratio {r['ratio']:.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
-              f"RSS {r['cloud_rss_gib']:.2f} GiB  CPU {r['cloud_cpu_ms_per_node_step']:.2f} ms/node-step  "
-              f"{r['bytes_per_node_step']:.0f} B/node-step  dropped {r['dropped']}", flush=True)
+        rows.extend(measure(e, steps_for(e, args.steps), 3, args.rounds, args.hosts, settings))
+        for r in rows[-len(settings):]:
+            print(f"E={e:5d}{' lookahead' if r['lookahead'] else ''}: inproc {r['inproc_steps_per_s']:7.2f} st/s  "
+                  f"gRPC {r['grpc_steps_per_s']:7.2f} st/s  "
+                  f"ratio {r['ratio']:.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                  f"RSS {r['cloud_rss_gib']:.2f} GiB  CPU {r['cloud_cpu_ms_per_node_step']:.2f} ms/node-step  "
+                  f"{r['bytes_per_node_step']:.0f} B/node-step  dropped {r['dropped']}", flush=True)
     result = {"rows": rows, "config": {"batch": BATCH, "arch": "mlp", "width": WIDTH, "samples_per_node": SAMPLES,
-                                       "lookahead": LOOKAHEAD,
+                                       "lookahead": list(settings),
                                        "torch_threads": 1, "cpu_count": os.cpu_count(),
                                        "loadavg_at_end": list(os.getloadavg())}}
     if args.json:
