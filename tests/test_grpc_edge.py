@@ -58,7 +58,6 @@ def test_edge_detects_a_silent_cloud_and_reconnects(digits) -> None:
     assert servicer.heartbeats >= 3  # the edge kept sending its own heartbeats (every 0.2 s) meanwhile
 
 
-
 def test_cloud_heartbeats_an_idle_stream_on_its_interval(tmp_path) -> None:
     """The cloud's side: a Session with nothing to carry (the run waits for a second node) gets a
     heartbeat about every ``heartbeat_interval_s`` from the writer's timer: neither silence, which
