@@ -16,7 +16,9 @@ bytes per gRPC step on the loopback connection (``ss -ti``: HTTP/2 framing, prot
 heartbeats included) against ``payload_bytes`` = fake batch + feedback tensor, and the
 wire-only round trip of an edge that answers at once (no discriminator work), and the floor
 under both: the same bytes each way over a bare gRPC stream of raw bytes to another process
-(``grpc_floor``: no protobuf, no edgegan code). Each case runs ``--repeats`` times with the exact
+(``grpc_floor``: no protobuf, no edgegan code), once back to back and once with both processes
+idle for the in-process D_k pass before each round trip (``gap fl``: what a step's exchange
+pays on a CPU that idled meanwhile). Each case runs ``--repeats`` times with the exact
 step (the default) and as often, alternating, with ``tdgan.lookahead`` (``lookahead_*`` columns:
 the edge begins D_k's real half for the next labels while the cloud steps; another float
 summation order, a named option); reported are medians over the runs, and each run's ratio.
@@ -106,8 +108,9 @@ class AlternatingLink:
     """A FeedbackLink that serves blocks of ``block`` steps alternately from an in-process edge
     and over gRPC, timing each exchange and step and counting the gRPC steps' wire bytes."""
 
-    def __init__(self, grpc_link, local_edge, port: int, block: int, warmup: int) -> None:
+    def __init__(self, grpc_link, local_edge, port: int, block: int, warmup: int, only: str | None = None) -> None:
         self.grpc, self.local, self.port, self.block, self.warmup = grpc_link, local_edge, port, block, warmup
+        self.only = only  # "grpc" or "inproc": every step after the warm-up that way
         self.rows: list[dict] = []  # per step: mode, exchange seconds, start time, first-of-block
         self.grpc_bytes = 0
         self._bytes_mark: int | None = None
@@ -115,6 +118,8 @@ class AlternatingLink:
     def _mode(self, i: int) -> str:
         if i < self.warmup:
             return "grpc" if i % 2 else "inproc"
+        if self.only is not None:
+            return self.only
         return "inproc" if ((i - self.warmup) // self.block) % 2 == 0 else "grpc"
 
     def _close_grpc_block(self) -> None:
@@ -162,8 +167,9 @@ class AlternatingLink:
 
 
 async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = False,
-                   lookahead: bool = False) -> AlternatingLink:
-    """One cloud, one remote edge process (plus an in-process twin); alternate blocks of steps."""
+                   lookahead: bool = False, only: str | None = None, worker: str = __file__) -> AlternatingLink:
+    """One cloud, one remote edge process (``worker --edge-worker …``) plus an in-process twin;
+    alternate blocks of steps (``only``: every step after the warm-up one way)."""
     import grpc
 
     from edgegan.runtime.grpc_server import EdgeGANServicer, GrpcLink
@@ -182,9 +188,9 @@ async def run_case(shape, steps: int, warmup: int, block: int, echo: bool = Fals
         pb_grpc.add_EdgeGANServicer_to_server(EdgeGANServicer(server, grpc_link), grpc_server)
         port = grpc_server.add_insecure_port("127.0.0.1:0")
         await grpc_server.start()
-        edge = subprocess.Popen([sys.executable, __file__, "--edge-worker", str(port), ",".join(map(str, shape)),
+        edge = subprocess.Popen([sys.executable, worker, "--edge-worker", str(port), ",".join(map(str, shape)),
                                  "echo" if echo else "tdgan"], env=dict(os.environ, OMP_NUM_THREADS="1"))
-        link = AlternatingLink(grpc_link, local, port, block, warmup)
+        link = AlternatingLink(grpc_link, local, port, block, warmup, only)
         try:
             await server.run(link, asyncio.Event())
             await asyncio.to_thread(edge.wait, 60)
@@ -241,10 +247,12 @@ def floor_worker() -> None:
     asyncio.run(serve())
 
 
-async def grpc_floor(nbytes: int, iters: int, skip: int) -> dict[str, float]:
+async def grpc_floor(nbytes: int, iters: int, skip: int, gap_s: float = 0.0) -> dict[str, float]:
     """Round trip of ``nbytes`` each way over a bare grpc.aio bidirectional stream of raw bytes to
     another process on 127.0.0.1: what gRPC Python itself costs per exchange, below which no
-    transport built on it can go (p50 / p99 in ms, the first ``skip`` left out)."""
+    transport built on it can go (p50 / p99 in ms, the first ``skip`` left out). With ``gap_s``
+    both processes idle that long before each round trip, as they do in a TDGAN step while the
+    other side computes (a CPU that has idled wakes cold)."""
     import grpc
 
     worker = subprocess.Popen([sys.executable, __file__, "--floor-worker"], stdout=subprocess.PIPE, text=True,
@@ -255,6 +263,8 @@ async def grpc_floor(nbytes: int, iters: int, skip: int) -> dict[str, float]:
             call = channel.stream_stream("/floor.Echo/Stream", request_serializer=_raw, response_deserializer=_raw)()
             payload, ts = os.urandom(nbytes), []
             for _ in range(iters + skip):
+                if gap_s:
+                    time.sleep(gap_s)  # blocking: this process idles, as the cloud does while the edge computes
                 t = time.perf_counter()
                 await call.write(payload)
                 await call.read()
@@ -297,6 +307,8 @@ def main() -> int:
         wire = asyncio.run(run_case(shape, steps // 2, warmup, args.block, echo=True)).summary("grpc")
         payload = 2 * BATCH * int(np.prod(shape)) * 4
         floor = asyncio.run(grpc_floor(payload // 2, steps // 2, warmup))
+        gap_s = float(np.median([i["p50_ms"] for _, i in runs[False]])) / 1e3  # the in-process D_k pass
+        floor_gap = asyncio.run(grpc_floor(payload // 2, steps // 2, warmup, gap_s))
         row = {"case": name, "shape": [BATCH, *shape]}
         for la, prefix in ((False, ""), (True, "lookahead_")):
             ratios = [g["steps_per_s"] / i["steps_per_s"] for g, i in runs[la]]
@@ -308,14 +320,17 @@ def main() -> int:
                         f"{prefix}bytes_per_step": float(np.median([g["bytes_per_step"] for g, _ in runs[la]]))})
         row.update({"wire_only_p50_ms": wire["p50_ms"], "wire_only_p99_ms": wire["p99_ms"],
                     "grpc_floor_p50_ms": floor["p50_ms"], "grpc_floor_p99_ms": floor["p99_ms"],
+                    "grpc_floor_gap_p50_ms": floor_gap["p50_ms"], "grpc_floor_gap_s": gap_s,
                     "payload_bytes": payload, "bytes_ratio": row["bytes_per_step"] / payload})
         rows.append(row)
-    print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'floor':>6} {'inproc p50':>10} "
+    print(f"{'case':7} {'shape':>11} {'gRPC p50':>8} {'p99':>7} {'wire p50':>8} {'floor':>6} {'gap fl':>6} "
+          f"{'inproc p50':>10} "
           f"{'inproc st/s':>11} {'gRPC st/s':>9} {'ratio':>5} {'bytes/step':>10} {'payload':>8} {'x':>5} "
           f"{'la p50':>6} {'la ratio':>8}  (ms; la: tdgan.lookahead)")
     for r in rows:
         print(f"{r['case']:7} {'x'.join(map(str, r['shape'])):>11} {r['grpc_p50_ms']:8.2f} {r['grpc_p99_ms']:7.2f} "
-              f"{r['wire_only_p50_ms']:8.2f} {r['grpc_floor_p50_ms']:6.2f} {r['inproc_p50_ms']:10.2f} "
+              f"{r['wire_only_p50_ms']:8.2f} {r['grpc_floor_p50_ms']:6.2f} {r['grpc_floor_gap_p50_ms']:6.2f} "
+              f"{r['inproc_p50_ms']:10.2f} "
               f"{r['inproc_steps_per_s']:11.1f} "
               f"{r['grpc_steps_per_s']:9.1f} {r['throughput_ratio']:5.2f} {r['bytes_per_step']:10.0f} "
               f"{r['payload_bytes']:8d} {r['bytes_ratio']:5.3f} {r['lookahead_grpc_p50_ms']:6.2f} "
