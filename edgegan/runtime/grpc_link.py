@@ -63,9 +63,8 @@ class OpenSession:
             return
         req, fut, t_sent = entry
         self.link.server.metrics.roundtrip.observe(time.perf_counter() - t_sent)
-        try:
-            grad = decode_tensor(msg.grad, "feedback.grad", dtype="float32", shape=tuple(req.fake.shape),
-                                 finite=True)
+        try:  # values are checked where all feedback is, before G moves (validate_feedback)
+            grad = decode_tensor(msg.grad, "feedback.grad", dtype="float32", shape=tuple(req.fake.shape))
         except WireError as e:
             failure = NodeFailure(e.reason, str(e))
             if not fut.done():
@@ -110,10 +109,14 @@ class GrpcLink:
             s.pending[req.step] = (req, fut, time.perf_counter())
             s.outbox.put_nowait(msg)
             futs[req.node_id] = fut
-        if futs:
-            await asyncio.wait(futs.values(), timeout=timeout_s)
+        try:  # one deadline for all; a future awaited alone wakes this task in one loop turn
+            async with asyncio.timeout(timeout_s):
+                for fut in futs.values():
+                    await fut
+        except TimeoutError:
+            pass  # the one awaited when the deadline passed is cancelled: no reply in time
         for node_id, fut in futs.items():
-            if fut.done():
+            if fut.done() and not fut.cancelled():
                 out[node_id] = fut.result()
             else:
                 fut.cancel()

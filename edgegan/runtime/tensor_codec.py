@@ -39,6 +39,7 @@ DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
     "bool": (torch.bool, np.dtype("?")),
 }
 _NAME = {t: name for name, (t, _) in DTYPES.items()}
+_NATIVE = {name: nd.newbyteorder("=") for name, (_, nd) in DTYPES.items()}  # the bytes' dtype in this machine's order
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -76,13 +77,15 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
     ``dtype`` / ``shape`` pin the expected type and shape; ``max_elements`` bounds the size
     before anything is allocated; ``finite`` rejects NaN/Inf.
     """
-    if msg.dtype not in DTYPES:
-        raise WireError(f"{field}.dtype", f"unknown dtype {msg.dtype!r}", "use one of " + ", ".join(DTYPES),
+    name = msg.dtype
+    spec = DTYPES.get(name)
+    if spec is None:
+        raise WireError(f"{field}.dtype", f"unknown dtype {name!r}", "use one of " + ", ".join(DTYPES),
                         reason=FailureReason.DTYPE)
-    if dtype is not None and msg.dtype != dtype:
-        raise WireError(f"{field}.dtype", f"got {msg.dtype}, expected {dtype}", reason=FailureReason.DTYPE)
-    dims = tuple(int(d) for d in msg.shape)
-    if any(d < 0 for d in dims) or len(dims) > 8:
+    if dtype is not None and name != dtype:
+        raise WireError(f"{field}.dtype", f"got {name}, expected {dtype}", reason=FailureReason.DTYPE)
+    dims = tuple(msg.shape)  # ints already: one pass, no generator (this runs on every step's critical path)
+    if len(dims) > 8 or (dims and min(dims) < 0):
         raise WireError(f"{field}.shape", f"bad shape {dims}", reason=FailureReason.SHAPE)
     if shape is not None and dims != tuple(shape):
         raise WireError(f"{field}.shape", f"got {dims}, expected {tuple(shape)}", reason=FailureReason.SHAPE)
@@ -90,13 +93,13 @@ def decode_tensor(msg: pb.Tensor, field: str = "tensor", *, dtype: str | None = 
     if max_elements is not None and n > max_elements:
         raise WireError(f"{field}.shape", f"{n} elements exceed the bound {max_elements}",
                         reason=FailureReason.SHAPE)
-    tdtype, ndtype = DTYPES[msg.dtype]
+    tdtype, ndtype = spec
     data = msg.data  # each access of a bytes field is a copy
     if len(data) != n * ndtype.itemsize:
-        raise WireError(f"{field}.data", f"{len(data)} bytes for shape {dims} of {msg.dtype} "
+        raise WireError(f"{field}.data", f"{len(data)} bytes for shape {dims} of {name} "
                         f"(expected {n * ndtype.itemsize})")
     arr = np.frombuffer(data, dtype=ndtype).reshape(dims)
-    t = torch.from_numpy(arr.astype(ndtype.newbyteorder("="), copy=True))  # writable, native order
+    t = torch.from_numpy(arr.astype(_NATIVE[name]))  # a writable copy in native order
     if tdtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
     # numpy floats are checked on the received array (no torch call); bfloat16 travels as int16
